@@ -1,0 +1,325 @@
+//! Raw configuration → [`Policy`]: every check that needs more than the JSON schema, each
+//! failure named by its JSON path, and the lookup structures built in the same pass.
+
+use crate::config::{ConfigError, RawConfig, RawCors, RawForward, RawKey, RawRule};
+use crate::cors::{normalize_origin, CorsIndex, Grant, Origins};
+use crate::keytable::{sha256, Digest, Endpoints, Key, KeyTable, Window};
+use crate::policy::{Compiled, CorsHeaders, Forward, Policy, CORS_ENDPOINTS};
+use crate::rules::{Resources, RuleSet};
+use crate::{path, timestamp, token};
+use hashbrown::HashMap;
+
+pub fn compile(raw: RawConfig) -> Result<Compiled, ConfigError> {
+    let mut warnings = Vec::new();
+    let cors_endpoints = rule_set(
+        "cors_endpoints",
+        raw.cors_endpoints.as_deref().unwrap_or(&[]),
+    )?;
+    let public = rule_set("public_endpoints", &raw.public_endpoints)?;
+    let mut rule_sets = vec![cors_endpoints];
+    let mut keys = KeyTable::with_capacity(raw.keys.len());
+    let mut cors_index = CorsIndex::builder();
+    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(raw.keys.len());
+    let mut needs_clock = false;
+
+    for (i, rk) in raw.keys.iter().enumerate() {
+        let at = format!("keys[{i}]");
+        check_id(&rk.id).map_err(|r| ConfigError::new(format!("{at}.id"), r))?;
+        if let Some(first) = ids.insert(&rk.id, i) {
+            return Err(ConfigError::new(
+                format!("{at}.id"),
+                format!("duplicate id, already used by keys[{first}]"),
+            ));
+        }
+        let (digest, field) = key_digest(rk, &at, &mut warnings)?;
+        let owner = match &rk.owner {
+            Some(o) => Some(
+                check_header_value(o).map_err(|r| ConfigError::new(format!("{at}.owner"), r))?,
+            ),
+            None => None,
+        };
+        let window = window(rk, &at)?;
+        needs_clock |= window.is_bounded();
+
+        let origins = match &rk.cors {
+            Some(c) => Some(origins(
+                &c.allowed_origins,
+                &format!("{at}.cors.allowed_origins"),
+            )?),
+            None => None,
+        };
+        let full_access = rk.cors.as_ref().is_none_or(|c| c.full_access);
+        let endpoints = match &rk.rules {
+            Some(_) if rk.cors.as_ref().is_some_and(|c| c.full_access) => {
+                return Err(ConfigError::new(
+                    format!("{at}.rules"),
+                    "a key with cors.full_access cannot also have rules",
+                ));
+            }
+            Some(rules) => {
+                rule_sets.push(rule_set(&format!("{at}.rules"), rules)?);
+                Endpoints::Rules((rule_sets.len() - 1) as u32)
+            }
+            None if !full_access => Endpoints::Rules(CORS_ENDPOINTS),
+            None => Endpoints::All,
+        };
+        let resources = match &rk.resources {
+            Some(_) if endpoints == Endpoints::All => {
+                return Err(ConfigError::new(
+                    format!("{at}.resources"),
+                    "a key with full access cannot be scoped to resources (give it rules, or a cors object without full_access)",
+                ));
+            }
+            Some(list) => Some(resources(list, &format!("{at}.resources"))?),
+            None => None,
+        };
+
+        if let (Some(origins), false) = (&origins, rk.disabled) {
+            let rules = match endpoints {
+                Endpoints::All => None,
+                Endpoints::Rules(n) => Some(n),
+            };
+            cors_index.add(origins, Grant { window, rules });
+        }
+        let key = Key {
+            id: rk.id.as_str().into(),
+            owner,
+            window,
+            disabled: rk.disabled,
+            origins,
+            endpoints,
+            resources,
+        };
+        if let Err(first) = keys.insert(digest, key) {
+            let what = if field == "key" {
+                "same key as"
+            } else {
+                "same digest as"
+            };
+            return Err(ConfigError::new(
+                format!("{at}.{field}"),
+                format!("{what} keys[{first}]"),
+            ));
+        }
+    }
+
+    Ok(Compiled {
+        policy: Policy {
+            keys,
+            rule_sets,
+            public,
+            cors_index: cors_index.build(),
+            cors: cors_headers(&raw.cors)?,
+            forward: forward(&raw.forward)?,
+            mode: raw.mode,
+            needs_clock,
+        },
+        warnings,
+    })
+}
+
+fn rule_set(at: &str, raw: &[RawRule]) -> Result<RuleSet, ConfigError> {
+    RuleSet::compile(raw).map_err(|e| ConfigError::new(format!("{at}{}", e.path), e.reason))
+}
+
+fn check_id(id: &str) -> Result<(), &'static str> {
+    let valid = (1..=64).contains(&id.len())
+        && id
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+    if valid {
+        Ok(())
+    } else {
+        Err("expected 1-64 characters of A-Z a-z 0-9 . _ -")
+    }
+}
+
+/// The digest to index the key by, and the field it came from (`sha256` or `key`).
+fn key_digest(
+    rk: &RawKey,
+    at: &str,
+    warnings: &mut Vec<String>,
+) -> Result<(Digest, &'static str), ConfigError> {
+    match (&rk.sha256, &rk.key) {
+        (Some(hex), None) => parse_hex_digest(hex)
+            .map(|d| (d, "sha256"))
+            .ok_or_else(|| ConfigError::new(format!("{at}.sha256"), "expected 64 hex characters")),
+        (None, Some(plain)) => {
+            // The message says what is wrong with the key, never what the key is.
+            if token::bearer_key(format!("Bearer {plain}").as_bytes()).is_none() {
+                return Err(ConfigError::new(
+                    format!("{at}.key"),
+                    "not a valid bearer token: 1-1024 characters of A-Z a-z 0-9 - . _ ~ + / then optional =",
+                ));
+            }
+            warnings.push(format!(
+                "{at}.key: plaintext key in the configuration; use sha256 outside local development"
+            ));
+            Ok((sha256(plain.as_bytes()), "key"))
+        }
+        (Some(_), Some(_)) => Err(ConfigError::new(
+            at,
+            "sha256 and key are mutually exclusive",
+        )),
+        (None, None) => Err(ConfigError::new(
+            at,
+            "expected sha256 (or key, for local development only)",
+        )),
+    }
+}
+
+fn parse_hex_digest(hex: &str) -> Option<Digest> {
+    let bytes = hex.as_bytes();
+    if bytes.len() != 64 {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
+        let hi = (pair[0] as char).to_digit(16)?;
+        let lo = (pair[1] as char).to_digit(16)?;
+        *out = (hi * 16 + lo) as u8;
+    }
+    Some(digest)
+}
+
+fn window(rk: &RawKey, at: &str) -> Result<Window, ConfigError> {
+    let time = |field: &str, value: &Option<String>| -> Result<Option<i64>, ConfigError> {
+        value
+            .as_deref()
+            .map(|v| {
+                timestamp::parse_rfc3339(v)
+                    .map_err(|r| ConfigError::new(format!("{at}.{field}"), r))
+            })
+            .transpose()
+    };
+    let window = Window {
+        not_before: time("not_before", &rk.not_before)?,
+        expires_at: time("expires_at", &rk.expires_at)?,
+    };
+    if let (Some(start), Some(end)) = (window.not_before, window.expires_at) {
+        if start >= end {
+            return Err(ConfigError::new(
+                format!("{at}.expires_at"),
+                "must be later than not_before",
+            ));
+        }
+    }
+    Ok(window)
+}
+
+fn origins(raw: &[String], at: &str) -> Result<Origins, ConfigError> {
+    if raw.iter().any(|o| o == "*") {
+        if raw.len() > 1 {
+            return Err(ConfigError::new(
+                at,
+                "\"*\" must be the only entry when present",
+            ));
+        }
+        return Ok(Origins::Any);
+    }
+    let mut list: Vec<Box<[u8]>> = Vec::with_capacity(raw.len());
+    for (j, o) in raw.iter().enumerate() {
+        let normal = normalize_origin(o).map_err(|r| ConfigError::new(format!("{at}[{j}]"), r))?;
+        list.push(normal.into_bytes().into());
+    }
+    Ok(Origins::List(list))
+}
+
+fn resources(raw: &[String], at: &str) -> Result<Resources, ConfigError> {
+    let mut set = Resources::with_capacity(raw.len());
+    for (j, id) in raw.iter().enumerate() {
+        if !path::is_safe_segment(id.as_bytes()) {
+            return Err(ConfigError::new(
+                format!("{at}[{j}]"),
+                "not a path segment a request could carry",
+            ));
+        }
+        set.insert(id.as_bytes().into());
+    }
+    Ok(set)
+}
+
+fn cors_headers(raw: &RawCors) -> Result<CorsHeaders, ConfigError> {
+    for (field, list) in [
+        ("allow_headers", &raw.allow_headers),
+        ("expose_headers", &raw.expose_headers),
+    ] {
+        for (j, name) in list.iter().enumerate() {
+            check_header_name(name)
+                .map_err(|r| ConfigError::new(format!("cors.{field}[{j}]"), r))?;
+        }
+    }
+    Ok(CorsHeaders {
+        allow_headers: raw.allow_headers.join(", ").into(),
+        expose_headers: (!raw.expose_headers.is_empty())
+            .then(|| raw.expose_headers.join(", ").into()),
+        max_age: raw.max_age_seconds.to_string().into(),
+        allow_credentials: raw.allow_credentials,
+    })
+}
+
+fn forward(raw: &RawForward) -> Result<Forward, ConfigError> {
+    for (field, name) in [
+        ("key_id_header", &raw.key_id_header),
+        ("owner_header", &raw.owner_header),
+    ] {
+        check_forward_header(name).map_err(|r| ConfigError::new(format!("forward.{field}"), r))?;
+    }
+    if raw.key_id_header == raw.owner_header {
+        return Err(ConfigError::new(
+            "forward.owner_header",
+            "must differ from key_id_header",
+        ));
+    }
+    Ok(Forward {
+        key_id_header: raw.key_id_header.as_str().into(),
+        owner_header: raw.owner_header.as_str().into(),
+        strip_authorization: raw.strip_authorization,
+    })
+}
+
+fn check_header_name(name: &str) -> Result<(), &'static str> {
+    let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+    if !name.is_empty() && name.bytes().all(token) {
+        Ok(())
+    } else {
+        Err("expected an HTTP header name")
+    }
+}
+
+/// Identity headers must be names Envoy stores as written (lower case) and must not
+/// collide with headers that carry the request itself.
+fn check_forward_header(name: &str) -> Result<(), &'static str> {
+    check_header_name(name)?;
+    if name.bytes().any(|c| c.is_ascii_uppercase()) {
+        return Err("expected a lower-case header name");
+    }
+    const RESERVED: [&str; 9] = [
+        "authorization",
+        "host",
+        "origin",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "x-keygate-would-deny",
+    ];
+    if RESERVED.contains(&name) {
+        return Err("this header carries the request itself and cannot hold the identity");
+    }
+    Ok(())
+}
+
+/// A value that goes into a forwarded header: printable ASCII, no surrounding spaces.
+fn check_header_value(value: &str) -> Result<Box<str>, &'static str> {
+    let valid = (1..=256).contains(&value.len())
+        && value.bytes().all(|c| (0x20..0x7f).contains(&c))
+        && !value.starts_with(' ')
+        && !value.ends_with(' ');
+    if valid {
+        Ok(value.into())
+    } else {
+        Err("expected 1-256 printable ASCII characters")
+    }
+}

@@ -1,0 +1,124 @@
+//! Reading the request header map in one pass, straight from the host's serialized form.
+//!
+//! The host hands over all headers in one buffer: a `u32` count, then a `u32` name length
+//! and value length per pair, then each name and value followed by a NUL. Reading it in
+//! place costs one host call and no allocation per header, treats every byte as a byte
+//! (no UTF-8 assumptions), and sees repeated headers such as two `Authorization` lines.
+
+use crate::decide::Request;
+use crate::policy::Forward;
+
+/// Iterates over `(name, value)` pairs; a truncated or inconsistent buffer ends the
+/// iteration early (the request then lacks headers and fails closed).
+pub fn pairs(map: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
+    let count = read_u32(map, 0).unwrap_or(0) as usize;
+    // Every pair needs 8 bytes of lengths, so a count beyond that is a lie.
+    let count = count.min(map.len() / 8);
+    let mut data = 4 + count * 8;
+    (0..count).map_while(move |i| {
+        let name_len = read_u32(map, 4 + i * 8)? as usize;
+        let value_len = read_u32(map, 8 + i * 8)? as usize;
+        let name = map.get(data..data.checked_add(name_len)?)?;
+        let value_start = data + name_len + 1;
+        let value = map.get(value_start..value_start.checked_add(value_len)?)?;
+        data = value_start + value_len + 1;
+        Some((name, value))
+    })
+}
+
+fn read_u32(map: &[u8], at: usize) -> Option<u32> {
+    let bytes = map.get(at..at.checked_add(4)?)?;
+    Some(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+}
+
+/// The request as the decision reads it, plus which client-sent headers must go.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Scan<'a> {
+    pub request: Request<'a>,
+    /// The client sent a header keygate owns (identity or `x-keygate-would-deny`).
+    pub spoofed_key_id: bool,
+    pub spoofed_owner: bool,
+    pub spoofed_would_deny: bool,
+}
+
+pub const WOULD_DENY_HEADER: &str = "x-keygate-would-deny";
+
+/// One pass over the serialized request headers. Envoy stores names in lower case.
+pub fn scan<'a>(map: &'a [u8], forward: &Forward) -> Scan<'a> {
+    let mut s = Scan::default();
+    for (name, value) in pairs(map) {
+        match name {
+            b":method" => s.request.method = value,
+            b":path" => s.request.path = value,
+            b"authorization" => s.request.authorization.push(value),
+            b"origin" => s.request.origin.push(value),
+            b"access-control-request-method" => s.request.access_control_request_method.push(value),
+            n if n == WOULD_DENY_HEADER.as_bytes() => s.spoofed_would_deny = true,
+            n if n == forward.key_id_header.as_bytes() => s.spoofed_key_id = true,
+            n if n == forward.owner_header.as_bytes() => s.spoofed_owner = true,
+            _ => {}
+        }
+    }
+    s
+}
+
+/// Builds a serialized map the way the host does; for tests and fuzzing.
+pub fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut out = Vec::new();
+    out.extend_from_slice(&(pairs.len() as u32).to_le_bytes());
+    for (n, v) in pairs {
+        out.extend_from_slice(&(n.len() as u32).to_le_bytes());
+        out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+    }
+    for (n, v) in pairs {
+        out.extend_from_slice(n);
+        out.push(0);
+        out.extend_from_slice(v);
+        out.push(0);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::decide::Header;
+
+    fn forward() -> Forward {
+        Forward {
+            key_id_header: "x-api-key-id".into(),
+            owner_header: "x-api-key-owner".into(),
+            strip_authorization: false,
+        }
+    }
+
+    #[test]
+    fn reads_pairs_and_sees_repeats() {
+        let map = serialize(&[
+            (b":method", b"GET"),
+            (b":path", b"/a?b"),
+            (b"authorization", b"Bearer x"),
+            (b"authorization", b"Bearer \xff"),
+            (b"origin", b"https://a.example"),
+            (b"x-api-key-id", b"forged"),
+        ]);
+        let f = forward();
+        let s = scan(&map, &f);
+        assert_eq!(s.request.method, b"GET");
+        assert_eq!(s.request.path, b"/a?b");
+        assert_eq!(s.request.authorization, Header::Many);
+        assert_eq!(s.request.origin, Header::One(b"https://a.example"));
+        assert!(s.spoofed_key_id && !s.spoofed_owner && !s.spoofed_would_deny);
+    }
+
+    #[test]
+    fn broken_buffers_end_early_without_panicking() {
+        let map = serialize(&[(b":method", b"GET"), (b":path", b"/")]);
+        for cut in 0..map.len() {
+            let _ = pairs(&map[..cut]).count();
+        }
+        assert_eq!(pairs(&map).count(), 2);
+        assert_eq!(pairs(&[0xff, 0xff, 0xff, 0xff, 1, 0, 0, 0]).count(), 0);
+        assert_eq!(pairs(&[]).count(), 0);
+    }
+}

@@ -1,0 +1,250 @@
+//! The few proxy-wasm host calls keygate makes, declared directly against the ABI.
+//!
+//! The SDK's wrappers `panic!` on any status they do not expect and unwrap UTF-8, and a
+//! panic traps the VM for every later request on the worker. These wrappers return what
+//! the host said and never panic; callers decide how to fail closed.
+
+use std::ptr::{null, null_mut};
+
+const REQUEST_HEADERS: u32 = 0;
+const RESPONSE_HEADERS: u32 = 2;
+const PLUGIN_CONFIGURATION: u32 = 7;
+const COUNTER: u32 = 0;
+const OK: u32 = 0;
+
+#[link(wasm_import_module = "env")]
+extern "C" {
+    fn proxy_log(level: u32, message: *const u8, size: usize) -> u32;
+    fn proxy_get_log_level(level: *mut u32) -> u32;
+    fn proxy_get_current_time_nanoseconds(time: *mut u64) -> u32;
+    fn proxy_get_buffer_bytes(
+        kind: u32,
+        start: usize,
+        max: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    fn proxy_get_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
+    fn proxy_replace_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_add_header_map_value(
+        map: u32,
+        key: *const u8,
+        key_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+    fn proxy_remove_header_map_value(map: u32, key: *const u8, key_size: usize) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_send_local_response(
+        status: u32,
+        details: *const u8,
+        details_size: usize,
+        body: *const u8,
+        body_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        grpc_status: i32,
+    ) -> u32;
+    fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
+    fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_set_property(
+        path: *const u8,
+        path_size: usize,
+        value: *const u8,
+        value_size: usize,
+    ) -> u32;
+}
+
+/// Takes ownership of a buffer the host allocated through the SDK's
+/// `proxy_on_memory_allocate` (a boxed slice of exactly `size` bytes).
+fn owned(status: u32, data: *mut u8, size: usize) -> Option<Vec<u8>> {
+    if status != OK {
+        return None;
+    }
+    if data.is_null() {
+        return Some(Vec::new());
+    }
+    // SAFETY: the host wrote `size` bytes into memory it obtained from our allocator
+    // with exactly that capacity, and hands ownership to us.
+    Some(unsafe { Vec::from_raw_parts(data, size, size) })
+}
+
+pub fn log(level: log::Level, message: &str) {
+    let level = match level {
+        log::Level::Trace => 0,
+        log::Level::Debug => 1,
+        log::Level::Info => 2,
+        log::Level::Warn => 3,
+        log::Level::Error => 4,
+    };
+    // SAFETY: pointer and length describe a live `str`.
+    unsafe { proxy_log(level, message.as_ptr(), message.len()) };
+}
+
+/// The host's log level for this plugin, as a `log` filter.
+pub fn log_level() -> log::LevelFilter {
+    let mut level = 2;
+    // SAFETY: the host writes one u32.
+    unsafe { proxy_get_log_level(&mut level) };
+    match level {
+        0 => log::LevelFilter::Trace,
+        1 => log::LevelFilter::Debug,
+        2 => log::LevelFilter::Info,
+        3 => log::LevelFilter::Warn,
+        4 => log::LevelFilter::Error,
+        _ => log::LevelFilter::Off,
+    }
+}
+
+/// Wall-clock time in Unix milliseconds, or `None` if the host refuses.
+pub fn now_ms() -> Option<i64> {
+    let mut nanos = 0u64;
+    // SAFETY: the host writes one u64.
+    let status = unsafe { proxy_get_current_time_nanoseconds(&mut nanos) };
+    (status == OK).then_some((nanos / 1_000_000) as i64)
+}
+
+pub fn plugin_configuration(size: usize) -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: out-pointers to locals; the buffer is taken over by `owned`.
+    let status =
+        unsafe { proxy_get_buffer_bytes(PLUGIN_CONFIGURATION, 0, size, &mut data, &mut len) };
+    owned(status, data, len)
+}
+
+/// All request headers in the host's serialized form (see `headers::pairs`).
+pub fn request_header_map() -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above.
+    let status = unsafe { proxy_get_header_map_pairs(REQUEST_HEADERS, &mut data, &mut len) };
+    owned(status, data, len)
+}
+
+pub fn response_header(name: &str) -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above.
+    let status = unsafe {
+        proxy_get_header_map_value(
+            RESPONSE_HEADERS,
+            name.as_ptr(),
+            name.len(),
+            &mut data,
+            &mut len,
+        )
+    };
+    owned(status, data, len)
+}
+
+#[derive(Clone, Copy)]
+pub enum Map {
+    Request,
+    Response,
+}
+
+impl Map {
+    fn id(self) -> u32 {
+        match self {
+            Map::Request => REQUEST_HEADERS,
+            Map::Response => RESPONSE_HEADERS,
+        }
+    }
+}
+
+pub fn set_header(map: Map, name: &str, value: &[u8]) -> bool {
+    // SAFETY: pointers and lengths describe live slices.
+    let s = unsafe {
+        proxy_replace_header_map_value(
+            map.id(),
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    s == OK
+}
+
+pub fn add_header(map: Map, name: &str, value: &[u8]) -> bool {
+    // SAFETY: as above.
+    let s = unsafe {
+        proxy_add_header_map_value(
+            map.id(),
+            name.as_ptr(),
+            name.len(),
+            value.as_ptr(),
+            value.len(),
+        )
+    };
+    s == OK
+}
+
+pub fn remove_header(map: Map, name: &str) -> bool {
+    // SAFETY: as above.
+    unsafe { proxy_remove_header_map_value(map.id(), name.as_ptr(), name.len()) == OK }
+}
+
+/// Sends a local reply; `headers` is a serialized map (see `headers::serialize`).
+pub fn send_response(status: u32, headers: &[u8], body: &[u8]) -> bool {
+    // SAFETY: pointers and lengths describe live slices.
+    let s = unsafe {
+        proxy_send_local_response(
+            status,
+            null(),
+            0,
+            body.as_ptr(),
+            body.len(),
+            headers.as_ptr(),
+            headers.len(),
+            -1,
+        )
+    };
+    s == OK
+}
+
+pub fn define_counter(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: as above; the host writes one u32.
+    let s = unsafe { proxy_define_metric(COUNTER, name.as_ptr(), name.len(), &mut id) };
+    (s == OK).then_some(id)
+}
+
+pub fn increment(id: u32) {
+    // SAFETY: plain values.
+    unsafe { proxy_increment_metric(id, 1) };
+}
+
+/// Sets filter state; Envoy stores it under `wasm.<path>`.
+pub fn set_property(path: &[u8], value: &[u8]) -> bool {
+    // SAFETY: as above.
+    unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) == OK }
+}
+
+/// Routes the `log` crate to the host; messages are formatted only when enabled.
+pub struct HostLogger;
+
+impl log::Log for HostLogger {
+    fn enabled(&self, metadata: &log::Metadata) -> bool {
+        metadata.level() <= log::max_level()
+    }
+
+    fn log(&self, record: &log::Record) {
+        if self.enabled(record.metadata()) {
+            log(record.level(), &record.args().to_string());
+        }
+    }
+
+    fn flush(&self) {}
+}

@@ -1,0 +1,201 @@
+//! The compiled key table: SHA-256 digest → key.
+//!
+//! Keys are looked up by the digest of the presented key, never compared in clear. The
+//! digest is already uniformly random, so its first eight bytes are the hash: no second
+//! hash per request, and nothing an attacker controls decides which bucket is probed
+//! (finding a key whose digest lands near a configured one means breaking SHA-256).
+
+use crate::cors::Origins;
+use crate::rules::Resources;
+use hashbrown::hash_map::Entry;
+use hashbrown::HashMap;
+use sha2::{Digest as _, Sha256};
+use std::hash::{BuildHasherDefault, Hash, Hasher};
+
+pub type Digest = [u8; 32];
+
+pub fn sha256(bytes: &[u8]) -> Digest {
+    Sha256::digest(bytes).into()
+}
+
+/// When a key may be used: `not_before <= now < expires_at`, in Unix milliseconds.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Window {
+    pub not_before: Option<i64>,
+    pub expires_at: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validity {
+    Active,
+    NotYetValid,
+    Expired,
+}
+
+impl Window {
+    pub fn at(&self, now_ms: i64) -> Validity {
+        if self.expires_at.is_some_and(|t| now_ms >= t) {
+            Validity::Expired
+        } else if self.not_before.is_some_and(|t| now_ms < t) {
+            Validity::NotYetValid
+        } else {
+            Validity::Active
+        }
+    }
+
+    pub fn is_bounded(&self) -> bool {
+        self.not_before.is_some() || self.expires_at.is_some()
+    }
+}
+
+/// Which endpoints a key may call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Endpoints {
+    All,
+    /// Index into the policy's rule sets.
+    Rules(u32),
+}
+
+#[derive(Debug)]
+pub struct Key {
+    pub id: Box<str>,
+    pub owner: Option<Box<str>>,
+    pub window: Window,
+    pub disabled: bool,
+    /// `Some` for a CORS-enabled key: the origins it may be used from.
+    pub origins: Option<Origins>,
+    pub endpoints: Endpoints,
+    pub resources: Option<Resources>,
+}
+
+#[derive(Default)]
+pub struct KeyTable {
+    by_digest: HashMap<DigestKey, u32, BuildHasherDefault<DigestHasher>>,
+    keys: Vec<Key>,
+}
+
+impl std::fmt::Debug for KeyTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeyTable({} keys)", self.keys.len())
+    }
+}
+
+impl KeyTable {
+    pub fn with_capacity(n: usize) -> KeyTable {
+        KeyTable {
+            by_digest: HashMap::with_capacity_and_hasher(n, Default::default()),
+            keys: Vec::with_capacity(n),
+        }
+    }
+
+    /// Adds a key; on a digest already present, returns the index of the key holding it.
+    pub fn insert(&mut self, digest: Digest, key: Key) -> Result<(), usize> {
+        match self.by_digest.entry(DigestKey(digest)) {
+            Entry::Occupied(held) => Err(*held.get() as usize),
+            Entry::Vacant(slot) => {
+                slot.insert(self.keys.len() as u32);
+                self.keys.push(key);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn get(&self, digest: &Digest) -> Option<&Key> {
+        let &i = self.by_digest.get(&DigestKey(*digest))?;
+        self.keys.get(i as usize)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Key> {
+        self.keys.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.keys.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty()
+    }
+}
+
+/// A digest as a hash-map key: it hashes as its first eight bytes (see the module comment).
+#[derive(PartialEq, Eq)]
+struct DigestKey(Digest);
+
+impl Hash for DigestKey {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        let [a, b, c, d, e, f, g, h, ..] = self.0;
+        state.write_u64(u64::from_le_bytes([a, b, c, d, e, f, g, h]));
+    }
+}
+
+/// Passes the `u64` written by [`DigestKey`] through unchanged.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        // Only reached if something other than `DigestKey` is hashed; stay correct anyway.
+        for &byte in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(byte);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(id: &str) -> Key {
+        Key {
+            id: id.into(),
+            owner: None,
+            window: Window::default(),
+            disabled: false,
+            origins: None,
+            endpoints: Endpoints::All,
+            resources: None,
+        }
+    }
+
+    #[test]
+    fn looks_up_by_digest_and_refuses_duplicates() {
+        let mut t = KeyTable::with_capacity(2);
+        assert_eq!(t.insert(sha256(b"one"), key("a")), Ok(()));
+        assert_eq!(t.insert(sha256(b"two"), key("b")), Ok(()));
+        assert_eq!(t.insert(sha256(b"one"), key("c")), Err(0));
+        assert_eq!(t.get(&sha256(b"two")).map(|k| &*k.id), Some("b"));
+        assert!(t.get(&sha256(b"three")).is_none());
+        assert_eq!(t.len(), 2);
+    }
+
+    #[test]
+    fn digest_of_known_value() {
+        let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(
+            hex,
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+
+    #[test]
+    fn window_bounds_are_half_open() {
+        let w = Window {
+            not_before: Some(10),
+            expires_at: Some(20),
+        };
+        assert_eq!(w.at(9), Validity::NotYetValid);
+        assert_eq!(w.at(10), Validity::Active);
+        assert_eq!(w.at(19), Validity::Active);
+        assert_eq!(w.at(20), Validity::Expired);
+        assert_eq!(Window::default().at(i64::MIN), Validity::Active);
+    }
+}

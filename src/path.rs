@@ -1,0 +1,143 @@
+//! Request paths keygate is willing to match against a rule.
+//!
+//! Servers behind a proxy disagree about how to read odd paths, and each disagreement is
+//! a known bypass: the proxy matches one path, the upstream serves another. So a path that
+//! any common server could read differently from a plain segment-by-segment reading
+//! matches no rule at all (public or restricted): it needs a key with full access.
+
+/// The path without its query string, if it is safe to match; `None` otherwise.
+///
+/// Unsafe: not starting with `/`; an empty segment (`//`, a trailing `/`); a `.` or `..`
+/// segment; a backslash or `;` (Tomcat reads `/..;/` as `/../`); `#`; a control, space or
+/// non-ASCII byte; a percent-encoded `/`, `\` or `.` (`%2F %5C %2E`), control character
+/// (`%00`-`%1F`, `%7F`) or double-encoded `%25` followed by `2E 2F 5C`, in any case.
+pub fn matchable(path_and_query: &[u8]) -> Option<&[u8]> {
+    let end = path_and_query
+        .iter()
+        .position(|&c| c == b'?')
+        .unwrap_or(path_and_query.len());
+    let path = &path_and_query[..end];
+    let (&b'/', rest) = path.split_first()? else {
+        return None;
+    };
+    if rest.is_empty() {
+        return Some(path);
+    }
+    if !rest.split(|&c| c == b'/').all(is_safe_segment) {
+        return None;
+    }
+    Some(path)
+}
+
+/// The segments of a path returned by [`matchable`]: `/` has none.
+pub fn segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
+    path.get(1..)
+        .unwrap_or_default()
+        .split(|&c| c == b'/')
+        .filter(|s| !s.is_empty())
+}
+
+/// A non-empty segment that is not a dot segment and holds nothing a server might decode
+/// into a separator, a dot or a control character.
+pub fn is_safe_segment(segment: &[u8]) -> bool {
+    if segment.is_empty() || segment == b"." || segment == b".." {
+        return false;
+    }
+    let mut i = 0;
+    while i < segment.len() {
+        let c = segment[i];
+        if !c.is_ascii_graphic() || matches!(c, b'\\' | b';' | b'#') {
+            return false;
+        }
+        if c == b'%' {
+            let encoded = segment.get(i + 1..i + 3).and_then(hex_byte);
+            match encoded {
+                Some(b'/' | b'\\' | b'.') => return false,
+                Some(b) if b < 0x20 || b == 0x7f => return false,
+                Some(b'%') => {
+                    let twice = segment.get(i + 3..i + 5).and_then(hex_byte);
+                    if matches!(twice, Some(b'/' | b'\\' | b'.')) {
+                        return false;
+                    }
+                }
+                _ => {}
+            }
+        }
+        i += 1;
+    }
+    true
+}
+
+fn hex_byte(two: &[u8]) -> Option<u8> {
+    let digit = |c: u8| (c as char).to_digit(16);
+    match two {
+        [h, l] => Some((digit(*h)? * 16 + digit(*l)?) as u8),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_are_matchable_without_their_query() {
+        assert_eq!(matchable(b"/"), Some(&b"/"[..]));
+        assert_eq!(
+            matchable(b"/api/stream/abc?x=/../"),
+            Some(&b"/api/stream/abc"[..])
+        );
+        assert_eq!(matchable(b"/a/b%20c/d~e"), Some(&b"/a/b%20c/d~e"[..]));
+        assert_eq!(
+            matchable(b"/a/.well-known/x..y"),
+            Some(&b"/a/.well-known/x..y"[..])
+        );
+        assert_eq!(matchable(b"/a/%41%7e%2d"), Some(&b"/a/%41%7e%2d"[..]));
+        let segs: Vec<&[u8]> = segments(b"/api/stream/abc").collect();
+        assert_eq!(segs, [&b"api"[..], b"stream", b"abc"]);
+        assert_eq!(segments(b"/").count(), 0);
+    }
+
+    #[test]
+    fn every_trick_is_refused() {
+        for bad in [
+            &b""[..],
+            b"*",
+            b"api/stream",
+            b"http://x/api",
+            b"//api",
+            b"/api//stream",
+            b"/api/stream/",
+            b"/api/./stream",
+            b"/api/../admin",
+            b"/api/..",
+            b"/api/.",
+            b"/api/%2e%2e/admin",
+            b"/api/%2E%2E/admin",
+            b"/api/.%2e/admin",
+            b"/api/%2e/admin",
+            b"/api/a%2fb",
+            b"/api/a%2Fb",
+            b"/api/a%5cb",
+            b"/api/a%5Cb",
+            b"/api/a\\b",
+            b"/api/..;/admin",
+            b"/api/a;b",
+            b"/api/a%00b",
+            b"/api/a%0ab",
+            b"/api/a%1Fb",
+            b"/api/a%7fb",
+            b"/api/a%252eb",
+            b"/api/a%252Fb",
+            b"/api/a%255cb",
+            b"/api/a%252E%252E",
+            b"/api/a#b",
+            b"/api/a b",
+            b"/api/a\tb",
+            b"/api/\xc3\xa9",
+            b"/api/a\x7fb",
+        ] {
+            assert_eq!(matchable(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+}

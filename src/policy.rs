@@ -1,0 +1,58 @@
+//! The compiled configuration the filter serves from, built once per configure.
+
+use crate::config::{self, ConfigError, Mode};
+use crate::cors::CorsIndex;
+use crate::keytable::KeyTable;
+use crate::rules::RuleSet;
+
+#[derive(Debug)]
+pub struct Policy {
+    pub keys: KeyTable,
+    /// Rule sets referenced by keys; index [`CORS_ENDPOINTS`] is `cors_endpoints`.
+    pub rule_sets: Vec<RuleSet>,
+    pub public: RuleSet,
+    pub cors_index: CorsIndex,
+    pub cors: CorsHeaders,
+    pub forward: Forward,
+    pub mode: Mode,
+    /// Whether any key has `not_before` or `expires_at`: only then is the clock read.
+    pub needs_clock: bool,
+}
+
+/// Index of the top-level `cors_endpoints` in [`Policy::rule_sets`].
+pub const CORS_ENDPOINTS: u32 = 0;
+
+/// Header values for CORS responses, rendered once.
+#[derive(Debug)]
+pub struct CorsHeaders {
+    pub allow_headers: Box<str>,
+    pub expose_headers: Option<Box<str>>,
+    pub max_age: Box<str>,
+    pub allow_credentials: bool,
+}
+
+/// Where the authenticated identity goes upstream.
+#[derive(Debug)]
+pub struct Forward {
+    pub key_id_header: Box<str>,
+    pub owner_header: Box<str>,
+    pub strip_authorization: bool,
+}
+
+/// A policy plus the warnings worth logging once (never containing a key).
+#[derive(Debug)]
+pub struct Compiled {
+    pub policy: Policy,
+    pub warnings: Vec<String>,
+}
+
+impl Policy {
+    /// Parses and compiles a plugin configuration; all or nothing.
+    pub fn from_json(json: &[u8]) -> Result<Compiled, ConfigError> {
+        crate::compile::compile(config::parse(json)?)
+    }
+
+    pub fn rule_set(&self, index: u32) -> Option<&RuleSet> {
+        self.rule_sets.get(index as usize)
+    }
+}
