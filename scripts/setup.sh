@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs everything keygate's build, demo and tests need, into the project where it can:
+# the wasm target, a Python venv (.venv) with the pinned Envoy and test tools, and from
+# Debian: binaryen (wasm-opt) and, with --browser, chromium for the real-browser test.
+# Idempotent: a second run only checks.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
+  rustup target add wasm32-wasip1
+fi
+
+if [ ! -x .venv/bin/python ]; then
+  python3 -m venv .venv
+fi
+# The copy of requirements.txt in the venv records what was installed last.
+if ! cmp -s tests/requirements.txt .venv/installed-requirements.txt; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check -r tests/requirements.txt
+  cp tests/requirements.txt .venv/installed-requirements.txt
+fi
+
+apt_missing=()
+command -v wasm-opt >/dev/null 2>&1 || apt_missing+=(binaryen)
+if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
+  apt_missing+=(chromium)
+fi
+if [ ${#apt_missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${apt_missing[@]}" >/dev/null
+  else
+    echo "setup: please install ${apt_missing[*]} (Debian packages)" >&2
+  fi
+fi

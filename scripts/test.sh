@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: install, lint, unit tests, the real-Envoy
+# integration tests (including the headless-Chromium CORS test). Extra arguments go to pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/setup.sh --browser
+./wasm-build.sh
+
+echo "== format and lints (native and wasm32-wasip1)"
+cargo fmt --check
+cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --target wasm32-wasip1 --lib -- -D warnings
+
+echo "== unit tests (pure core, native)"
+cargo test --locked
+
+echo "== integration tests (real Envoy)"
+.venv/bin/python -m pytest tests/integration -q -p no:cacheprovider "$@"
