@@ -25,9 +25,10 @@ impl Origins {
 }
 
 /// `null` is what sandboxed and `file:` documents send, so every attacker page can send
-/// it too: it is never allowed. An empty value stands for several `Origin` headers.
+/// it too: it is never allowed. An empty value stands for several `Origin` headers. An
+/// allowed origin is echoed in a response header, so it must be visible ASCII.
 pub fn is_real_origin(origin: &[u8]) -> bool {
-    !origin.is_empty() && origin != b"null"
+    !origin.is_empty() && origin != b"null" && origin.iter().all(u8::is_ascii_graphic)
 }
 
 /// Turns a configured `scheme://host[:port]` into the form browsers send.
@@ -201,6 +202,8 @@ mod tests {
         assert!(Origins::Any.allows(b"https://x.example"));
         assert!(!Origins::Any.allows(b"null"));
         assert!(!Origins::Any.allows(b""));
+        assert!(!Origins::Any.allows(b"https://x.example\xff"));
+        assert!(!Origins::Any.allows(b"https://x .example"));
         let list = Origins::List(vec![b"https://a.example".as_slice().into()]);
         assert!(list.allows(b"https://a.example"));
         assert!(!list.allows(b"https://a.example:443"));

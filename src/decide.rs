@@ -181,6 +181,7 @@ impl Policy {
         now_ms: i64,
     ) -> Verdict<'_> {
         let allowed = is_real_origin(origin)
+            && is_method(method)
             && path.is_some_and(|p| {
                 self.public.allows(method, p)
                     || self.cors_index.grants(origin).any(|g| {
@@ -198,6 +199,14 @@ impl Policy {
         };
         verdict(outcome, None, allowed)
     }
+}
+
+/// An HTTP method token: it is echoed in `access-control-allow-methods`.
+fn is_method(method: &[u8]) -> bool {
+    !method.is_empty()
+        && method
+            .iter()
+            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 fn verdict(outcome: Outcome, key: Option<&Key>, allow_origin: bool) -> Verdict<'_> {

@@ -18,10 +18,10 @@ proxy_wasm::main! {{
     proxy_wasm::set_root_context(|_| Box::new(Root { policy: None }));
 }}
 
-/// Counter ids, defined once per VM: `keygate.<outcome>` for what was enforced and
-/// `keygate.report.<outcome>` for what report mode would have enforced.
+/// Counter ids, defined once per VM: `keygate.<outcome>` for what was done, and
+/// `keygate.report.<outcome>` for each denial report mode let through.
 struct Metrics {
-    enforced: [Option<u32>; Outcome::ALL.len()],
+    done: [Option<u32>; Outcome::ALL.len()],
     reported: [Option<u32>; Outcome::ALL.len()],
 }
 
@@ -29,19 +29,20 @@ static METRICS: OnceLock<Metrics> = OnceLock::new();
 
 fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics {
-        enforced: Outcome::ALL.map(|o| host::define_counter(&format!("keygate.{}", o.name()))),
-        reported: Outcome::ALL
-            .map(|o| host::define_counter(&format!("keygate.report.{}", o.name()))),
+        done: Outcome::ALL.map(|o| host::define_counter(&format!("keygate.{}", o.name()))),
+        reported: Outcome::ALL.map(|o| {
+            let reportable = o.reply().is_some() && o != Outcome::PreflightDenied;
+            reportable
+                .then(|| host::define_counter(&format!("keygate.report.{}", o.name())))
+                .flatten()
+        }),
     })
 }
 
-fn count(outcome: Outcome, mode: Mode) {
+/// Counts the outcome as done, or as reported when report mode let a denial through.
+fn count(outcome: Outcome, reported: bool) {
     let m = metrics();
-    let ids = if mode == Mode::Report && outcome.reply().is_some() {
-        &m.reported
-    } else {
-        &m.enforced
-    };
+    let ids = if reported { &m.reported } else { &m.done };
     if let Some(Some(id)) = Outcome::ALL
         .iter()
         .position(|&o| o == outcome)
@@ -140,16 +141,24 @@ impl HttpContext for Stream {
             0
         };
         let verdict = policy.decide(req, now);
-        count(verdict.outcome, policy.mode);
         let origin = req.origin.value();
+        // Preflights are answered in both modes: they carry no key and change nothing.
+        let enforce = policy.mode == Mode::Enforce || req.is_preflight();
+        let denial = verdict.outcome.reply();
+        count(verdict.outcome, denial.is_some() && !enforce);
 
-        if let Some(denial) = verdict.outcome.reply() {
+        if let Some(denial) = denial {
             debug!(
-                "{} key={}",
+                "{} key={}{}",
                 verdict.outcome.name(),
-                verdict.key.map_or("-", |k| &k.id)
+                verdict.key.map_or("-", |k| &k.id),
+                if enforce {
+                    ""
+                } else {
+                    " (report mode: let through)"
+                }
             );
-            if policy.mode == Mode::Enforce || req.is_preflight() {
+            if enforce {
                 let mut extra: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
                 if let Some(www) = denial.www_authenticate {
                     extra.push((b"www-authenticate", www.as_bytes()));
