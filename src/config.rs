@@ -131,11 +131,10 @@ impl fmt::Display for ConfigError {
 pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." {
-            "config".to_string()
-        } else {
-            path
+        // serde_path_to_error says `.` for the root and `?` where the JSON did not parse.
+        let path = match e.path().to_string() {
+            p if p == "." || p == "?" => "config".to_string(),
+            p => p,
         };
         ConfigError::new(path, e.into_inner().to_string())
     })?;

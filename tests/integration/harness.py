@@ -184,12 +184,30 @@ def http1(port: int, method: str | bytes, path: str | bytes, headers=(), body: b
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
         s.sendall(head + body)
         data = b""
-        while True:
+        # Stop as soon as the response is complete: Envoy delays closing the connection
+        # after a local reply (delayed_close_timeout), and waiting for EOF costs a second.
+        while not _complete(data, _b(method) == b"HEAD"):
             chunk = s.recv(65536)
             if not chunk:
                 break
             data += chunk
     return parse_http1(data)
+
+
+def _complete(data: bytes, head_request: bool) -> bool:
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    lower = head.lower()
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/1.1 ") else 0
+    if head_request or status in (204, 304) or 100 <= status < 200:
+        return True
+    for line in lower.split(b"\r\n")[1:]:
+        if line.startswith(b"content-length:"):
+            return len(rest) >= int(line.split(b":", 1)[1])
+        if line.startswith(b"transfer-encoding:") and b"chunked" in line:
+            return rest.endswith(b"0\r\n\r\n")
+    return False
 
 
 def parse_http1(data: bytes) -> Response:
@@ -270,6 +288,9 @@ class Envoy:
     normalize: bool = False
     failure_policy: str = "FAIL_CLOSED"
     log_level: str = "info"
+    # Per-component levels, e.g. "wasm:debug" for keygate's own debug lines without
+    # Envoy's http debug output (which prints every request header, Authorization too).
+    component_log_level: str | None = None
     wasm: Path | None = None
     bootstrap: dict | None = None  # a complete bootstrap replaces the generated one
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="keygate-envoy-")))
@@ -306,6 +327,8 @@ class Envoy:
         cfg.write_text(json.dumps(self.render(), indent=1))
         cmd = envoy_command() + ["-c", str(cfg), "--base-id", str(next(_base_ids)), "--concurrency", "1",
                                  "-l", self.log_level, "--disable-hot-restart"]
+        if self.component_log_level:
+            cmd += ["--component-log-level", self.component_log_level]
         log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout

@@ -1,0 +1,37 @@
+"""Where the identity goes upstream, and the key never in a log line or a response."""
+
+from harness import UNAUTHORIZED, bearer, sha256_hex
+
+
+def test_custom_identity_headers_and_stripped_authorization(envoy_factory):
+    key = "strip-me-key"
+    e = envoy_factory({
+        "keys": [{"id": "svc", "sha256": sha256_hex(key), "owner": "team-a"}],
+        "forward": {"key_id_header": "x-caller", "owner_header": "x-caller-team", "strip_authorization": True},
+    })
+    r = e.get("/x", [bearer(key), ("x-caller", "forged"), ("x-caller-team", "forged"),
+                     ("x-api-key-id", "not-ours")])
+    assert r.status == 200
+    assert r.upstream_all("x-caller") == ["svc"]
+    assert r.upstream_all("x-caller-team") == ["team-a"]
+    assert r.upstream_all("authorization") == []
+    # Only the configured names are keygate's: other headers pass untouched.
+    assert r.upstream_all("x-api-key-id") == ["not-ours"]
+
+
+def test_the_key_never_appears_in_the_debug_log_or_a_response(envoy_factory):
+    # keygate's own lines at debug level. (Envoy's `http` component at debug prints every
+    # request header, Authorization included: that is Envoy's, and the README warns of it.)
+    valid, other = "Sup3rSecretValidKey", "Sup3rSecretUnknownKey"
+    e = envoy_factory({"keys": [{"id": "svc", "sha256": sha256_hex(valid)}]},
+                      component_log_level="wasm:debug")
+    assert e.get("/x", [bearer(valid)]).status == 200
+    for value in [f"Bearer {other}", f"Bearer  {other}", f"Basic {other}", f"Bearer {other}\"x"]:
+        r = e.get("/x", [("authorization", value)])
+        assert (r.status, r.body) == (401, UNAUTHORIZED)
+        assert other.encode() not in r.body and all(other not in v for _, v in r.headers)
+    r = e.get2("/x", [bearer(other)])
+    assert r.status == 401
+    log = e.log()
+    assert "denied_unknown key=-" in log and "denied_malformed key=-" in log
+    assert valid not in log and other not in log
