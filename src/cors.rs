@@ -24,11 +24,24 @@ impl Origins {
     }
 }
 
-/// `null` is what sandboxed and `file:` documents send, so every attacker page can send
-/// it too: it is never allowed. An empty value stands for several `Origin` headers. An
-/// allowed origin is echoed in a response header, so it must be visible ASCII.
+/// Whether a request's `Origin` is one any rule may allow: shaped like what browsers send
+/// (`scheme://host[:port]`, lower case). `null` is what sandboxed and `file:` documents
+/// send, so every attacker page can send it too: it is never allowed. Envoy joins repeated
+/// `Origin` headers with a comma, and several values arrive here empty: neither matches.
 pub fn is_real_origin(origin: &[u8]) -> bool {
-    !origin.is_empty() && origin != b"null" && origin.iter().all(u8::is_ascii_graphic)
+    let Some(at) = origin.windows(3).position(|w| w == b"://") else {
+        return false;
+    };
+    let (scheme, authority) = (&origin[..at], &origin[at + 3..]);
+    let scheme_ok = scheme.first().is_some_and(u8::is_ascii_lowercase)
+        && scheme
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b"+.-".contains(&c));
+    let authority_ok = !authority.is_empty()
+        && authority
+            .iter()
+            .all(|&c| c.is_ascii_lowercase() || c.is_ascii_digit() || b".-:[]_".contains(&c));
+    scheme_ok && authority_ok
 }
 
 /// Turns a configured `scheme://host[:port]` into the form browsers send.
@@ -204,6 +217,11 @@ mod tests {
         assert!(!Origins::Any.allows(b""));
         assert!(!Origins::Any.allows(b"https://x.example\xff"));
         assert!(!Origins::Any.allows(b"https://x .example"));
+        assert!(!Origins::Any.allows(b"https://a.example,https://a.example"));
+        assert!(!Origins::Any.allows(b"https://A.example"));
+        assert!(!Origins::Any.allows(b"https://a.example/"));
+        assert!(Origins::Any.allows(b"chrome-extension://abcdef"));
+        assert!(Origins::Any.allows(b"http://[::1]:8080"));
         let list = Origins::List(vec![b"https://a.example".as_slice().into()]);
         assert!(list.allows(b"https://a.example"));
         assert!(!list.allows(b"https://a.example:443"));
