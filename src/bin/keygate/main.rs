@@ -1,0 +1,85 @@
+//! `keygate`: create and hash keys, check configurations and explain verdicts, with the
+//! filter's own core: every rule and message here is the one Envoy applies.
+
+mod explain;
+mod key;
+mod source;
+
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "keygate", version, about = "Manage keygate API keys and configurations", long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Create a new key, or hash an existing one.
+    #[command(subcommand)]
+    Key(key::KeyCommand),
+    /// Validate a configuration with exactly the filter's rules and messages.
+    ///
+    /// FILE is the plugin configuration as JSON, an Istio WasmPlugin (spec.pluginConfig),
+    /// an Envoy Gateway EnvoyExtensionPolicy (spec.wasm[].config) or an Envoy config whose
+    /// wasm filters carry keygate configurations. Exit status 0: valid; 1: invalid.
+    Check {
+        /// The file to check.
+        file: PathBuf,
+    },
+    /// Print the verdict the filter would return for one request (never the key).
+    Explain(explain::ExplainArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Key(k) => key::run(k),
+        Command::Check { file } => check(&file),
+        Command::Explain(args) => explain::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("keygate: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(file: &std::path::Path) -> Result<ExitCode, String> {
+    let mut valid = true;
+    for config in source::plugin_configs(file)? {
+        match keygate::policy::Policy::from_json(&config.json) {
+            Ok(compiled) => {
+                for warning in &compiled.warnings {
+                    eprintln!("{}: {}warning: {warning}", file.display(), config.place);
+                }
+                let p = &compiled.policy;
+                let cors = p.keys.iter().filter(|k| k.origins.is_some()).count();
+                let mode = match p.mode {
+                    keygate::config::Mode::Enforce => "enforce",
+                    keygate::config::Mode::Report => "report",
+                };
+                println!(
+                    "{}: {}valid: {} keys ({cors} CORS-enabled), mode {mode}",
+                    file.display(),
+                    config.place,
+                    p.keys.len()
+                );
+            }
+            Err(e) => {
+                eprintln!("{}: {}{e}", file.display(), config.place);
+                valid = false;
+            }
+        }
+    }
+    Ok(if valid {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

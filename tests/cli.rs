@@ -1,0 +1,236 @@
+//! The `keygate` binary, run as a user would.
+
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
+
+fn keygate(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = match Command::new(env!("CARGO_BIN_EXE_keygate"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    {
+        Ok(c) => c,
+        Err(e) => unreachable!("spawn: {e}"),
+    };
+    if let Some(mut input) = child.stdin.take() {
+        let _ = input.write_all(stdin);
+    }
+    match child.wait_with_output() {
+        Ok(o) => o,
+        Err(e) => unreachable!("wait: {e}"),
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
+    let path = std::env::temp_dir().join(format!("keygate-cli-{}-{name}", std::process::id()));
+    if let Err(e) = std::fs::write(&path, content) {
+        unreachable!("{e}");
+    }
+    path
+}
+
+#[test]
+fn key_new_prints_the_key_once_and_an_entry_with_only_its_digest() {
+    let out = keygate(
+        &[
+            "key",
+            "new",
+            "--id",
+            "ci",
+            "--owner",
+            "team",
+            "--cors-origin",
+            "https://a.example",
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stdout = text(&out.stdout);
+    let lines: Vec<&str> = stdout.lines().collect();
+    let key = lines[0]
+        .strip_prefix("key (shown once, store it now): ")
+        .unwrap_or_default();
+    assert!(key.starts_with("kg_") && key.len() == 3 + 43, "{key}");
+    assert_eq!(lines[1], "config entry:");
+    let entry: serde_json::Value = serde_json::from_str(lines[2]).unwrap_or_default();
+    assert_eq!(entry["id"], "ci");
+    assert_eq!(entry["owner"], "team");
+    assert_eq!(entry["cors"]["allowed_origins"][0], "https://a.example");
+    assert!(!lines[2].contains(key));
+    // The digest is the one `key hash` computes, and two runs never give the same key.
+    let hashed = keygate(&["key", "hash"], format!("{key}\n").as_bytes());
+    assert_eq!(text(&hashed.stdout).trim(), entry["sha256"]);
+    let again = text(&keygate(&["key", "new", "--id", "ci"], b"").stdout);
+    assert!(!again.contains(key));
+}
+
+#[test]
+fn key_new_validates_with_the_filter_rules() {
+    let out = keygate(&["key", "new", "--id", "bad id"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        "keygate: invalid key: id: expected 1-64 characters of A-Z a-z 0-9 . _ -\n"
+    );
+    let out = keygate(
+        &[
+            "key",
+            "new",
+            "--id",
+            "a",
+            "--cors-origin",
+            "https://a.example/path",
+        ],
+        b"",
+    );
+    assert_eq!(
+        text(&out.stderr),
+        "keygate: invalid key: cors.allowed_origins[0]: expected an origin scheme://host[:port] with scheme http or https, and no path\n"
+    );
+    let out = keygate(&["key", "new", "--id", "a", "--expires-at", "soon"], b"");
+    assert!(text(&out.stderr).starts_with("keygate: invalid key: expires_at: expected an RFC 3339"));
+}
+
+#[test]
+fn key_hash() {
+    let out = keygate(&["key", "hash"], b"abc\n");
+    assert_eq!(
+        text(&out.stdout),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
+    );
+    let out = keygate(&["key", "hash"], b"abc");
+    assert_eq!(
+        text(&out.stdout),
+        "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad\n"
+    );
+    let out = keygate(&["key", "hash"], b"has space\n");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).starts_with("keygate: not a valid bearer token"));
+    assert!(!text(&out.stderr).contains("has space"));
+}
+
+#[test]
+fn check_json_and_istio_yaml() {
+    let good = temp_file("good.json", r#"{"keys": [{"id": "a", "key": "dev"}]}"#);
+    let out = keygate(&["check", &good.to_string_lossy()], b"");
+    assert!(out.status.success());
+    assert!(text(&out.stdout).ends_with(": valid: 1 keys (0 CORS-enabled), mode enforce\n"));
+    assert!(text(&out.stderr).contains("warning: keys[0].key: plaintext key in the configuration"));
+    assert!(!text(&out.stderr).contains("dev\""));
+
+    let bad = temp_file("bad.json", r#"{"keys": [{"id": "a", "sha256": "12"}]}"#);
+    let out = keygate(&["check", &bad.to_string_lossy()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).ends_with(": keys[0].sha256: expected 64 hex characters\n"));
+
+    let istio = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/wasmplugin.yaml"
+    );
+    let out = keygate(&["check", istio], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr),
+        format!("{istio}: WasmPlugin keygate: keys[1].sha256: expected 64 hex characters\n")
+    );
+
+    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml");
+    let out = keygate(&["check", envoy], b"");
+    assert_eq!(
+        text(&out.stdout),
+        format!("{envoy}: wasm filter keygate: valid: 4 keys (1 CORS-enabled), mode enforce\n")
+    );
+
+    let unrelated = temp_file("other.yaml", "kind: Service\nmetadata: {name: x}\n");
+    let out = keygate(&["check", &unrelated.to_string_lossy()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(text(&out.stderr).contains("no keygate configuration found"));
+    let out = keygate(&["check", "/nonexistent/file.json"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(text(&out.stderr).lines().count(), 1);
+}
+
+#[test]
+fn explain_prints_the_verdict_without_the_key() {
+    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml");
+    let key = "kg_demo_web_8d3e5f1a6c";
+    let run = |args: &[&str], stdin: &str| {
+        text(&keygate(&[&["explain", envoy], args].concat(), stdin.as_bytes()).stdout)
+    };
+    let out = run(
+        &[
+            "--method",
+            "GET",
+            "--path",
+            "/api/stream/nope",
+            "--origin",
+            "http://localhost:8080",
+            "--header-stdin",
+        ],
+        &format!("Bearer {key}\n"),
+    );
+    assert_eq!(
+        out,
+        "outcome: denied_resource\nkey_id: demo-web-player\nstatus: 403\n\
+         body: {\"error\": \"Forbidden\", \"message\": \"Resource not allowed for this API key\"}\n\
+         content-type: application/json\naccess-control-allow-origin: http://localhost:8080\n"
+    );
+    assert!(!out.contains(key));
+    let out = run(
+        &[
+            "--method",
+            "GET",
+            "--path",
+            "/api/stream/stream-7f3a",
+            "--header-stdin",
+        ],
+        &format!("Bearer {key}"),
+    );
+    assert_eq!(
+        out,
+        "outcome: allowed\nkey_id: demo-web-player\nstatus: upstream\n\
+         forward x-api-key-id: demo-web-player\nforward x-api-key-owner: user-42\n"
+    );
+    let out = run(&["--method", "GET", "--path", "/api/stream/x"], "");
+    assert!(out.starts_with("outcome: denied_missing\nkey_id: -\nstatus: 401\n"));
+    assert!(out.contains("www-authenticate: Bearer\n"));
+    let out = run(
+        &[
+            "--method",
+            "OPTIONS",
+            "--path",
+            "/api/stream/x",
+            "--origin",
+            "http://localhost:8080",
+            "--request-method",
+            "PATCH",
+        ],
+        "",
+    );
+    assert!(out.starts_with(
+        "outcome: preflight_allowed\nkey_id: -\nstatus: 204\naccess-control-allow-methods: PATCH\n"
+    ));
+}
+
+#[test]
+fn every_subcommand_has_help() {
+    for args in [
+        &["--help"][..],
+        &["key", "new", "--help"],
+        &["key", "hash", "--help"],
+        &["check", "--help"],
+        &["explain", "--help"],
+    ] {
+        let out = keygate(args, b"");
+        assert!(
+            out.status.success() && text(&out.stdout).contains("Usage: keygate"),
+            "{args:?}"
+        );
+    }
+}
