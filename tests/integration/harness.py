@@ -380,6 +380,14 @@ class Envoy:
                 out[name] = int(value)
         return out
 
+    def stats_all(self) -> dict[str, int]:
+        out = {}
+        for line in self.admin("/stats").splitlines():
+            name, _, value = line.partition(": ")
+            if value.strip().isdigit():
+                out[name] = int(value)
+        return out
+
     def counter(self, outcome: str) -> int:
         """The `wasmcustom.keygate.<outcome>` counter (0 when not yet reported)."""
         return self.stats().get(f"wasmcustom.keygate.{outcome}", 0)

@@ -78,3 +78,18 @@ def test_demo_normalises_paths_before_keygate(demo):
 def test_demo_access_log_names_the_key(demo):
     demo.get("/api/stream/1", [bearer("kg_demo_backend_4f9a1c2e7b")])
     assert "key_id=demo-backend owner=team-backend" in demo.log()
+
+
+def test_ecds_variant_validates_and_serves_the_demo_table():
+    ecds = ROOT / "envoy" / "envoy-ecds.yaml"
+    r = subprocess.run(envoy_command() + ["--mode", "validate", "-c", str(ecds)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    doc, api, admin = on_free_ports(yaml.safe_load(ecds.read_text()))
+    e = Envoy(bootstrap=doc, port=api, admin_port=admin).start()
+    try:
+        assert e.get("/x", [bearer("kg_demo_backend_4f9a1c2e7b")]).upstream_all("x-api-key-id") == ["demo-backend"]
+        assert e.get("/x", [bearer("kg_demo_revoked_6a1f3d8b2e")]).status == 401
+        assert e.stats_all()["extension_config_discovery.http_filter.keygate.update_success"] == 1
+    finally:
+        e.stop()
