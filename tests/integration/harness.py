@@ -368,6 +368,15 @@ class Envoy:
     def access_log(self) -> str:
         return self.access_log_path.read_text(errors="replace") if self.access_log_path.exists() else ""
 
+    def wait_access_log(self, *needles: str, timeout: float = 10) -> str:
+        """The access log once it holds every needle: Envoy flushes it about once a second."""
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.access_log()
+            if all(n in text for n in needles) or time.monotonic() > deadline:
+                return text
+            time.sleep(0.05)
+
     def admin(self, path: str) -> str:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
             return r.read().decode()

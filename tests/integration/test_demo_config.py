@@ -93,3 +93,19 @@ def test_ecds_variant_validates_and_serves_the_demo_table():
         assert e.stats_all()["extension_config_discovery.http_filter.keygate.update_success"] == 1
     finally:
         e.stop()
+
+
+def test_per_key_rate_limit_with_envoys_local_rate_limit_filter():
+    path = ROOT / "envoy" / "envoy-ratelimit.yaml"
+    doc, api, admin = on_free_ports(yaml.safe_load(path.read_text()))
+    e = Envoy(bootstrap=doc, port=api, admin_port=admin).start()
+    try:
+        partner, backend = bearer("kg_demo_partner_2b7c9e4d1f"), bearer("kg_demo_backend_4f9a1c2e7b")
+        statuses = [e.get("/api/asset/a1", [partner]).status for _ in range(7)]
+        assert statuses == [200] * 5 + [429] * 2
+        # Another key is not limited, and a forged x-api-key-id cannot spend the partner's
+        # tokens nor escape its own: keygate replaced it before the rate limiter ran.
+        assert [e.get("/api/asset/a1", [backend, ("x-api-key-id", "demo-partner")]).status
+                for _ in range(10)] == [200] * 10
+    finally:
+        e.stop()
