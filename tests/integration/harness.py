@@ -326,7 +326,7 @@ class Envoy:
         cfg = self.workdir / "envoy.yaml"
         cfg.write_text(json.dumps(self.render(), indent=1))
         cmd = envoy_command() + ["-c", str(cfg), "--base-id", str(next(_base_ids)), "--concurrency", "1",
-                                 "-l", self.log_level, "--disable-hot-restart"]
+                                 "-l", self.log_level, "--disable-hot-restart", "--file-flush-interval-msec", "100"]
         if self.component_log_level:
             cmd += ["--component-log-level", self.component_log_level]
         log = open(self.log_path, "wb")
