@@ -270,7 +270,7 @@ def http2(port: int, method: str, path: str, headers=(), body: bytes = b"", time
                 elif isinstance(ev, h2.events.DataReceived):
                     resp_body += ev.data
                     conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
-                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset, h2.events.ConnectionTerminated)):
                     done = True
             s.sendall(conn.data_to_send())
     return Response(status, resp_headers, resp_body)
