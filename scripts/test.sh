@@ -14,5 +14,8 @@ cargo clippy --locked --target wasm32-wasip1 --lib -- -D warnings
 echo "== unit tests (pure core, native)"
 cargo test --locked
 
+echo "== fuzzing, short bounded run (scripts/fuzz.sh SECONDS for longer)"
+scripts/fuzz.sh 10
+
 echo "== integration tests (real Envoy)"
 .venv/bin/python -m pytest tests/integration -q -p no:cacheprovider "$@"

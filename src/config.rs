@@ -129,11 +129,23 @@ impl fmt::Display for ConfigError {
 
 /// Reads the JSON into the schema; errors carry the JSON path where serde stopped.
 pub fn parse(json: &[u8]) -> Result<RawConfig, ConfigError> {
+    // serde would also read a struct written as a JSON array; the operator writes an object.
+    match json.iter().find(|c| !c.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(ConfigError::new("config", "expected a JSON object")),
+        None => {
+            return Err(ConfigError::new(
+                "config",
+                "empty configuration: expected a JSON object",
+            ))
+        }
+    }
     let mut de = serde_json::Deserializer::from_slice(json);
     let raw: RawConfig = serde_path_to_error::deserialize(&mut de).map_err(|e| {
-        // serde_path_to_error says `.` for the root and `?` where the JSON did not parse.
+        // serde_path_to_error says `.` for the root, `?` where the JSON did not parse, and
+        // nothing at all for a root field named "".
         let path = match e.path().to_string() {
-            p if p == "." || p == "?" => "config".to_string(),
+            p if p.is_empty() || p == "." || p == "?" => "config".to_string(),
             p => p,
         };
         ConfigError::new(path, e.into_inner().to_string())

@@ -10,7 +10,9 @@
 /// Unsafe: not starting with `/`; an empty segment (`//`, a trailing `/`); a `.` or `..`
 /// segment; a backslash or `;` (Tomcat reads `/..;/` as `/../`); `#`; a control, space or
 /// non-ASCII byte; a percent-encoded `/`, `\` or `.` (`%2F %5C %2E`), control character
-/// (`%00`-`%1F`, `%7F`) or double-encoded `%25` followed by `2E 2F 5C`, in any case.
+/// (`%00`-`%1F`, `%7F`) or double-encoded `%25` followed by `2E 2F 5C`, in any case; and,
+/// whatever the spelling, a segment that decoded once or twice is no longer one plain
+/// segment (separator, dot segment, `;`, control byte) or could be decoded a third time.
 pub fn matchable(path_and_query: &[u8]) -> Option<&[u8]> {
     let end = path_and_query
         .iter()
@@ -40,6 +42,24 @@ pub fn segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
 /// A non-empty segment that is not a dot segment and holds nothing a server might decode
 /// into a separator, a dot or a control character.
 pub fn is_safe_segment(segment: &[u8]) -> bool {
+    if !is_plain_raw(segment) {
+        return false;
+    }
+    if !segment.contains(&b'%') {
+        return true;
+    }
+    // Whatever the encoding (`%252f`, `%25%32%46`, ...), a server that decodes once or twice
+    // must still see one plain segment; one that would need a third decoding is refused.
+    let once = percent_decode(segment);
+    if !is_plain_decoded(&once) {
+        return false;
+    }
+    let twice = percent_decode(&once);
+    is_plain_decoded(&twice) && percent_decode(&twice) == twice
+}
+
+/// The segment as received: the documented list of refused bytes and encodings.
+fn is_plain_raw(segment: &[u8]) -> bool {
     if segment.is_empty() || segment == b"." || segment == b".." {
         return false;
     }
@@ -68,6 +88,35 @@ pub fn is_safe_segment(segment: &[u8]) -> bool {
     true
 }
 
+/// A decoded segment: still one non-dot segment, with no separator, `;` or control byte.
+fn is_plain_decoded(segment: &[u8]) -> bool {
+    !segment.is_empty()
+        && segment != b"."
+        && segment != b".."
+        && !segment
+            .iter()
+            .any(|&c| c < 0x20 || c == 0x7f || matches!(c, b'/' | b'\\' | b';'))
+}
+
+/// One level of percent-decoding; invalid escapes stay as they are. Only reached for
+/// segments that contain `%`, so ordinary requests never allocate here.
+fn percent_decode(input: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(input.len());
+    let mut i = 0;
+    while i < input.len() {
+        if input[i] == b'%' {
+            if let Some(b) = input.get(i + 1..i + 3).and_then(hex_byte) {
+                out.push(b);
+                i += 3;
+                continue;
+            }
+        }
+        out.push(input[i]);
+        i += 1;
+    }
+    out
+}
+
 fn hex_byte(two: &[u8]) -> Option<u8> {
     let digit = |c: u8| (c as char).to_digit(16);
     match two {
@@ -93,6 +142,9 @@ mod tests {
             Some(&b"/a/.well-known/x..y"[..])
         );
         assert_eq!(matchable(b"/a/%41%7e%2d"), Some(&b"/a/%41%7e%2d"[..]));
+        assert_eq!(matchable(b"/a/caf%C3%A9"), Some(&b"/a/caf%C3%A9"[..]));
+        assert_eq!(matchable(b"/a/50%25"), Some(&b"/a/50%25"[..]));
+        assert_eq!(matchable(b"/a/%2541"), Some(&b"/a/%2541"[..]));
         let segs: Vec<&[u8]> = segments(b"/api/stream/abc").collect();
         assert_eq!(segs, [&b"api"[..], b"stream", b"abc"]);
         assert_eq!(segments(b"/").count(), 0);
@@ -136,6 +188,12 @@ mod tests {
             b"/api/a\tb",
             b"/api/\xc3\xa9",
             b"/api/a\x7fb",
+            b"/api/a%25%32%46b",
+            b"/api/%25%32%65%25%32%65",
+            b"/api/a%253Bb",
+            b"/api/%3B",
+            b"/api/a%25252eb",
+            b"/api/a%2525%32%46",
         ] {
             assert_eq!(matchable(bad), None, "{:?}", String::from_utf8_lossy(bad));
         }

@@ -39,6 +39,18 @@ fn errors_name_path_and_reason() {
 }
 
 #[test]
+fn errors_at_the_root_are_named_config() {
+    // Found by the config fuzz target: a root field named "" once gave an empty path.
+    assert!(config_error(r#"{"":1}"#).starts_with("config: unknown field ``"));
+    assert!(config_error("{").starts_with("config: EOF while parsing"));
+    assert_eq!(config_error("[[]]"), "config: expected a JSON object");
+    assert_eq!(
+        config_error(" \n"),
+        "config: empty configuration: expected a JSON object"
+    );
+}
+
+#[test]
 fn defaults_and_normalisation() {
     let p = policy(&format!(
         r#"{{"keys":[{{"id":"a","sha256":"{}","cors":{{"allowed_origins":["HTTPS://A.Example:443"]}}}}]}}"#,

@@ -36,7 +36,8 @@ CASES = [
      "forward.owner_header: this header carries the request itself and cannot hold the identity"),
     ("bad mode", {"keys": [], "mode": "audit"}, "mode: unknown variant `audit`"),
     ("not json", "{keys: []}", "config: key must be a string"),
-    ("empty", "", "config: EOF while parsing a value"),
+    ("empty", "", "config: empty configuration: expected a JSON object"),
+    ("array", "[[]]", "config: expected a JSON object"),
 ]
 
 

@@ -33,6 +33,8 @@ TRICKS = [
     ("double encoded dot", "/%252e%252e/{}"),
     ("double encoded slash", "/{}%252Fx"),
     ("double encoded backslash", "/{}%255cx"),
+    ("double encoded slash, each character", "/{}%25%32%46x"),
+    ("encoded semicolon", "/{}%3Bx"),
 ]
 
 HEALTHZ = "healthz"
