@@ -1,0 +1,281 @@
+"""keygate's cost beside what an operator would run instead, same machine, same run.
+
+Every variant is an Envoy with one worker pinned to CPU 1, a direct-response route, and
+wrk pinned to CPU 0. Variants run interleaved, round after round; the table reports the
+median of the rounds. Loopback only. Run through bench/run.sh.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from harness import ROUTER, envoy_command, free_port, hcm, http_filter_wasm, listener, static_cluster  # noqa: E402
+
+KEYGATE = ROOT / "dist" / "keygate.wasm"
+FLOOR = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" / "wasm_floor.wasm"
+ORIGIN = "https://app.example.com"
+CORS_KEY = "bench-cors-key"
+DIRECT = [{"match": {"prefix": "/"}, "direct_response": {"status": 200, "body": {"inline_string": "ok"}}}]
+
+
+def bench_keys(n: int) -> list[str]:
+    return [f"bench-key-{i:07d}" for i in range(n)]
+
+
+def keygate_config(n: int, cors: bool = False) -> dict:
+    keys = [{"id": f"k{i}", "sha256": hashlib.sha256(k.encode()).hexdigest()} for i, k in enumerate(bench_keys(n))]
+    config = {"keys": keys}
+    if cors:
+        keys.append({"id": "web", "sha256": hashlib.sha256(CORS_KEY.encode()).hexdigest(),
+                     "cors": {"allowed_origins": [ORIGIN]}, "resources": ["stream-7f3a"]})
+        config["cors_endpoints"] = [
+            {"methods": ["POST"], "paths": ["/api/stream", "/api/multistream/target"]},
+            {"methods": ["GET", "PATCH"], "paths": ["/api/stream/{id}", "/api/multistream/target/{id}", "/api/asset/{id}"]},
+            {"methods": ["GET"], "paths": ["/api/stream/{id}/sessions", "/api/session/{id}", "/data/views/{id}/total"]},
+        ]
+    return config
+
+
+def native_filter(n: int) -> dict:
+    return {"name": "envoy.filters.http.api_key_auth", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.api_key_auth.v3.ApiKeyAuth",
+        "credentials": [{"key": k, "client": f"k{i}"} for i, k in enumerate(bench_keys(n))],
+        "key_sources": [{"header": "Authorization"}]}}
+
+
+class Variant:
+    """One Envoy process serving one variant on its own port."""
+
+    def __init__(self, name: str, filters: list, runtime: str = "envoy.wasm.runtime.v8", extra_listeners=(),
+                 extra_clusters=()):
+        self.name, self.port, self.admin = name, free_port(), free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix=f"keygate-bench-{name}-"))
+        self.bootstrap = {
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}},
+            "static_resources": {
+                "listeners": [listener("bench", self.port, hcm("bench", filters + [ROUTER], DIRECT))] + list(extra_listeners),
+                "clusters": list(extra_clusters)},
+        }
+        self.proc = None
+
+    def start(self) -> "Variant":
+        cfg = self.dir / "envoy.json"
+        cfg.write_text(json.dumps(self.bootstrap))
+        self.log = self.dir / "envoy.log"
+        cmd = ["taskset", "-c", "1"] + envoy_command() + ["-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
+                                                          "--base-id", str(self.port), "-l", "info"]
+        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.name}: Envoy exited:\n{self.log.read_text()[-2000:]}")
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.admin}/ready", timeout=1) as r:
+                    if r.status == 200:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        raise RuntimeError(f"{self.name}: not ready")
+
+    def rss_mib(self) -> float:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def configure_ms(self) -> list[int]:
+        return [int(m) for m in re.findall(r"configured \d+ keys in (\d+) ms", self.log.read_text())]
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(20)
+
+
+def keygate_variant(name, n, cors=False, wasm=KEYGATE, runtime="envoy.wasm.runtime.v8") -> Variant:
+    f = http_filter_wasm(keygate_config(n, cors), wasm=wasm)
+    f["typed_config"]["config"]["vm_config"]["runtime"] = runtime
+    return Variant(name, [f])
+
+
+def ext_authz_variant(n) -> Variant:
+    auth_port = free_port()
+    authz = {"name": "envoy.filters.http.ext_authz", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz",
+        "http_service": {
+            "server_uri": {"uri": f"http://127.0.0.1:{auth_port}", "cluster": "auth", "timeout": "1s"},
+            "authorization_request": {"allowed_headers": {"patterns": [
+                {"exact": "authorization"}, {"exact": "origin"}, {"exact": "access-control-request-method"}]}},
+            "authorization_response": {"allowed_upstream_headers": {"patterns": [{"exact": "x-api-key-id"}]}}},
+        "failure_mode_allow": False}}
+    auth = listener("auth", auth_port, hcm("auth", [http_filter_wasm(keygate_config(n)), ROUTER], DIRECT))
+    return Variant("ext_authz", [authz], extra_listeners=[auth], extra_clusters=[static_cluster("auth", auth_port)])
+
+
+MIX_REQUESTS = {
+    "valid": lambda n: ("GET", "/api/x", {"Authorization": f"Bearer {bench_keys(n)[n // 2]}"}),
+    "unknown": lambda n: ("GET", "/api/x", {"Authorization": "Bearer not-a-configured-key-0000000"}),
+    "malformed": lambda n: ("GET", "/api/x", {"Authorization": "Bearer  two-spaces"}),
+    "preflight": lambda n: ("OPTIONS", "/api/stream/stream-7f3a", {"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH"}),
+    "cors": lambda n: ("GET", "/api/stream/stream-7f3a", {"Authorization": f"Bearer {CORS_KEY}", "Origin": ORIGIN}),
+}
+
+
+def wrk(port: int, mix: str, n: int, seconds: float, workdir: Path) -> dict:
+    method, path, headers = MIX_REQUESTS[mix](n)
+    script = workdir / f"{mix}.lua"
+    script.write_text(f'wrk.method = "{method}"\n' + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items()))
+    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script),
+                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
+        value, unit = float(m.group(1)), m.group(2)
+        return value * {"us": 0.001, "ms": 1, "s": 1000}[unit]
+
+    errors = re.search(r"Socket errors: (.*)", out)
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "socket_errors": errors.group(1) if errors else ""}
+
+
+def probe_runtimes() -> dict[str, str]:
+    """Whether keygate loads in each wasm runtime Envoy names (only V8 does in this build)."""
+    result = {}
+    for runtime in ["envoy.wasm.runtime.v8", "envoy.wasm.runtime.wamr", "envoy.wasm.runtime.wasmtime"]:
+        v = keygate_variant("probe", 10, runtime=runtime)
+        try:
+            v.start()
+            result[runtime] = "loads"
+        except RuntimeError as e:
+            lines = [l for l in str(e).splitlines() if "wasm" in l.lower() and ("fail" in l.lower() or "unable" in l.lower())]
+            result[runtime] = "fails: " + (lines[-1].split("] ")[-1] if lines else "Envoy refused the config")
+        finally:
+            v.stop()
+    return result
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--quick", action="store_true", help="one short round at 10 and 100,000 keys (~1 minute)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--seconds", type=float, default=5)
+    ap.add_argument("--o3-wasm", type=Path, help="keygate built with opt-level 3, measured beside the default")
+    args = ap.parse_args()
+    sizes = [10, 100_000] if args.quick else [10, 10_000, 100_000]
+    rounds, seconds = (1, 2) if args.quick else (args.rounds, args.seconds)
+    work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+
+    runtimes = probe_runtimes()
+    fixed = {"no_auth": Variant("no_auth", []), "wasm_floor": Variant("wasm_floor", [http_filter_wasm("", wasm=FLOOR)])}
+    for v in fixed.values():
+        v.start()
+    results: dict[tuple, list[dict]] = {}
+    configure: dict[int, list[int]] = {}
+    rss: dict[int, float] = {}
+    try:
+        for n in sizes:
+            sized = {"native": Variant("native", [native_filter(n)]), "keygate": keygate_variant("keygate", n),
+                     "keygate_cors": keygate_variant("keygate_cors", n, cors=True), "ext_authz": ext_authz_variant(n)}
+            if args.o3_wasm:
+                sized["keygate_o3"] = keygate_variant("keygate_o3", n, wasm=args.o3_wasm)
+            for v in sized.values():
+                v.start()
+            configure[n] = sized["keygate"].configure_ms()
+            plan = [("no_auth", "valid"), ("wasm_floor", "valid"), ("native", "valid"), ("native", "unknown"),
+                    ("native", "malformed"), ("keygate", "valid"), ("keygate", "unknown"), ("keygate", "malformed"),
+                    ("keygate", "preflight"), ("keygate_cors", "cors"), ("keygate_cors", "preflight"),
+                    ("ext_authz", "valid"), ("ext_authz", "unknown")]
+            if args.o3_wasm:
+                plan += [("keygate_o3", "valid"), ("keygate_o3", "unknown")]
+            everything = {**fixed, **sized}
+            for r in range(rounds):
+                for name, mix in plan:  # interleaved: each round runs every variant once
+                    res = wrk(everything[name].port, mix, n, seconds, work)
+                    results.setdefault((n, name, mix), []).append(res)
+                    print(f"  {n:>7} keys  round {r + 1}  {name:<12} {mix:<9} {res['rps']:>9.0f} req/s", flush=True)
+            rss[n] = sized["keygate"].rss_mib()
+            for v in sized.values():
+                v.stop()
+    finally:
+        for v in fixed.values():
+            v.stop()
+    report(results, configure, rss, runtimes, sizes, rounds, seconds)
+
+
+def median(rows, key):
+    return statistics.median(r[key] for r in rows)
+
+
+def report(results, configure, rss, runtimes, sizes, rounds, seconds):
+    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    load = os.getloadavg()
+    lines = [f"# keygate benchmark {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {sha}", "",
+             f"Machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}; "
+             f"Envoy {envoy_version()}, one worker on CPU 1, wrk -t1 -c32 on CPU 0; {rounds} interleaved round(s) of "
+             f"{seconds:g} s per cell, medians shown. Load average before the report: {load[0]:.2f}.", "",
+             f"keygate.wasm: {KEYGATE.stat().st_size:,} bytes. Wasm runtimes: " +
+             "; ".join(f"`{k.split('.')[-1]}` {v}" for k, v in runtimes.items()) + ".", "",
+             "| keys | variant | mix | req/s | p50 ms | p99 ms |", "|---:|---|---|---:|---:|---:|"]
+    for (n, name, mix), rows in results.items():
+        lines.append(f"| {n:,} | {name} | {mix} | {median(rows, 'rps'):,.0f} | {median(rows, 'p50_ms'):.3f} | "
+                     f"{median(rows, 'p99_ms'):.3f} |")
+
+    def rps(n, name, mix):
+        rows = results.get((n, name, mix))
+        return median(rows, "rps") if rows else float("nan")
+
+    big, small = max(sizes), min(sizes)
+    ratios = [
+        ("keygate / wasm floor, valid key, %s keys" % f"{big:,}", rps(big, "keygate", "valid") / rps(big, "wasm_floor", "valid"), ">= 0.97"),
+        ("keygate / wasm floor, unknown key, %s keys" % f"{big:,}", rps(big, "keygate", "unknown") / rps(big, "wasm_floor", "valid"), ">= 0.97"),
+        ("keygate / native api_key_auth, valid key, %s keys" % f"{big:,}", rps(big, "keygate", "valid") / rps(big, "native", "valid"), ">= 0.90"),
+        ("keygate / ext_authz, valid key, %s keys" % f"{big:,}", rps(big, "keygate", "valid") / rps(big, "ext_authz", "valid"), ">= 2"),
+        ("keygate %s keys / %s keys, valid key" % (f"{big:,}", f"{small:,}"), rps(big, "keygate", "valid") / rps(small, "keygate", "valid"), ">= 0.97"),
+        ("wasm floor / native api_key_auth", rps(big, "wasm_floor", "valid") / rps(big, "native", "valid"), "(context)"),
+        ("keygate / no auth, valid key", rps(big, "keygate", "valid") / rps(big, "no_auth", "valid"), "(context)"),
+    ]
+    if (big, "keygate_o3", "valid") in results:
+        ratios.append(("keygate opt-level 3 / opt-level z, valid key", rps(big, "keygate_o3", "valid") / rps(big, "keygate", "valid"), "(context)"))
+    lines += ["", "| ratio | value | target |", "|---|---:|---|"]
+    lines += [f"| {name} | {value:.3f} | {target} |" for name, value, target in ratios]
+    lines += ["", "| keys | on_configure (ms, per VM as logged) | Envoy RSS after load (MiB) |", "|---:|---|---:|"]
+    lines += [f"| {n:,} | {', '.join(map(str, configure[n]))} | {rss[n]:.1f} |" for n in sizes]
+    if len(sizes) > 1:
+        lines.append(f"\nRSS added by {big:,} keys over {small:,}: {rss[big] - rss[small]:.1f} MiB for the process "
+                     f"(two keygate VMs: main thread and the worker).")
+    text = "\n".join(lines) + "\n"
+    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-{sha}.md"
+    out.write_text(text)
+    print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
+
+
+def cpu_model() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def envoy_version() -> str:
+    out = subprocess.run(envoy_command() + ["--version"], capture_output=True, text=True).stdout
+    m = re.search(r"/(\d+\.\d+\.\d+)/", out)
+    return m.group(1) if m else "?"
+
+
+if __name__ == "__main__":
+    main()
