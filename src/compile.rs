@@ -1,45 +1,50 @@
 //! Raw configuration → [`Policy`]: every check that needs more than the JSON schema, each
 //! failure named by its JSON path, and the lookup structures built in the same pass.
 
-use crate::config::{ConfigError, RawConfig, RawCors, RawForward, RawKey, RawRule};
-use crate::cors::{normalize_origin, CorsIndex, Grant, Origins};
+use crate::config::{ConfigError, RawCors, RawForward, RawKey, RawRest, RawRule};
+use crate::cors::{normalize_origin, CorsIndex, CorsIndexBuilder, Grant, Origins};
 use crate::keytable::{sha256, Digest, Endpoints, Key, KeyTable, Window};
 use crate::policy::{Compiled, CorsHeaders, Forward, Policy, CORS_ENDPOINTS};
 use crate::rules::{Resources, RuleSet};
 use crate::{path, timestamp, token};
-use hashbrown::HashMap;
 
-pub fn compile(raw: RawConfig) -> Result<Compiled, ConfigError> {
-    let mut warnings = Vec::new();
-    let cors_endpoints = rule_set(
-        "cors_endpoints",
-        raw.cors_endpoints.as_deref().unwrap_or(&[]),
-    )?;
-    let public = rule_set("public_endpoints", &raw.public_endpoints)?;
-    let mut rule_sets = vec![cors_endpoints];
-    let mut keys = KeyTable::with_capacity(raw.keys.len());
-    let mut cors_index = CorsIndex::builder();
-    let mut ids: HashMap<&str, usize> = HashMap::with_capacity(raw.keys.len());
-    let mut needs_clock = false;
+/// Compiles keys one at a time, as the parser yields them, then the rest of the config.
+pub struct Compiler {
+    keys: KeyTable,
+    /// Index [`CORS_ENDPOINTS`] is filled in by [`Compiler::finish`].
+    rule_sets: Vec<RuleSet>,
+    cors_index: CorsIndexBuilder,
+    needs_clock: bool,
+    warnings: Vec<String>,
+}
 
-    for (i, rk) in raw.keys.iter().enumerate() {
+impl Default for Compiler {
+    fn default() -> Self {
+        Compiler {
+            keys: KeyTable::default(),
+            rule_sets: vec![RuleSet::default()],
+            cors_index: CorsIndex::builder(),
+            needs_clock: false,
+            warnings: Vec::new(),
+        }
+    }
+}
+
+impl Compiler {
+    /// Validates and adds the next key of the `keys` list.
+    pub fn add_key(&mut self, rk: RawKey) -> Result<(), ConfigError> {
+        let i = self.keys.len();
         let at = format!("keys[{i}]");
         check_id(&rk.id).map_err(|r| ConfigError::new(format!("{at}.id"), r))?;
-        if let Some(first) = ids.insert(&rk.id, i) {
-            return Err(ConfigError::new(
-                format!("{at}.id"),
-                format!("duplicate id, already used by keys[{first}]"),
-            ));
-        }
-        let (digest, field) = key_digest(rk, &at, &mut warnings)?;
+        let (digest, field) = key_digest(&rk, &at, &mut self.warnings)?;
         let owner = match &rk.owner {
             Some(o) => Some(
                 check_header_value(o).map_err(|r| ConfigError::new(format!("{at}.owner"), r))?,
             ),
             None => None,
         };
-        let window = window(rk, &at)?;
-        needs_clock |= window.is_bounded();
+        let window = window(&rk, &at)?;
+        self.needs_clock |= window.is_bounded();
 
         let origins = match &rk.cors {
             Some(c) => Some(origins(
@@ -57,8 +62,9 @@ pub fn compile(raw: RawConfig) -> Result<Compiled, ConfigError> {
                 ));
             }
             Some(rules) => {
-                rule_sets.push(rule_set(&format!("{at}.rules"), rules)?);
-                Endpoints::Rules((rule_sets.len() - 1) as u32)
+                self.rule_sets
+                    .push(rule_set(&format!("{at}.rules"), rules)?);
+                Endpoints::Rules((self.rule_sets.len() - 1) as u32)
             }
             None if !full_access => Endpoints::Rules(CORS_ENDPOINTS),
             None => Endpoints::All,
@@ -79,18 +85,18 @@ pub fn compile(raw: RawConfig) -> Result<Compiled, ConfigError> {
                 Endpoints::All => None,
                 Endpoints::Rules(n) => Some(n),
             };
-            cors_index.add(origins, Grant { window, rules });
+            self.cors_index.add(origins, Grant { window, rules });
         }
         let key = Key {
-            id: rk.id.as_str().into(),
+            id: rk.id.into_boxed_str(),
             owner,
             window,
             disabled: rk.disabled,
-            origins,
+            origins: origins.map(Box::new),
             endpoints,
-            resources,
+            resources: resources.map(Box::new),
         };
-        if let Err(first) = keys.insert(digest, key) {
+        if let Err(first) = self.keys.insert(digest, key) {
             let what = if field == "key" {
                 "same key as"
             } else {
@@ -101,21 +107,35 @@ pub fn compile(raw: RawConfig) -> Result<Compiled, ConfigError> {
                 format!("{what} keys[{first}]"),
             ));
         }
+        Ok(())
     }
 
-    Ok(Compiled {
-        policy: Policy {
-            keys,
-            rule_sets,
-            public,
-            cors_index: cors_index.build(),
-            cors: cors_headers(&raw.cors)?,
-            forward: forward(&raw.forward)?,
-            mode: raw.mode,
-            needs_clock,
-        },
-        warnings,
-    })
+    /// Checks what needs every key at once, compiles the rest, and builds the policy.
+    pub fn finish(mut self, rest: RawRest) -> Result<Compiled, ConfigError> {
+        if let Some((first, again)) = self.keys.first_duplicate_id() {
+            return Err(ConfigError::new(
+                format!("keys[{again}].id"),
+                format!("duplicate id, already used by keys[{first}]"),
+            ));
+        }
+        self.rule_sets[CORS_ENDPOINTS as usize] = rule_set(
+            "cors_endpoints",
+            rest.cors_endpoints.as_deref().unwrap_or(&[]),
+        )?;
+        Ok(Compiled {
+            policy: Policy {
+                public: rule_set("public_endpoints", &rest.public_endpoints)?,
+                cors: cors_headers(&rest.cors)?,
+                forward: forward(&rest.forward)?,
+                keys: self.keys,
+                rule_sets: self.rule_sets,
+                cors_index: self.cors_index.build(),
+                mode: rest.mode,
+                needs_clock: self.needs_clock,
+            },
+            warnings: self.warnings,
+        })
+    }
 }
 
 fn rule_set(at: &str, raw: &[RawRule]) -> Result<RuleSet, ConfigError> {
@@ -192,11 +212,9 @@ fn window(rk: &RawKey, at: &str) -> Result<Window, ConfigError> {
             })
             .transpose()
     };
-    let window = Window {
-        not_before: time("not_before", &rk.not_before)?,
-        expires_at: time("expires_at", &rk.expires_at)?,
-    };
-    if let (Some(start), Some(end)) = (window.not_before, window.expires_at) {
+    let not_before = time("not_before", &rk.not_before)?;
+    let expires_at = time("expires_at", &rk.expires_at)?;
+    if let (Some(start), Some(end)) = (not_before, expires_at) {
         if start >= end {
             return Err(ConfigError::new(
                 format!("{at}.expires_at"),
@@ -204,6 +222,10 @@ fn window(rk: &RawKey, at: &str) -> Result<Window, ConfigError> {
             ));
         }
     }
+    let window = Window {
+        not_before: not_before.unwrap_or(i64::MIN),
+        expires_at: expires_at.unwrap_or(i64::MAX),
+    };
     Ok(window)
 }
 

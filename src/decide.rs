@@ -128,7 +128,7 @@ impl Policy {
         path: Option<&[u8]>,
         origin: Option<&[u8]>,
     ) -> Verdict<'p> {
-        let from_allowed_origin = match (origin, &key.origins) {
+        let from_allowed_origin = match (origin, key.origins.as_deref()) {
             (None, _) => false,
             (Some(_), None) => {
                 return verdict(Outcome::DeniedBackendKeyFromBrowser, Some(key), false)
@@ -139,7 +139,7 @@ impl Policy {
         let access = match key.endpoints {
             Endpoints::All => Access::Allowed,
             Endpoints::Rules(n) => match (path, self.rule_set(n)) {
-                (Some(p), Some(rules)) => rules.check(method, p, key.resources.as_ref()),
+                (Some(p), Some(rules)) => rules.check(method, p, key.resources.as_deref()),
                 _ => Access::EndpointDenied,
             },
         };

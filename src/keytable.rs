@@ -19,10 +19,20 @@ pub fn sha256(bytes: &[u8]) -> Digest {
 }
 
 /// When a key may be used: `not_before <= now < expires_at`, in Unix milliseconds.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Hash)]
+/// Unbounded ends are `i64::MIN` / `i64::MAX`: two plain numbers keep `Key` small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Window {
-    pub not_before: Option<i64>,
-    pub expires_at: Option<i64>,
+    pub not_before: i64,
+    pub expires_at: i64,
+}
+
+impl Default for Window {
+    fn default() -> Self {
+        Window {
+            not_before: i64::MIN,
+            expires_at: i64::MAX,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,9 +44,9 @@ pub enum Validity {
 
 impl Window {
     pub fn at(&self, now_ms: i64) -> Validity {
-        if self.expires_at.is_some_and(|t| now_ms >= t) {
+        if now_ms >= self.expires_at {
             Validity::Expired
-        } else if self.not_before.is_some_and(|t| now_ms < t) {
+        } else if now_ms < self.not_before {
             Validity::NotYetValid
         } else {
             Validity::Active
@@ -44,7 +54,7 @@ impl Window {
     }
 
     pub fn is_bounded(&self) -> bool {
-        self.not_before.is_some() || self.expires_at.is_some()
+        *self != Window::default()
     }
 }
 
@@ -62,10 +72,11 @@ pub struct Key {
     pub owner: Option<Box<str>>,
     pub window: Window,
     pub disabled: bool,
-    /// `Some` for a CORS-enabled key: the origins it may be used from.
-    pub origins: Option<Origins>,
+    /// `Some` for a CORS-enabled key: the origins it may be used from. Boxed, like
+    /// `resources`, because most keys have neither and 100,000 keys should stay small.
+    pub origins: Option<Box<Origins>>,
     pub endpoints: Endpoints,
-    pub resources: Option<Resources>,
+    pub resources: Option<Box<Resources>>,
 }
 
 #[derive(Default)]
@@ -103,6 +114,23 @@ impl KeyTable {
     pub fn get(&self, digest: &Digest) -> Option<&Key> {
         let &i = self.by_digest.get(&DigestKey(*digest))?;
         self.keys.get(i as usize)
+    }
+
+    /// The first key (in table order) whose id an earlier key already has, as
+    /// `(earlier, later)` indices. Sorting indices costs less memory than a set of ids.
+    pub fn first_duplicate_id(&self) -> Option<(usize, usize)> {
+        let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
+        order.sort_unstable_by(|&a, &b| {
+            self.keys[a as usize]
+                .id
+                .cmp(&self.keys[b as usize].id)
+                .then(a.cmp(&b))
+        });
+        order
+            .windows(2)
+            .filter(|w| self.keys[w[0] as usize].id == self.keys[w[1] as usize].id)
+            .map(|w| (w[0] as usize, w[1] as usize))
+            .min_by_key(|&(_, later)| later)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Key> {
@@ -189,13 +217,14 @@ mod tests {
     #[test]
     fn window_bounds_are_half_open() {
         let w = Window {
-            not_before: Some(10),
-            expires_at: Some(20),
+            not_before: 10,
+            expires_at: 20,
         };
         assert_eq!(w.at(9), Validity::NotYetValid);
         assert_eq!(w.at(10), Validity::Active);
         assert_eq!(w.at(19), Validity::Active);
         assert_eq!(w.at(20), Validity::Expired);
         assert_eq!(Window::default().at(i64::MIN), Validity::Active);
+        assert_eq!(Window::default().at(i64::MAX - 1), Validity::Active);
     }
 }

@@ -1,5 +1,6 @@
 //! The compiled configuration the filter serves from, built once per configure.
 
+use crate::compile::Compiler;
 use crate::config::{self, ConfigError, Mode};
 use crate::cors::CorsIndex;
 use crate::keytable::KeyTable;
@@ -49,7 +50,9 @@ pub struct Compiled {
 impl Policy {
     /// Parses and compiles a plugin configuration; all or nothing.
     pub fn from_json(json: &[u8]) -> Result<Compiled, ConfigError> {
-        crate::compile::compile(config::parse(json)?)
+        let mut compiler = Compiler::default();
+        let rest = config::parse(json, &mut compiler)?;
+        compiler.finish(rest)
     }
 
     pub fn rule_set(&self, index: u32) -> Option<&RuleSet> {
