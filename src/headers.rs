@@ -8,20 +8,29 @@
 use crate::decide::Request;
 use crate::policy::Forward;
 
-/// Iterates over `(name, value)` pairs; a truncated or inconsistent buffer ends the
-/// iteration early (the request then lacks headers and fails closed).
+/// Iterates over `(name, value)` pairs. A buffer whose length table does not fit yields
+/// nothing, and a pair that is not where the table says (each string NUL-terminated) ends
+/// the iteration: a broken buffer never yields invented pairs, and the request then lacks
+/// headers and fails closed.
 pub fn pairs(map: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let count = read_u32(map, 0).unwrap_or(0) as usize;
-    // Every pair needs 8 bytes of lengths, so a count beyond that is a lie.
-    let count = count.min(map.len() / 8);
+    let table_fits = count
+        .checked_mul(8)
+        .and_then(|t| t.checked_add(4))
+        .is_some_and(|end| end <= map.len());
+    let count = if table_fits { count } else { 0 };
     let mut data = 4 + count * 8;
     (0..count).map_while(move |i| {
         let name_len = read_u32(map, 4 + i * 8)? as usize;
         let value_len = read_u32(map, 8 + i * 8)? as usize;
-        let name = map.get(data..data.checked_add(name_len)?)?;
-        let value_start = data + name_len + 1;
-        let value = map.get(value_start..value_start.checked_add(value_len)?)?;
-        data = value_start + value_len + 1;
+        let name_end = data.checked_add(name_len)?;
+        let value_start = name_end.checked_add(1)?;
+        let value_end = value_start.checked_add(value_len)?;
+        if map.get(name_end) != Some(&0) || map.get(value_end) != Some(&0) {
+            return None;
+        }
+        let (name, value) = (map.get(data..name_end)?, map.get(value_start..value_end)?);
+        data = value_end + 1;
         Some((name, value))
     })
 }
@@ -109,6 +118,23 @@ mod tests {
         assert_eq!(s.request.authorization, Header::Many);
         assert_eq!(s.request.origin, Header::One(b"https://a.example"));
         assert!(s.spoofed_key_id && !s.spoofed_owner && !s.spoofed_would_deny);
+    }
+
+    #[test]
+    fn truncated_buffers_never_yield_invented_pairs() {
+        // Found by a property test: clamping the pair count to what the buffer could hold
+        // once read names out of the length table.
+        let map = serialize(&[
+            (b"", b"\x01"),
+            (b"", b""),
+            (b"x-keygate-would-deny", b"\0\0"),
+            (b"authorization", b""),
+        ]);
+        let whole: Vec<_> = pairs(&map).collect();
+        for cut in 0..map.len() {
+            let part: Vec<_> = pairs(&map[..cut]).collect();
+            assert!(whole.starts_with(&part), "cut at {cut}: {part:?}");
+        }
     }
 
     #[test]
