@@ -154,6 +154,14 @@ mod tests {
     }
 
     #[test]
+    fn all_is_in_discriminant_order() {
+        // The glue indexes its counter ids by `outcome as usize`.
+        for (i, o) in Outcome::ALL.iter().enumerate() {
+            assert_eq!(*o as usize, i);
+        }
+    }
+
+    #[test]
     fn names_are_unique() {
         let mut names: Vec<_> = Outcome::ALL.iter().map(|o| o.name()).collect();
         names.sort_unstable();
