@@ -381,21 +381,17 @@ class Envoy:
         with urllib.request.urlopen(f"http://127.0.0.1:{self.admin_port}{path}", timeout=5) as r:
             return r.read().decode()
 
-    def stats(self) -> dict[str, int]:
+    def stats(self, filter: str = "keygate") -> dict[str, int]:
+        """Envoy's integer stats whose names match `filter` (a regex; "" for all)."""
         out = {}
-        for line in self.admin("/stats?filter=keygate").splitlines():
+        for line in self.admin(f"/stats?filter={filter}").splitlines():
             name, _, value = line.partition(": ")
             if value.strip().isdigit():
                 out[name] = int(value)
         return out
 
     def stats_all(self) -> dict[str, int]:
-        out = {}
-        for line in self.admin("/stats").splitlines():
-            name, _, value = line.partition(": ")
-            if value.strip().isdigit():
-                out[name] = int(value)
-        return out
+        return self.stats(filter="")
 
     def counter(self, outcome: str) -> int:
         """The `wasmcustom.keygate.<outcome>` counter (0 when not yet reported)."""
