@@ -175,7 +175,11 @@ def main():
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--seconds", type=float, default=5)
     ap.add_argument("--o3-wasm", type=Path, help="keygate built with opt-level 3, measured beside the default")
+    ap.add_argument("--paired", type=int, metavar="N", default=0,
+                    help="instead: N alternating 1-second cells per target ratio, median of the paired ratios")
     args = ap.parse_args()
+    if args.paired:
+        return paired(args.paired)
     sizes = [10, 100_000] if args.quick else [10, 10_000, 100_000]
     rounds, seconds = (1, 2) if args.quick else (args.rounds, args.seconds)
     work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
@@ -215,6 +219,44 @@ def main():
         for v in fixed.values():
             v.stop()
     report(results, configure, rss, runtimes, sizes, rounds, seconds)
+
+
+def paired(n: int):
+    """The target ratios measured as pairs of back-to-back 1-second cells (A B A B ...).
+
+    A slow drift in the machine's speed hits both halves of a pair alike, so the median of
+    the per-pair ratios is far steadier than a ratio of medians taken minutes apart.
+    """
+    big, small = 100_000, 10
+    work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    v = {"keygate": keygate_variant("keygate", big), "keygate_10": keygate_variant("keygate_10", small),
+         "floor": Variant("wasm_floor", [http_filter_wasm("", wasm=FLOOR)]), "native": Variant("native", [native_filter(big)])}
+    pairs = [("keygate / wasm floor, valid key, 100,000 keys", "keygate", big, "floor", big, "valid", ">= 0.97"),
+             ("keygate / wasm floor, unknown key, 100,000 keys", "keygate", big, "floor", big, "unknown", ">= 0.97"),
+             ("keygate / native api_key_auth, valid key, 100,000 keys", "keygate", big, "native", big, "valid", ">= 0.90"),
+             ("keygate 100,000 keys / 10 keys, valid key", "keygate", big, "keygate_10", small, "valid", ">= 0.97")]
+    for x in v.values():
+        x.start()
+    lines = [f"# keygate paired ratios {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             f"{n} pairs of back-to-back 1 s cells each; load average at start {os.getloadavg()[0]:.2f}.", "",
+             "| ratio | median | quartiles | target |", "|---|---:|---|---|"]
+    try:
+        for label, a, na, b, nb, mix, target in pairs:
+            ratios = []
+            for i in range(n):
+                first, second = ((a, na), (b, nb)) if i % 2 == 0 else ((b, nb), (a, na))
+                got = {name: wrk(v[name].port, mix, size, 1, work)["rps"] for name, size in (first, second)}
+                ratios.append(got[a] / got[b])
+            q = statistics.quantiles(ratios, n=4)
+            lines.append(f"| {label} | {statistics.median(ratios):.3f} | {q[0]:.3f} - {q[2]:.3f} | {target} |")
+            print(lines[-1], flush=True)
+    finally:
+        for x in v.values():
+            x.stop()
+    text = "\n".join(lines) + "\n"
+    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-paired.md"
+    out.write_text(text)
+    print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
 
 
 def median(rows, key):

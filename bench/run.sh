@@ -3,6 +3,7 @@
 # api_key_auth, the bare wasm floor and ext_authz, at 10 / 10,000 / 100,000 keys.
 #   bench/run.sh            full run (about 10-15 minutes; keep the machine otherwise idle)
 #   bench/run.sh --quick    one short round, about a minute
+#   bench/run.sh --paired 20   the target ratios as medians of 20 back-to-back pairs (~3 minutes)
 # Results: printed, and written to bench/results/<date>-<commit>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
