@@ -297,6 +297,7 @@ fn forward(raw: &RawForward) -> Result<Forward, ConfigError> {
         key_id_header: raw.key_id_header.as_str().into(),
         owner_header: raw.owner_header.as_str().into(),
         strip_authorization: raw.strip_authorization,
+        filter_state: raw.filter_state,
     })
 }
 

@@ -60,6 +60,9 @@ pub struct RawForward {
     pub key_id_header: String,
     pub owner_header: String,
     pub strip_authorization: bool,
+    /// Also expose the identity as filter state (`wasm.keygate.key_id`, `wasm.keygate.owner`)
+    /// for access logs. Costs one or two host calls per allowed request.
+    pub filter_state: bool,
 }
 
 impl Default for RawForward {
@@ -68,6 +71,7 @@ impl Default for RawForward {
             key_id_header: "x-api-key-id".into(),
             owner_header: "x-api-key-owner".into(),
             strip_authorization: false,
+            filter_state: true,
         }
     }
 }

@@ -214,10 +214,12 @@ fn forward(policy: &Policy, scan: &headers::Scan, verdict: &Verdict) {
     match identity {
         Some(key) => {
             host::set_header(Map::Request, &fwd.key_id_header, key.id.as_bytes());
-            // Filter state `wasm.keygate.key_id` / `wasm.keygate.owner`, for access logs.
-            host::set_property(b"keygate.key_id", key.id.as_bytes());
-            if let Some(owner) = &key.owner {
-                host::set_property(b"keygate.owner", owner.as_bytes());
+            if fwd.filter_state {
+                // Filter state `wasm.keygate.key_id` / `wasm.keygate.owner`, for access logs.
+                host::set_property(b"keygate.key_id", key.id.as_bytes());
+                if let Some(owner) = &key.owner {
+                    host::set_property(b"keygate.owner", owner.as_bytes());
+                }
             }
             match &key.owner {
                 Some(owner) => {

@@ -98,6 +98,7 @@ mod tests {
             key_id_header: "x-api-key-id".into(),
             owner_header: "x-api-key-owner".into(),
             strip_authorization: false,
+            filter_state: true,
         }
     }
 

@@ -38,6 +38,7 @@ pub struct Forward {
     pub key_id_header: Box<str>,
     pub owner_header: Box<str>,
     pub strip_authorization: bool,
+    pub filter_state: bool,
 }
 
 /// A policy plus the warnings worth logging once (never containing a key).

@@ -35,3 +35,13 @@ def test_the_key_never_appears_in_the_debug_log_or_a_response(envoy_factory):
     log = e.log()
     assert "denied_unknown key=-" in log and "denied_malformed key=-" in log
     assert valid not in log and other not in log
+
+
+def test_filter_state_export_can_be_turned_off(envoy_factory):
+    key = "no-filter-state-key"
+    e = envoy_factory({"keys": [{"id": "svc", "sha256": sha256_hex(key), "owner": "team-a"}],
+                       "forward": {"filter_state": False}})
+    r = e.get("/x?probe=no-filter-state", [bearer(key)])
+    assert r.upstream_all("x-api-key-id") == ["svc"] and r.upstream_all("x-api-key-owner") == ["team-a"]
+    line = "/x?probe=no-filter-state 200 key_id=- owner=-\n"
+    assert line in e.wait_access_log(line)
