@@ -47,10 +47,7 @@ impl Compiler {
         self.needs_clock |= window.is_bounded();
 
         let origins = match &rk.cors {
-            Some(c) => Some(origins(
-                &c.allowed_origins,
-                &format!("{at}.cors.allowed_origins"),
-            )?),
+            Some(c) => Some(origins(&c.allowed_origins, &format!("{at}.cors.allowed_origins"))?),
             None => None,
         };
         let full_access = rk.cors.as_ref().is_none_or(|c| c.full_access);
@@ -62,8 +59,7 @@ impl Compiler {
                 ));
             }
             Some(rules) => {
-                self.rule_sets
-                    .push(rule_set(&format!("{at}.rules"), rules)?);
+                self.rule_sets.push(rule_set(&format!("{at}.rules"), rules)?);
                 Endpoints::Rules((self.rule_sets.len() - 1) as u32)
             }
             None if !full_access => Endpoints::Rules(CORS_ENDPOINTS),
@@ -97,15 +93,8 @@ impl Compiler {
             resources: resources.map(Box::new),
         };
         if let Err(first) = self.keys.insert(digest, key) {
-            let what = if field == "key" {
-                "same key as"
-            } else {
-                "same digest as"
-            };
-            return Err(ConfigError::new(
-                format!("{at}.{field}"),
-                format!("{what} keys[{first}]"),
-            ));
+            let what = if field == "key" { "same key as" } else { "same digest as" };
+            return Err(ConfigError::new(format!("{at}.{field}"), format!("{what} keys[{first}]")));
         }
         Ok(())
     }
@@ -118,10 +107,8 @@ impl Compiler {
                 format!("duplicate id, already used by keys[{first}]"),
             ));
         }
-        self.rule_sets[CORS_ENDPOINTS as usize] = rule_set(
-            "cors_endpoints",
-            rest.cors_endpoints.as_deref().unwrap_or(&[]),
-        )?;
+        self.rule_sets[CORS_ENDPOINTS as usize] =
+            rule_set("cors_endpoints", rest.cors_endpoints.as_deref().unwrap_or(&[]))?;
         Ok(Compiled {
             policy: Policy {
                 public: rule_set("public_endpoints", &rest.public_endpoints)?,
@@ -144,9 +131,7 @@ fn rule_set(at: &str, raw: &[RawRule]) -> Result<RuleSet, ConfigError> {
 
 fn check_id(id: &str) -> Result<(), &'static str> {
     let valid = (1..=64).contains(&id.len())
-        && id
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
+        && id.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
     if valid {
         Ok(())
     } else {
@@ -177,14 +162,10 @@ fn key_digest(
             ));
             Ok((sha256(plain.as_bytes()), "key"))
         }
-        (Some(_), Some(_)) => Err(ConfigError::new(
-            at,
-            "sha256 and key are mutually exclusive",
-        )),
-        (None, None) => Err(ConfigError::new(
-            at,
-            "expected sha256 (or key, for local development only)",
-        )),
+        (Some(_), Some(_)) => Err(ConfigError::new(at, "sha256 and key are mutually exclusive")),
+        (None, None) => {
+            Err(ConfigError::new(at, "expected sha256 (or key, for local development only)"))
+        }
     }
 }
 
@@ -232,10 +213,7 @@ fn window(rk: &RawKey, at: &str) -> Result<Window, ConfigError> {
 fn origins(raw: &[String], at: &str) -> Result<Origins, ConfigError> {
     if raw.iter().any(|o| o == "*") {
         if raw.len() > 1 {
-            return Err(ConfigError::new(
-                at,
-                "\"*\" must be the only entry when present",
-            ));
+            return Err(ConfigError::new(at, "\"*\" must be the only entry when present"));
         }
         return Ok(Origins::Any);
     }
@@ -262,10 +240,9 @@ fn resources(raw: &[String], at: &str) -> Result<Resources, ConfigError> {
 }
 
 fn cors_headers(raw: &RawCors) -> Result<CorsHeaders, ConfigError> {
-    for (field, list) in [
-        ("allow_headers", &raw.allow_headers),
-        ("expose_headers", &raw.expose_headers),
-    ] {
+    for (field, list) in
+        [("allow_headers", &raw.allow_headers), ("expose_headers", &raw.expose_headers)]
+    {
         for (j, name) in list.iter().enumerate() {
             check_header_name(name)
                 .map_err(|r| ConfigError::new(format!("cors.{field}[{j}]"), r))?;
@@ -281,17 +258,13 @@ fn cors_headers(raw: &RawCors) -> Result<CorsHeaders, ConfigError> {
 }
 
 fn forward(raw: &RawForward) -> Result<Forward, ConfigError> {
-    for (field, name) in [
-        ("key_id_header", &raw.key_id_header),
-        ("owner_header", &raw.owner_header),
-    ] {
+    for (field, name) in
+        [("key_id_header", &raw.key_id_header), ("owner_header", &raw.owner_header)]
+    {
         check_forward_header(name).map_err(|r| ConfigError::new(format!("forward.{field}"), r))?;
     }
     if raw.key_id_header == raw.owner_header {
-        return Err(ConfigError::new(
-            "forward.owner_header",
-            "must differ from key_id_header",
-        ));
+        return Err(ConfigError::new("forward.owner_header", "must differ from key_id_header"));
     }
     Ok(Forward {
         key_id_header: raw.key_id_header.as_str().into(),

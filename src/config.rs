@@ -116,10 +116,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(path: impl Into<String>, reason: impl Into<String>) -> ConfigError {
-        ConfigError {
-            path: path.into(),
-            reason: reason.into(),
-        }
+        ConfigError { path: path.into(), reason: reason.into() }
     }
 }
 
@@ -137,19 +134,13 @@ pub fn parse(json: &[u8], compiler: &mut Compiler) -> Result<RawRest, ConfigErro
         Some(b'{') => {}
         Some(_) => return Err(ConfigError::new("config", "expected a JSON object")),
         None => {
-            return Err(ConfigError::new(
-                "config",
-                "empty configuration: expected a JSON object",
-            ))
+            return Err(ConfigError::new("config", "empty configuration: expected a JSON object"))
         }
     }
     let mut failure = None;
     let mut de = serde_json::Deserializer::from_slice(json);
     let mut track = serde_path_to_error::Track::new();
-    let seed = ConfigSeed {
-        compiler,
-        failure: &mut failure,
-    };
+    let seed = ConfigSeed { compiler, failure: &mut failure };
     let result = seed.deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track));
     let rest = match (result, failure) {
         (Ok(rest), _) => rest,
@@ -164,8 +155,7 @@ pub fn parse(json: &[u8], compiler: &mut Compiler) -> Result<RawRest, ConfigErro
             return Err(ConfigError::new(path, e.to_string()));
         }
     };
-    de.end()
-        .map_err(|e| ConfigError::new("config", e.to_string()))?;
+    de.end().map_err(|e| ConfigError::new("config", e.to_string()))?;
     Ok(rest)
 }
 

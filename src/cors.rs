@@ -67,10 +67,7 @@ pub fn normalize_origin(raw: &str) -> Result<String, &'static str> {
         _ => (authority, None),
     };
     let host_ok = if let Some(v6) = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')) {
-        !v6.is_empty()
-            && v6
-                .bytes()
-                .all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
+        !v6.is_empty() && v6.bytes().all(|c| c.is_ascii_hexdigit() || c == b':' || c == b'.')
     } else {
         !host.is_empty()
             && host
@@ -121,18 +118,11 @@ impl CorsIndex {
     /// The grants that apply to this origin: its own, then those of `"*"` keys.
     pub fn grants<'a>(&'a self, origin: &[u8]) -> impl Iterator<Item = &'a Grant> {
         let own = if is_real_origin(origin) {
-            self.by_origin
-                .get(origin)
-                .map(Vec::as_slice)
-                .unwrap_or_default()
+            self.by_origin.get(origin).map(Vec::as_slice).unwrap_or_default()
         } else {
             &[]
         };
-        let any: &[Grant] = if is_real_origin(origin) {
-            &self.any_origin
-        } else {
-            &[]
-        };
+        let any: &[Grant] = if is_real_origin(origin) { &self.any_origin } else { &[] };
         own.iter().chain(any)
     }
 }
@@ -154,11 +144,7 @@ impl CorsIndexBuilder {
             Origins::List(list) => {
                 for origin in list {
                     if self.seen.insert((Some(origin.clone()), grant)) {
-                        self.index
-                            .by_origin
-                            .entry(origin.clone())
-                            .or_default()
-                            .push(grant);
+                        self.index.by_origin.entry(origin.clone()).or_default().push(grant);
                     }
                 }
             }
@@ -230,10 +216,7 @@ mod tests {
 
     #[test]
     fn index_deduplicates_and_adds_star_grants_to_every_real_origin() {
-        let g = Grant {
-            window: Window::default(),
-            rules: Some(0),
-        };
+        let g = Grant { window: Window::default(), rules: Some(0) };
         let list = Origins::List(vec![b"https://a.example".as_slice().into()]);
         let mut b = CorsIndex::builder();
         b.add(&list, g);

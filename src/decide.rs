@@ -68,10 +68,7 @@ impl Policy {
         let path = path::matchable(req.path);
         let origin = req.origin.value();
         if req.is_preflight() {
-            let method = req
-                .access_control_request_method
-                .value()
-                .unwrap_or_default();
+            let method = req.access_control_request_method.value().unwrap_or_default();
             return self.preflight(origin.unwrap_or_default(), method, path, now_ms);
         }
         let public = path.is_some_and(|p| self.public.allows(req.method, p));
@@ -111,11 +108,7 @@ impl Policy {
 
         // A valid key on a public endpoint: its own origin and endpoint rules do not apply.
         if public {
-            return verdict(
-                Outcome::Allowed,
-                Some(key),
-                origin.is_some_and(is_real_origin),
-            );
+            return verdict(Outcome::Allowed, Some(key), origin.is_some_and(is_real_origin));
         }
         self.authorize(key, req.method, path, origin)
     }
@@ -163,10 +156,7 @@ impl Policy {
         let readable = origin.is_some_and(|o| {
             is_real_origin(o)
                 && (public
-                    || self
-                        .cors_index
-                        .grants(o)
-                        .any(|g| g.window.at(now_ms) == Validity::Active))
+                    || self.cors_index.grants(o).any(|g| g.window.at(now_ms) == Validity::Active))
         });
         verdict(outcome, None, readable)
     }
@@ -192,11 +182,7 @@ impl Policy {
                             }
                     })
             });
-        let outcome = if allowed {
-            Outcome::PreflightAllowed
-        } else {
-            Outcome::PreflightDenied
-        };
+        let outcome = if allowed { Outcome::PreflightAllowed } else { Outcome::PreflightDenied };
         verdict(outcome, None, allowed)
     }
 }
@@ -204,15 +190,9 @@ impl Policy {
 /// An HTTP method token: it is echoed in `access-control-allow-methods`.
 fn is_method(method: &[u8]) -> bool {
     !method.is_empty()
-        && method
-            .iter()
-            .all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+        && method.iter().all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 fn verdict(outcome: Outcome, key: Option<&Key>, allow_origin: bool) -> Verdict<'_> {
-    Verdict {
-        outcome,
-        key,
-        allow_origin,
-    }
+    Verdict { outcome, key, allow_origin }
 }

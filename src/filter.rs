@@ -68,9 +68,7 @@ impl RootContext for Root {
                 for warning in &compiled.warnings {
                     warn!("{warning}");
                 }
-                let took = host::now_ms()
-                    .zip(started)
-                    .map_or(0, |(end, start)| end - start);
+                let took = host::now_ms().zip(started).map_or(0, |(end, start)| end - start);
                 info!(
                     "configured {} keys in {} ms ({:?} mode)",
                     compiled.policy.keys.len(),
@@ -89,10 +87,7 @@ impl RootContext for Root {
     }
 
     fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream {
-            policy: self.policy.clone(),
-            response: ResponseCors::None,
-        }))
+        Some(Box::new(Stream { policy: self.policy.clone(), response: ResponseCors::None }))
     }
 
     fn get_type(&self) -> Option<ContextType> {
@@ -121,21 +116,13 @@ impl HttpContext for Stream {
     fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
         let Some(policy) = self.policy.clone() else {
             // Unreachable with Envoy (no filter without a configuration); fail closed.
-            reply(
-                401,
-                Outcome::DeniedMissing.reply().map_or("", |r| r.body),
-                &[],
-            );
+            reply(401, Outcome::DeniedMissing.reply().map_or("", |r| r.body), &[]);
             return Action::Pause;
         };
         let map = host::request_header_map().unwrap_or_default();
         let scan = headers::scan(&map, &policy.forward);
         let req = &scan.request;
-        let now = if policy.needs_clock {
-            host::now_ms().unwrap_or(i64::MAX)
-        } else {
-            0
-        };
+        let now = if policy.needs_clock { host::now_ms().unwrap_or(i64::MAX) } else { 0 };
         let verdict = policy.decide(req, now);
         let origin = req.origin.value();
         // Preflights are answered in both modes: they carry no key and change nothing.
@@ -148,11 +135,7 @@ impl HttpContext for Stream {
                 "{} key={}{}",
                 verdict.outcome.name(),
                 verdict.key.map_or("-", |k| &k.id),
-                if enforce {
-                    ""
-                } else {
-                    " (report mode: let through)"
-                }
+                if enforce { "" } else { " (report mode: let through)" }
             );
             if enforce {
                 let mut extra: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
@@ -242,11 +225,7 @@ fn forward(policy: &Policy, scan: &headers::Scan, verdict: &Verdict) {
     }
     if verdict.outcome.reply().is_some() {
         // Only reached in report mode: say what enforce mode would have done.
-        host::set_header(
-            Map::Request,
-            WOULD_DENY_HEADER,
-            verdict.outcome.name().as_bytes(),
-        );
+        host::set_header(Map::Request, WOULD_DENY_HEADER, verdict.outcome.name().as_bytes());
     } else if scan.spoofed_would_deny {
         host::remove_header(Map::Request, WOULD_DENY_HEADER);
     }
@@ -280,15 +259,9 @@ fn preflight_reply(policy: &Policy, origin: &[u8], method: Option<&[u8]>) {
     let mut h: Vec<(&[u8], &[u8])> = vec![
         (b"access-control-allow-origin", origin),
         (b"access-control-allow-methods", method.unwrap_or_default()),
-        (
-            b"access-control-allow-headers",
-            cors.allow_headers.as_bytes(),
-        ),
+        (b"access-control-allow-headers", cors.allow_headers.as_bytes()),
         (b"access-control-max-age", cors.max_age.as_bytes()),
-        (
-            b"vary",
-            b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers",
-        ),
+        (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
     ];
     if cors.allow_credentials {
         h.push((b"access-control-allow-credentials", b"true"));

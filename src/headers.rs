@@ -14,10 +14,8 @@ use crate::policy::Forward;
 /// headers and fails closed.
 pub fn pairs(map: &[u8]) -> impl Iterator<Item = (&[u8], &[u8])> {
     let count = read_u32(map, 0).unwrap_or(0) as usize;
-    let table_fits = count
-        .checked_mul(8)
-        .and_then(|t| t.checked_add(4))
-        .is_some_and(|end| end <= map.len());
+    let table_fits =
+        count.checked_mul(8).and_then(|t| t.checked_add(4)).is_some_and(|end| end <= map.len());
     let count = if table_fits { count } else { 0 };
     let mut data = 4 + count * 8;
     (0..count).map_while(move |i| {

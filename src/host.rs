@@ -137,13 +137,7 @@ pub fn response_header(name: &str) -> Option<Vec<u8>> {
     let (mut data, mut len) = (null_mut(), 0);
     // SAFETY: as above.
     let status = unsafe {
-        proxy_get_header_map_value(
-            RESPONSE_HEADERS,
-            name.as_ptr(),
-            name.len(),
-            &mut data,
-            &mut len,
-        )
+        proxy_get_header_map_value(RESPONSE_HEADERS, name.as_ptr(), name.len(), &mut data, &mut len)
     };
     owned(status, data, len)
 }
@@ -180,13 +174,7 @@ pub fn set_header(map: Map, name: &str, value: &[u8]) -> bool {
 pub fn add_header(map: Map, name: &str, value: &[u8]) -> bool {
     // SAFETY: as above.
     let s = unsafe {
-        proxy_add_header_map_value(
-            map.id(),
-            name.as_ptr(),
-            name.len(),
-            value.as_ptr(),
-            value.len(),
-        )
+        proxy_add_header_map_value(map.id(), name.as_ptr(), name.len(), value.as_ptr(), value.len())
     };
     s == OK
 }

@@ -28,10 +28,7 @@ pub struct Window {
 
 impl Default for Window {
     fn default() -> Self {
-        Window {
-            not_before: i64::MIN,
-            expires_at: i64::MAX,
-        }
+        Window { not_before: i64::MIN, expires_at: i64::MAX }
     }
 }
 
@@ -121,10 +118,7 @@ impl KeyTable {
     pub fn first_duplicate_id(&self) -> Option<(usize, usize)> {
         let mut order: Vec<u32> = (0..self.keys.len() as u32).collect();
         order.sort_unstable_by(|&a, &b| {
-            self.keys[a as usize]
-                .id
-                .cmp(&self.keys[b as usize].id)
-                .then(a.cmp(&b))
+            self.keys[a as usize].id.cmp(&self.keys[b as usize].id).then(a.cmp(&b))
         });
         order
             .windows(2)
@@ -208,18 +202,12 @@ mod tests {
     #[test]
     fn digest_of_known_value() {
         let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
-        assert_eq!(
-            hex,
-            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
-        );
+        assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
     }
 
     #[test]
     fn window_bounds_are_half_open() {
-        let w = Window {
-            not_before: 10,
-            expires_at: 20,
-        };
+        let w = Window { not_before: 10, expires_at: 20 };
         assert_eq!(w.at(9), Validity::NotYetValid);
         assert_eq!(w.at(10), Validity::Active);
         assert_eq!(w.at(19), Validity::Active);

@@ -14,10 +14,7 @@
 /// whatever the spelling, a segment that decoded once or twice is no longer one plain
 /// segment (separator, dot segment, `;`, control byte) or could be decoded a third time.
 pub fn matchable(path_and_query: &[u8]) -> Option<&[u8]> {
-    let end = path_and_query
-        .iter()
-        .position(|&c| c == b'?')
-        .unwrap_or(path_and_query.len());
+    let end = path_and_query.iter().position(|&c| c == b'?').unwrap_or(path_and_query.len());
     let path = &path_and_query[..end];
     let (&b'/', rest) = path.split_first()? else {
         return None;
@@ -33,10 +30,7 @@ pub fn matchable(path_and_query: &[u8]) -> Option<&[u8]> {
 
 /// The segments of a path returned by [`matchable`]: `/` has none.
 pub fn segments(path: &[u8]) -> impl Iterator<Item = &[u8]> {
-    path.get(1..)
-        .unwrap_or_default()
-        .split(|&c| c == b'/')
-        .filter(|s| !s.is_empty())
+    path.get(1..).unwrap_or_default().split(|&c| c == b'/').filter(|s| !s.is_empty())
 }
 
 /// A non-empty segment that is not a dot segment and holds nothing a server might decode
@@ -93,9 +87,7 @@ fn is_plain_decoded(segment: &[u8]) -> bool {
     !segment.is_empty()
         && segment != b"."
         && segment != b".."
-        && !segment
-            .iter()
-            .any(|&c| c < 0x20 || c == 0x7f || matches!(c, b'/' | b'\\' | b';'))
+        && !segment.iter().any(|&c| c < 0x20 || c == 0x7f || matches!(c, b'/' | b'\\' | b';'))
 }
 
 /// One level of percent-decoding; invalid escapes stay as they are. Only reached for
@@ -132,15 +124,9 @@ mod tests {
     #[test]
     fn plain_paths_are_matchable_without_their_query() {
         assert_eq!(matchable(b"/"), Some(&b"/"[..]));
-        assert_eq!(
-            matchable(b"/api/stream/abc?x=/../"),
-            Some(&b"/api/stream/abc"[..])
-        );
+        assert_eq!(matchable(b"/api/stream/abc?x=/../"), Some(&b"/api/stream/abc"[..]));
         assert_eq!(matchable(b"/a/b%20c/d~e"), Some(&b"/a/b%20c/d~e"[..]));
-        assert_eq!(
-            matchable(b"/a/.well-known/x..y"),
-            Some(&b"/a/.well-known/x..y"[..])
-        );
+        assert_eq!(matchable(b"/a/.well-known/x..y"), Some(&b"/a/.well-known/x..y"[..]));
         assert_eq!(matchable(b"/a/%41%7e%2d"), Some(&b"/a/%41%7e%2d"[..]));
         assert_eq!(matchable(b"/a/caf%C3%A9"), Some(&b"/a/caf%C3%A9"[..]));
         assert_eq!(matchable(b"/a/50%25"), Some(&b"/a/50%25"[..]));

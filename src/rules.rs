@@ -60,10 +60,8 @@ impl RuleSet {
     pub fn compile(raw: &[RawRule]) -> Result<RuleSet, RuleError> {
         let mut rules = Vec::with_capacity(raw.len());
         for (i, RawRule { methods, paths }) in raw.iter().enumerate() {
-            let methods = compile_methods(methods).map_err(|(at, reason)| RuleError {
-                path: format!("[{i}].methods{at}"),
-                reason,
-            })?;
+            let methods = compile_methods(methods)
+                .map_err(|(at, reason)| RuleError { path: format!("[{i}].methods{at}"), reason })?;
             if paths.is_empty() {
                 return Err(RuleError {
                     path: format!("[{i}].paths"),
@@ -72,10 +70,12 @@ impl RuleSet {
             }
             let mut templates = Vec::with_capacity(paths.len());
             for (j, p) in paths.iter().enumerate() {
-                templates.push(compile_template(p).map_err(|reason| RuleError {
-                    path: format!("[{i}].paths[{j}]"),
-                    reason,
-                })?);
+                templates.push(
+                    compile_template(p).map_err(|reason| RuleError {
+                        path: format!("[{i}].paths[{j}]"),
+                        reason,
+                    })?,
+                );
             }
             rules.push(Rule { methods, templates });
         }
@@ -114,9 +114,7 @@ impl RuleSet {
     /// Whether some rule captures a `{name}`: `resources` only make sense then.
     pub fn has_params(&self) -> bool {
         self.rules.iter().any(|r| {
-            r.templates
-                .iter()
-                .any(|t| t.segments.iter().any(|s| matches!(s, Segment::Param)))
+            r.templates.iter().any(|t| t.segments.iter().any(|s| matches!(s, Segment::Param)))
         })
     }
 }
@@ -172,10 +170,7 @@ fn compile_methods(raw: &[String]) -> Result<Methods, (String, String)> {
     }
     if raw.iter().any(|m| m == "*") {
         if raw.len() > 1 {
-            return Err((
-                String::new(),
-                "\"*\" cannot be combined with other methods".into(),
-            ));
+            return Err((String::new(), "\"*\" cannot be combined with other methods".into()));
         }
         return Ok(Methods::Any);
     }
@@ -183,8 +178,7 @@ fn compile_methods(raw: &[String]) -> Result<Methods, (String, String)> {
     for (k, m) in raw.iter().enumerate() {
         let valid = !m.is_empty()
             && m.len() <= 32
-            && m.bytes()
-                .all(|c| c.is_ascii_uppercase() || c == b'-' || c == b'_');
+            && m.bytes().all(|c| c.is_ascii_uppercase() || c == b'-' || c == b'_');
         if !valid {
             return Err((
                 format!("[{k}]"),
@@ -263,10 +257,7 @@ mod tests {
     #[test]
     fn literal_param_and_rest_segments() {
         let set = rules(&[
-            (
-                &["GET", "PATCH"],
-                &["/api/stream/{id}", "/data/views/{id}/total"],
-            ),
+            (&["GET", "PATCH"], &["/api/stream/{id}", "/data/views/{id}/total"]),
             (&["POST"], &["/api/stream"]),
             (&["*"], &["/files/*"]),
             (&["GET"], &["/"]),
@@ -294,26 +285,14 @@ mod tests {
             (&["POST"], &["/api/stream"]),
         ]);
         let scope: Resources = [b"s1".as_slice().into()].into_iter().collect();
-        assert_eq!(
-            set.check(b"GET", b"/api/stream/s1", Some(&scope)),
-            Access::Allowed
-        );
-        assert_eq!(
-            set.check(b"GET", b"/api/stream/s2", Some(&scope)),
-            Access::ResourceDenied
-        );
+        assert_eq!(set.check(b"GET", b"/api/stream/s1", Some(&scope)), Access::Allowed);
+        assert_eq!(set.check(b"GET", b"/api/stream/s2", Some(&scope)), Access::ResourceDenied);
         assert_eq!(
             set.check(b"GET", b"/api/stream/s2/sessions", Some(&scope)),
             Access::ResourceDenied
         );
-        assert_eq!(
-            set.check(b"POST", b"/api/stream", Some(&scope)),
-            Access::Allowed
-        );
-        assert_eq!(
-            set.check(b"DELETE", b"/api/stream/s1", Some(&scope)),
-            Access::EndpointDenied
-        );
+        assert_eq!(set.check(b"POST", b"/api/stream", Some(&scope)), Access::Allowed);
+        assert_eq!(set.check(b"DELETE", b"/api/stream/s1", Some(&scope)), Access::EndpointDenied);
         assert_eq!(set.check(b"GET", b"/api/stream/s2", None), Access::Allowed);
     }
 

@@ -59,10 +59,7 @@ pub fn parse_rfc3339(s: &str) -> Result<i64, &'static str> {
                     Err(EXPECTED)
                 }
             };
-            let (h, m) = (
-                digit(*h1)? * 10 + digit(*h2)?,
-                digit(*m1)? * 10 + digit(*m2)?,
-            );
+            let (h, m) = (digit(*h1)? * 10 + digit(*h2)?, digit(*m1)? * 10 + digit(*m2)?);
             if h > 23 || m > 59 {
                 return Err("time zone offset out of range");
             }
@@ -111,23 +108,11 @@ mod tests {
     fn parses_utc_and_offsets() {
         assert_eq!(parse_rfc3339("1970-01-01T00:00:00Z"), Ok(0));
         assert_eq!(parse_rfc3339("2027-01-01T00:00:00Z"), Ok(1_798_761_600_000));
-        assert_eq!(
-            parse_rfc3339("2027-01-01T01:00:00+01:00"),
-            Ok(1_798_761_600_000)
-        );
-        assert_eq!(
-            parse_rfc3339("2026-12-31T23:00:00-01:00"),
-            Ok(1_798_761_600_000)
-        );
-        assert_eq!(
-            parse_rfc3339("2000-02-29T12:34:56.789z"),
-            Ok(951_827_696_789)
-        );
+        assert_eq!(parse_rfc3339("2027-01-01T01:00:00+01:00"), Ok(1_798_761_600_000));
+        assert_eq!(parse_rfc3339("2026-12-31T23:00:00-01:00"), Ok(1_798_761_600_000));
+        assert_eq!(parse_rfc3339("2000-02-29T12:34:56.789z"), Ok(951_827_696_789));
         assert_eq!(parse_rfc3339("1969-12-31T23:59:59Z"), Ok(-1_000));
-        assert_eq!(
-            parse_rfc3339("9999-12-31T23:59:59Z"),
-            Ok(253_402_300_799_000)
-        );
+        assert_eq!(parse_rfc3339("9999-12-31T23:59:59Z"), Ok(253_402_300_799_000));
     }
 
     #[test]

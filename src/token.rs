@@ -42,10 +42,7 @@ mod tests {
     fn accepts_the_one_true_form_in_any_scheme_case() {
         assert_eq!(bearer_key(b"Bearer abc"), Some(&b"abc"[..]));
         assert_eq!(bearer_key(b"bearer abc"), Some(&b"abc"[..]));
-        assert_eq!(
-            bearer_key(b"BEARER a-b.c_d~e+f/g=="),
-            Some(&b"a-b.c_d~e+f/g=="[..])
-        );
+        assert_eq!(bearer_key(b"BEARER a-b.c_d~e+f/g=="), Some(&b"a-b.c_d~e+f/g=="[..]));
         let longest = vec![b'k'; MAX_KEY_LEN];
         let header = [&b"Bearer "[..], &longest].concat();
         assert_eq!(bearer_key(&header), Some(&longest[..]));

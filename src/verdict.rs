@@ -46,11 +46,7 @@ macro_rules! forbidden {
 }
 
 const fn unauthorized(www_authenticate: &'static str) -> Reply {
-    Reply {
-        status: 401,
-        body: UNAUTHORIZED_BODY,
-        www_authenticate: Some(www_authenticate),
-    }
+    Reply { status: 401, body: UNAUTHORIZED_BODY, www_authenticate: Some(www_authenticate) }
 }
 
 impl Outcome {
@@ -133,22 +129,11 @@ mod tests {
             r.map(|r| r.body),
             Some(r#"{"error": "Unauthorized", "message": "Invalid API key"}"#)
         );
-        assert_eq!(
-            r.and_then(|r| r.www_authenticate),
-            Some(r#"Bearer error="invalid_token""#)
-        );
-        assert_eq!(
-            Outcome::DeniedMissing
-                .reply()
-                .and_then(|r| r.www_authenticate),
-            Some("Bearer")
-        );
+        assert_eq!(r.and_then(|r| r.www_authenticate), Some(r#"Bearer error="invalid_token""#));
+        assert_eq!(Outcome::DeniedMissing.reply().and_then(|r| r.www_authenticate), Some("Bearer"));
         assert_eq!(
             Outcome::DeniedOrigin.reply().map(|r| (r.status, r.body)),
-            Some((
-                403,
-                r#"{"error": "Forbidden", "message": "Origin not allowed"}"#
-            ))
+            Some((403, r#"{"error": "Forbidden", "message": "Origin not allowed"}"#))
         );
         assert_eq!(Outcome::Allowed.reply(), None);
     }

@@ -38,24 +38,13 @@ fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
 #[test]
 fn key_new_prints_the_key_once_and_an_entry_with_only_its_digest() {
     let out = keygate(
-        &[
-            "key",
-            "new",
-            "--id",
-            "ci",
-            "--owner",
-            "team",
-            "--cors-origin",
-            "https://a.example",
-        ],
+        &["key", "new", "--id", "ci", "--owner", "team", "--cors-origin", "https://a.example"],
         b"",
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
     let stdout = text(&out.stdout);
     let lines: Vec<&str> = stdout.lines().collect();
-    let key = lines[0]
-        .strip_prefix("key (shown once, store it now): ")
-        .unwrap_or_default();
+    let key = lines[0].strip_prefix("key (shown once, store it now): ").unwrap_or_default();
     assert!(key.starts_with("kg_") && key.len() == 3 + 43, "{key}");
     assert_eq!(lines[1], "config entry:");
     let entry: serde_json::Value = serde_json::from_str(lines[2]).unwrap_or_default();
@@ -78,17 +67,7 @@ fn key_new_validates_with_the_filter_rules() {
         text(&out.stderr),
         "keygate: invalid key: id: expected 1-64 characters of A-Z a-z 0-9 . _ -\n"
     );
-    let out = keygate(
-        &[
-            "key",
-            "new",
-            "--id",
-            "a",
-            "--cors-origin",
-            "https://a.example/path",
-        ],
-        b"",
-    );
+    let out = keygate(&["key", "new", "--id", "a", "--cors-origin", "https://a.example/path"], b"");
     assert_eq!(
         text(&out.stderr),
         "keygate: invalid key: cors.allowed_origins[0]: expected an origin scheme://host[:port] with scheme http or https, and no path\n"
@@ -129,10 +108,7 @@ fn check_json_and_istio_yaml() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).ends_with(": keys[0].sha256: expected 64 hex characters\n"));
 
-    let istio = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/wasmplugin.yaml"
-    );
+    let istio = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wasmplugin.yaml");
     let out = keygate(&["check", istio], b"");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -183,13 +159,7 @@ fn explain_prints_the_verdict_without_the_key() {
     );
     assert!(!out.contains(key));
     let out = run(
-        &[
-            "--method",
-            "GET",
-            "--path",
-            "/api/stream/stream-7f3a",
-            "--header-stdin",
-        ],
+        &["--method", "GET", "--path", "/api/stream/stream-7f3a", "--header-stdin"],
         &format!("Bearer {key}"),
     );
     assert_eq!(
@@ -228,9 +198,6 @@ fn every_subcommand_has_help() {
         &["explain", "--help"],
     ] {
         let out = keygate(args, b"");
-        assert!(
-            out.status.success() && text(&out.stdout).contains("Usage: keygate"),
-            "{args:?}"
-        );
+        assert!(out.status.success() && text(&out.stdout).contains("Usage: keygate"), "{args:?}");
     }
 }

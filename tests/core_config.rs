@@ -44,10 +44,7 @@ fn errors_at_the_root_are_named_config() {
     assert!(config_error(r#"{"":1}"#).starts_with("config: unknown field ``"));
     assert!(config_error("{").starts_with("config: EOF while parsing"));
     assert_eq!(config_error("[[]]"), "config: expected a JSON object");
-    assert_eq!(
-        config_error(" \n"),
-        "config: empty configuration: expected a JSON object"
-    );
+    assert_eq!(config_error(" \n"), "config: empty configuration: expected a JSON object");
 }
 
 #[test]

@@ -48,42 +48,12 @@ fn check(r: common::Req, outcome: Outcome, key: Option<&str>, readable: bool) {
 #[test]
 fn authentication_outcomes() {
     check(req("GET", "/x"), DeniedMissing, None, false);
-    check(
-        req("GET", "/x").auth("Bearer kb"),
-        Allowed,
-        Some("backend"),
-        false,
-    );
-    check(
-        req("GET", "/x").auth("bearer kb"),
-        Allowed,
-        Some("backend"),
-        false,
-    );
-    check(
-        req("GET", "/x").auth("Bearer  kb"),
-        DeniedMalformed,
-        None,
-        false,
-    );
-    check(
-        req("GET", "/x").auth("Bearer kb").auth("Bearer kb"),
-        DeniedMalformed,
-        None,
-        false,
-    );
-    check(
-        req("GET", "/x").auth("Bearer nope"),
-        DeniedUnknown,
-        None,
-        false,
-    );
-    check(
-        req("GET", "/x").auth("Bearer ko"),
-        DeniedDisabled,
-        Some("off"),
-        false,
-    );
+    check(req("GET", "/x").auth("Bearer kb"), Allowed, Some("backend"), false);
+    check(req("GET", "/x").auth("bearer kb"), Allowed, Some("backend"), false);
+    check(req("GET", "/x").auth("Bearer  kb"), DeniedMalformed, None, false);
+    check(req("GET", "/x").auth("Bearer kb").auth("Bearer kb"), DeniedMalformed, None, false);
+    check(req("GET", "/x").auth("Bearer nope"), DeniedUnknown, None, false);
+    check(req("GET", "/x").auth("Bearer ko"), DeniedDisabled, Some("off"), false);
 }
 
 #[test]
@@ -108,138 +78,75 @@ fn browser_rules() {
         false,
     );
     check(
-        req("GET", "/api/stream/s1")
-            .auth("Bearer kw")
-            .origin("https://evil.example"),
+        req("GET", "/api/stream/s1").auth("Bearer kw").origin("https://evil.example"),
         DeniedOrigin,
         Some("web"),
         false,
     );
     check(
-        req("GET", "/api/stream/s1")
-            .auth("Bearer kw")
-            .origin("null"),
+        req("GET", "/api/stream/s1").auth("Bearer kw").origin("null"),
         DeniedOrigin,
         Some("web"),
         false,
     );
-    check(
-        req("GET", "/api/stream/s1").auth("Bearer kw").origin(app),
-        Allowed,
-        Some("web"),
-        true,
-    );
+    check(req("GET", "/api/stream/s1").auth("Bearer kw").origin(app), Allowed, Some("web"), true);
     check(
         req("GET", "/api/stream/s2").auth("Bearer kw").origin(app),
         DeniedResource,
         Some("web"),
         true,
     );
+    check(req("POST", "/api/stream").auth("Bearer kw").origin(app), Allowed, Some("web"), true);
     check(
-        req("POST", "/api/stream").auth("Bearer kw").origin(app),
-        Allowed,
-        Some("web"),
-        true,
-    );
-    check(
-        req("DELETE", "/api/stream/s1")
-            .auth("Bearer kw")
-            .origin(app),
+        req("DELETE", "/api/stream/s1").auth("Bearer kw").origin(app),
         DeniedEndpoint,
         Some("web"),
         true,
     );
     // Without Origin the same restrictions hold, and nothing is CORS-readable.
-    check(
-        req("GET", "/api/stream/s2").auth("Bearer kw"),
-        DeniedResource,
-        Some("web"),
-        false,
-    );
-    check(
-        req("GET", "/api/other").auth("Bearer kw"),
-        DeniedEndpoint,
-        Some("web"),
-        false,
-    );
+    check(req("GET", "/api/stream/s2").auth("Bearer kw"), DeniedResource, Some("web"), false);
+    check(req("GET", "/api/other").auth("Bearer kw"), DeniedEndpoint, Some("web"), false);
     // A "*" key with its own rules; several Origin headers match nothing.
     check(
-        req("GET", "/open/a/b")
-            .auth("Bearer ks")
-            .origin("https://x.example"),
+        req("GET", "/open/a/b").auth("Bearer ks").origin("https://x.example"),
         Allowed,
         Some("star"),
         true,
     );
     check(
-        req("GET", "/open/a")
-            .auth("Bearer ks")
-            .origin(app)
-            .origin(app),
+        req("GET", "/open/a").auth("Bearer ks").origin(app).origin(app),
         DeniedOrigin,
         Some("star"),
         false,
     );
-    check(
-        req("GET", "/closed").auth("Bearer ks"),
-        DeniedEndpoint,
-        Some("star"),
-        false,
-    );
-    check(
-        req("GET", "/api/asset/a").auth("Bearer kp"),
-        Allowed,
-        Some("partner"),
-        false,
-    );
-    check(
-        req("PATCH", "/api/asset/a").auth("Bearer kp"),
-        DeniedEndpoint,
-        Some("partner"),
-        false,
-    );
+    check(req("GET", "/closed").auth("Bearer ks"), DeniedEndpoint, Some("star"), false);
+    check(req("GET", "/api/asset/a").auth("Bearer kp"), Allowed, Some("partner"), false);
+    check(req("PATCH", "/api/asset/a").auth("Bearer kp"), DeniedEndpoint, Some("partner"), false);
 }
 
 #[test]
 fn own_401_is_readable_only_for_an_origin_an_active_cors_key_allows() {
     check(
-        req("GET", "/x")
-            .auth("Bearer nope")
-            .origin("https://app.example.com"),
+        req("GET", "/x").auth("Bearer nope").origin("https://app.example.com"),
         DeniedUnknown,
         None,
         true,
     );
     check(
-        req("GET", "/x")
-            .auth("Bearer nope")
-            .origin("https://any.example"),
+        req("GET", "/x").auth("Bearer nope").origin("https://any.example"),
         DeniedUnknown,
         None,
         true,
     ); // "*"
-    check(
-        req("GET", "/x").auth("Bearer nope").origin("null"),
-        DeniedUnknown,
-        None,
-        false,
-    );
-    check(
-        req("GET", "/x").origin("https://app.example.com"),
-        DeniedMissing,
-        None,
-        true,
-    );
+    check(req("GET", "/x").auth("Bearer nope").origin("null"), DeniedUnknown, None, false);
+    check(req("GET", "/x").origin("https://app.example.com"), DeniedMissing, None, true);
 }
 
 #[test]
 fn disabled_and_out_of_window_keys_grant_no_origin() {
     let without_star = config().replace(r#""allowed_origins": ["*"]"#, r#""allowed_origins": []"#);
     let p = policy(&without_star);
-    let v = req("GET", "/x")
-        .auth("Bearer nope")
-        .origin("https://dead.example")
-        .decide(&p, NOW);
+    let v = req("GET", "/x").auth("Bearer nope").origin("https://dead.example").decide(&p, NOW);
     assert_eq!((v.outcome, v.allow_origin), (DeniedUnknown, false));
     let pre = |ms| {
         req("OPTIONS", "/x")
@@ -256,32 +163,21 @@ fn disabled_and_out_of_window_keys_grant_no_origin() {
 #[test]
 fn public_endpoints() {
     check(req("GET", "/healthz"), Public, None, false);
+    check(req("GET", "/healthz?probe=1").origin("https://x.example"), Public, None, true);
     check(
-        req("GET", "/healthz?probe=1").origin("https://x.example"),
-        Public,
-        None,
-        true,
-    );
-    check(
-        req("GET", "/healthz")
-            .auth("Bearer nope")
-            .origin("https://x.example"),
+        req("GET", "/healthz").auth("Bearer nope").origin("https://x.example"),
         DeniedUnknown,
         None,
         true,
     );
     check(
-        req("GET", "/healthz")
-            .auth("Bearer kb")
-            .origin("https://x.example"),
+        req("GET", "/healthz").auth("Bearer kb").origin("https://x.example"),
         Allowed,
         Some("backend"),
         true,
     );
     check(
-        req("GET", "/healthz")
-            .auth("Bearer kw")
-            .origin("https://x.example"),
+        req("GET", "/healthz").auth("Bearer kw").origin("https://x.example"),
         Allowed,
         Some("web"),
         true,
@@ -295,71 +191,43 @@ fn public_endpoints() {
 fn preflights() {
     let app = "https://app.example.com";
     check(
-        req("OPTIONS", "/api/stream/zz")
-            .origin(app)
-            .preflight("PATCH"),
+        req("OPTIONS", "/api/stream/zz").origin(app).preflight("PATCH"),
         PreflightAllowed,
         None,
         true,
     );
     check(
-        req("OPTIONS", "/api/stream/zz")
-            .origin(app)
-            .preflight("DELETE"),
+        req("OPTIONS", "/api/stream/zz").origin(app).preflight("DELETE"),
         PreflightDenied,
         None,
         false,
     );
     check(
-        req("OPTIONS", "/healthz")
-            .origin("https://x.example")
-            .preflight("GET"),
+        req("OPTIONS", "/healthz").origin("https://x.example").preflight("GET"),
         PreflightAllowed,
         None,
         true,
     );
     check(
-        req("OPTIONS", "/open/x")
-            .origin("https://x.example")
-            .preflight("GET"),
+        req("OPTIONS", "/open/x").origin("https://x.example").preflight("GET"),
         PreflightAllowed,
         None,
         true,
     );
+    check(req("OPTIONS", "/open/x").origin("null").preflight("GET"), PreflightDenied, None, false);
     check(
-        req("OPTIONS", "/open/x").origin("null").preflight("GET"),
+        req("OPTIONS", "/api/stream/zz").origin(app).preflight("GET").preflight("GET"),
         PreflightDenied,
         None,
         false,
     );
     check(
-        req("OPTIONS", "/api/stream/zz")
-            .origin(app)
-            .preflight("GET")
-            .preflight("GET"),
-        PreflightDenied,
-        None,
-        false,
-    );
-    check(
-        req("OPTIONS", "/api/stream/zz")
-            .origin(app)
-            .preflight("GE T"),
+        req("OPTIONS", "/api/stream/zz").origin(app).preflight("GE T"),
         PreflightDenied,
         None,
         false,
     );
     // OPTIONS without both headers is an ordinary request.
-    check(
-        req("OPTIONS", "/api/stream/zz").origin(app),
-        DeniedMissing,
-        None,
-        true,
-    );
-    check(
-        req("OPTIONS", "/x").preflight("GET").auth("Bearer kb"),
-        Allowed,
-        Some("backend"),
-        false,
-    );
+    check(req("OPTIONS", "/api/stream/zz").origin(app), DeniedMissing, None, true);
+    check(req("OPTIONS", "/x").preflight("GET").auth("Bearer kb"), Allowed, Some("backend"), false);
 }

@@ -27,10 +27,7 @@ fn is_exactly_bearer(value: &[u8]) -> bool {
         return false;
     }
     let key = &value[7..];
-    let body = key
-        .iter()
-        .take_while(|c| TOKEN_CHARS.as_bytes().contains(c))
-        .count();
+    let body = key.iter().take_while(|c| TOKEN_CHARS.as_bytes().contains(c)).count();
     (1..=MAX_KEY_LEN).contains(&key.len()) && body > 0 && key[body..].iter().all(|&c| c == b'=')
 }
 

@@ -8,7 +8,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(data[..6].eq_ignore_ascii_case(b"bearer") && data[6] == b' ');
         assert_eq!(&data[7..], key);
         assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
-        let body = key.iter().take_while(|c| c.is_ascii_alphanumeric() || b"-._~+/".contains(c)).count();
+        let body =
+            key.iter().take_while(|c| c.is_ascii_alphanumeric() || b"-._~+/".contains(c)).count();
         assert!(body > 0 && key[body..].iter().all(|&c| c == b'='));
     }
 });

@@ -25,7 +25,10 @@ fn decode(input: &[u8]) -> Vec<u8> {
 fn plain(path: &[u8]) -> bool {
     path.len() == 1
         || path[1..].split(|&c| c == b'/').all(|s| {
-            !s.is_empty() && s != b"." && s != b".." && !s.iter().any(|&c| c < 0x20 || c == 0x7f || c == b'\\' || c == b';')
+            !s.is_empty()
+                && s != b"."
+                && s != b".."
+                && !s.iter().any(|&c| c < 0x20 || c == 0x7f || c == b'\\' || c == b';')
         })
 }
 
@@ -36,6 +39,10 @@ fuzz_target!(|data: &[u8]| {
         let twice = decode(&once);
         // Decoding may create a `/` only from %2F / %252F, which are refused: so splitting
         // the decoded forms at `/` sees the same segments, each still plain.
-        assert!(plain(path) && plain(&once) && plain(&twice), "{:?}", String::from_utf8_lossy(path));
+        assert!(
+            plain(path) && plain(&once) && plain(&twice),
+            "{:?}",
+            String::from_utf8_lossy(path)
+        );
     }
 });

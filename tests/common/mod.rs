@@ -7,10 +7,7 @@ use keygate::policy::Policy;
 use keygate::verdict::Verdict;
 
 pub fn hex(key: &str) -> String {
-    sha256(key.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    sha256(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
 }
 
 pub fn policy(json: &str) -> Policy {
@@ -31,11 +28,7 @@ pub fn config_error(json: &str) -> String {
 pub struct Req<'a>(pub Request<'a>);
 
 pub fn req<'a>(method: &'a str, path: &'a str) -> Req<'a> {
-    Req(Request {
-        method: method.as_bytes(),
-        path: path.as_bytes(),
-        ..Request::default()
-    })
+    Req(Request { method: method.as_bytes(), path: path.as_bytes(), ..Request::default() })
 }
 
 impl<'a> Req<'a> {

@@ -51,10 +51,7 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
         std::io::stdin()
             .read_to_end(&mut authorization)
             .map_err(|e| format!("standard input: {e}"))?;
-        while authorization
-            .last()
-            .is_some_and(|c| *c == b'\n' || *c == b'\r')
-        {
+        while authorization.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
             authorization.pop();
         }
     }
@@ -103,10 +100,7 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
                 "access-control-allow-headers".into(),
                 policy.cors.allow_headers.to_string(),
             ));
-            headers.push((
-                "access-control-max-age".into(),
-                policy.cors.max_age.to_string(),
-            ));
+            headers.push(("access-control-max-age".into(), policy.cors.max_age.to_string()));
         }
         denial => {
             println!("status: upstream");
@@ -123,10 +117,8 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
                 }
             }
             if denial.is_some() {
-                headers.push((
-                    "forward x-keygate-would-deny".into(),
-                    verdict.outcome.name().into(),
-                ));
+                headers
+                    .push(("forward x-keygate-would-deny".into(), verdict.outcome.name().into()));
             }
         }
     }

@@ -58,10 +58,8 @@ fn hex(digest: &[u8]) -> String {
 fn new(args: &NewArgs) -> Result<ExitCode, String> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| format!("OS random source: {e}"))?;
-    let key = format!(
-        "{PREFIX}{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)
-    );
+    let key =
+        format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
 
     let mut entry = Map::new();
     entry.insert("id".into(), json!(args.id));
@@ -99,9 +97,7 @@ fn new(args: &NewArgs) -> Result<ExitCode, String> {
 
 fn hash() -> Result<ExitCode, String> {
     let mut input = Vec::new();
-    std::io::stdin()
-        .read_to_end(&mut input)
-        .map_err(|e| format!("standard input: {e}"))?;
+    std::io::stdin().read_to_end(&mut input).map_err(|e| format!("standard input: {e}"))?;
     let key = input.strip_suffix(b"\n").unwrap_or(&input);
     let key = key.strip_suffix(b"\r").unwrap_or(key);
     if bearer_key(&[b"Bearer ", key].concat()).is_none() {

@@ -77,9 +77,5 @@ fn check(file: &std::path::Path) -> Result<ExitCode, String> {
             }
         }
     }
-    Ok(if valid {
-        ExitCode::SUCCESS
-    } else {
-        ExitCode::FAILURE
-    })
+    Ok(if valid { ExitCode::SUCCESS } else { ExitCode::FAILURE })
 }

@@ -15,10 +15,7 @@ const ENVOY_WASM: &str = "type.googleapis.com/envoy.extensions.filters.http.wasm
 pub fn plugin_configs(path: &Path) -> Result<Vec<PluginConfig>, String> {
     let text = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
     if text.iter().find(|c| !c.is_ascii_whitespace()) == Some(&b'{') {
-        return Ok(vec![PluginConfig {
-            place: String::new(),
-            json: text,
-        }]);
+        return Ok(vec![PluginConfig { place: String::new(), json: text }]);
     }
     let text =
         String::from_utf8(text).map_err(|_| format!("{}: not UTF-8 text", path.display()))?;
@@ -41,10 +38,7 @@ pub fn plugin_configs(path: &Path) -> Result<Vec<PluginConfig>, String> {
 }
 
 fn collect(doc: &Value, found: &mut Vec<PluginConfig>) {
-    let name = doc
-        .pointer("/metadata/name")
-        .and_then(Value::as_str)
-        .unwrap_or("?");
+    let name = doc.pointer("/metadata/name").and_then(Value::as_str).unwrap_or("?");
     match doc.get("kind").and_then(Value::as_str) {
         Some("WasmPlugin") => {
             if let Some(config) = doc.pointer("/spec/pluginConfig") {
@@ -63,10 +57,7 @@ fn collect(doc: &Value, found: &mut Vec<PluginConfig>) {
             for (i, wasm) in wasms.iter().enumerate() {
                 if let Some(config) = wasm.get("config") {
                     let place = format!("EnvoyExtensionPolicy {name} wasm[{i}]: ");
-                    found.push(PluginConfig {
-                        place,
-                        json: config.to_string().into_bytes(),
-                    });
+                    found.push(PluginConfig { place, json: config.to_string().into_bytes() });
                 }
             }
         }
@@ -79,13 +70,8 @@ fn envoy_wasm_filters(v: &Value, found: &mut Vec<PluginConfig>) {
     match v {
         Value::Object(map) => {
             if map.get("@type").and_then(Value::as_str) == Some(ENVOY_WASM) {
-                let name = v
-                    .pointer("/config/name")
-                    .and_then(Value::as_str)
-                    .unwrap_or("?");
-                if let Some(json) = v
-                    .pointer("/config/configuration/value")
-                    .and_then(Value::as_str)
+                let name = v.pointer("/config/name").and_then(Value::as_str).unwrap_or("?");
+                if let Some(json) = v.pointer("/config/configuration/value").and_then(Value::as_str)
                 {
                     found.push(PluginConfig {
                         place: format!("wasm filter {name}: "),
@@ -93,12 +79,9 @@ fn envoy_wasm_filters(v: &Value, found: &mut Vec<PluginConfig>) {
                     });
                 }
             }
-            map.values()
-                .for_each(|child| envoy_wasm_filters(child, found));
+            map.values().for_each(|child| envoy_wasm_filters(child, found));
         }
-        Value::Array(items) => items
-            .iter()
-            .for_each(|child| envoy_wasm_filters(child, found)),
+        Value::Array(items) => items.iter().for_each(|child| envoy_wasm_filters(child, found)),
         _ => {}
     }
 }
