@@ -24,6 +24,10 @@ fn errors_name_path_and_reason() {
          r#"cors_endpoints[0].methods[0]: expected an upper-case HTTP method such as "GET", or "*""#),
         (r#"{"keys":[],"public_endpoints":[{"methods":["GET"],"paths":["/a/"]}]}"#.into(),
          r#"public_endpoints[0].paths[0]: empty segment ("//" or a trailing "/")"#),
+        (
+            format!(r#"{{"keys":[{{"id":"a","sha256":"{h}","rules":[{{"methods":["GET"],"paths":["/{{id}}"]}}],"resources":["ok","a/b"]}}]}}"#),
+            "keys[0].resources[1]: not a path segment a request could carry",
+        ),
         (r#"{"keys":[],"cors":{"allow_headers":["bad header"]}}"#.into(),
          "cors.allow_headers[0]: expected an HTTP header name"),
         (r#"{"keys":[],"forward":{"key_id_header":"x-a","owner_header":"x-a"}}"#.into(),
