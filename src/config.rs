@@ -152,11 +152,28 @@ pub fn parse(json: &[u8], compiler: &mut Compiler) -> Result<RawRest, ConfigErro
                 p if p.is_empty() || p == "." || p == "?" => "config".to_string(),
                 p => p,
             };
-            return Err(ConfigError::new(path, e.to_string()));
+            return Err(ConfigError::new(path, without_values(&e.to_string())));
         }
     };
     de.end().map_err(|e| ConfigError::new("config", e.to_string()))?;
     Ok(rest)
+}
+
+/// serde quotes the offending value in some messages (`invalid type: string "kg_..."`), and
+/// that value may be a key pasted in the wrong place: only its kind is kept.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let kind = rest.split([' ', ',']).next().unwrap_or("value");
+            let expected = rest.rfind(", expected").map_or("", |i| &rest[i..]);
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let expected = rest.rfind("`, expected").map_or("", |i| &rest[i + 1..]);
+        return format!("unknown variant{expected}");
+    }
+    message.to_string()
 }
 
 #[derive(Clone, Copy, Deserialize)]

@@ -60,7 +60,7 @@ fn is_plain_raw(segment: &[u8]) -> bool {
     let mut i = 0;
     while i < segment.len() {
         let c = segment[i];
-        if !c.is_ascii_graphic() || matches!(c, b'/' | b'\\' | b';' | b'#') {
+        if !c.is_ascii_graphic() || matches!(c, b'/' | b'?' | b'\\' | b';' | b'#') {
             return false;
         }
         if c == b'%' {

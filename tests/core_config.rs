@@ -52,6 +52,50 @@ fn errors_at_the_root_are_named_config() {
 }
 
 #[test]
+fn values_are_never_echoed_in_schema_errors() {
+    // A key pasted where an object, number or mode belongs must not reach Envoy's log.
+    let secret = "kg_pasted_in_the_wrong_place";
+    for (json, expected) in [
+        (
+            format!(r#"{{"keys":["{secret}"]}}"#),
+            "keys[0]: invalid type: string, expected struct RawKey",
+        ),
+        (
+            format!(r#"{{"keys":[],"mode":"{secret}"}}"#),
+            "mode: unknown variant, expected `enforce` or `report`",
+        ),
+        (
+            format!(r#"{{"keys":[{{"id":"a","disabled":"{secret}"}}]}}"#),
+            "keys[0].disabled: invalid type: string, expected a boolean",
+        ),
+        (
+            r#"{"keys":[{"id":"a","key":12345678}]}"#.to_string(),
+            "keys[0].key: invalid type: integer, expected a string",
+        ),
+    ] {
+        let err = config_error(&json);
+        assert!(err.starts_with(expected), "{err}");
+        assert!(!err.contains(secret) && !err.contains("12345678"), "{err}");
+    }
+}
+
+#[test]
+fn segments_no_request_can_carry_are_refused() {
+    let h = hex("k");
+    let err = config_error(
+        r#"{"keys":[],"public_endpoints":[{"methods":["GET"],"paths":["/healthz?full"]}]}"#,
+    );
+    assert!(
+        err.starts_with("public_endpoints[0].paths[0]: segment \"healthz?full\" can never match"),
+        "{err}"
+    );
+    let err = config_error(&format!(
+        r#"{{"keys":[{{"id":"a","sha256":"{h}","rules":[{{"methods":["GET"],"paths":["/{{id}}"]}}],"resources":["a?b"]}}]}}"#
+    ));
+    assert_eq!(err, "keys[0].resources[0]: not a path segment a request could carry");
+}
+
+#[test]
 fn defaults_and_normalisation() {
     let p = policy(&format!(
         r#"{{"keys":[{{"id":"a","sha256":"{}","cors":{{"allowed_origins":["HTTPS://A.Example:443"]}}}}]}}"#,

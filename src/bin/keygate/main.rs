@@ -1,6 +1,11 @@
 //! `keygate`: create and hash keys, check configurations and explain verdicts, with the
 //! filter's own core: every rule and message here is the one Envoy applies.
 
+#[cfg(target_arch = "wasm32")]
+compile_error!(
+    "the keygate CLI is native only; build the filter with ./wasm-build.sh (cargo build --lib)"
+);
+
 mod explain;
 mod key;
 mod source;
