@@ -71,7 +71,7 @@ impl Default for RawForward {
             key_id_header: "x-api-key-id".into(),
             owner_header: "x-api-key-owner".into(),
             strip_authorization: false,
-            filter_state: true,
+            filter_state: false,
         }
     }
 }

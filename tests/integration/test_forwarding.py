@@ -37,11 +37,16 @@ def test_the_key_never_appears_in_the_debug_log_or_a_response(envoy_factory):
     assert valid not in log and other not in log
 
 
-def test_filter_state_export_can_be_turned_off(envoy_factory):
-    key = "no-filter-state-key"
-    e = envoy_factory({"keys": [{"id": "svc", "sha256": sha256_hex(key), "owner": "team-a"}],
-                       "forward": {"filter_state": False}})
-    r = e.get("/x?probe=no-filter-state", [bearer(key)])
+def test_filter_state_is_opt_in(envoy_factory):
+    key = "filter-state-key"
+    keys = [{"id": "svc", "sha256": sha256_hex(key), "owner": "team-a"}]
+    default = envoy_factory({"keys": keys})
+    r = default.get("/x?probe=filter-state-default", [bearer(key)])
     assert r.upstream_all("x-api-key-id") == ["svc"] and r.upstream_all("x-api-key-owner") == ["team-a"]
-    line = "/x?probe=no-filter-state 200 key_id=- owner=-\n"
-    assert line in e.wait_access_log(line)
+    line = "/x?probe=filter-state-default 200 key_id=- owner=-\n"
+    assert line in default.wait_access_log(line)
+
+    opted_in = envoy_factory({"keys": keys, "forward": {"filter_state": True}})
+    assert opted_in.get("/x?probe=filter-state-on", [bearer(key)]).status == 200
+    line = "/x?probe=filter-state-on 200 key_id=svc owner=team-a\n"
+    assert line in opted_in.wait_access_log(line)

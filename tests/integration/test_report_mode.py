@@ -14,7 +14,8 @@ def report():
 
 @pytest.fixture(scope="module")
 def enforce():
-    yield from module_envoy({**c.config(), "mode": "enforce"})
+    # Filter state is opt-in; the access-log test below reads it.
+    yield from module_envoy({**c.config(), "mode": "enforce", "forward": {"filter_state": True}})
 
 
 # (headers, path, method, outcome enforce mode gives)
