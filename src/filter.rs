@@ -1,4 +1,4 @@
-//! The glue: proxy-wasm callbacks in, host calls out. All decisions are made by
+//! The glue: host callbacks in (via `abi`), host calls out. All decisions are made by
 //! `Policy::decide`; this file only reads the request and carries out the verdict.
 
 use crate::config::Mode;
@@ -6,17 +6,54 @@ use crate::headers::{self, WOULD_DENY_HEADER};
 use crate::host::{self, Map};
 use crate::policy::Policy;
 use crate::verdict::{Outcome, Verdict};
+use hashbrown::HashMap;
 use log::{debug, error, info, warn};
-use proxy_wasm::traits::{Context, HttpContext, RootContext};
-use proxy_wasm::types::{Action, ContextType};
+use std::cell::RefCell;
 use std::rc::Rc;
 use std::sync::OnceLock;
 
-proxy_wasm::main! {{
+/// What the host does next with a stream (`proxy_on_*_headers` return values).
+#[derive(Clone, Copy)]
+pub enum Action {
+    Continue = 0,
+    /// Stop: keygate has sent a local reply.
+    Pause = 1,
+}
+
+/// Everything one VM holds: a root context per plugin configuration sharing the VM, and
+/// the open HTTP streams, each with the policy it started under.
+#[derive(Default)]
+struct Vm {
+    roots: HashMap<u32, Option<Rc<Policy>>>,
+    streams: HashMap<u32, Stream>,
+    /// Outcomes counted since the last flush: `[done, reported]` per outcome.
+    pending: [[u32; 2]; Outcome::ALL.len()],
+}
+
+/// How often counts reach Envoy's counters. Batching saves a host call per request; a
+/// counter is at most this far behind.
+pub const COUNTER_FLUSH_MS: u32 = 50;
+
+struct Stream {
+    policy: Option<Rc<Policy>>,
+    response: ResponseCors,
+}
+
+thread_local! {
+    static VM: RefCell<Vm> = RefCell::default();
+}
+
+/// Runs `f` on the VM state. The host never re-enters the module during a callback (local
+/// replies are sent after it returns), so the borrow cannot fail; if it ever did, `f` is
+/// skipped and callers fail closed.
+fn with_vm<T>(f: impl FnOnce(&mut Vm) -> T) -> Option<T> {
+    VM.with(|vm| vm.try_borrow_mut().ok().map(|mut vm| f(&mut vm)))
+}
+
+pub fn initialize() {
     // No host calls here: `_initialize` runs before the host allows any.
     let _ = log::set_logger(&host::HostLogger);
-    proxy_wasm::set_root_context(|_| Box::new(Root { policy: None }));
-}}
+}
 
 /// Counter ids, defined once per VM: `keygate.<outcome>` for what was done, and
 /// `keygate.report.<outcome>` for each denial report mode let through.
@@ -39,59 +76,82 @@ fn metrics() -> &'static Metrics {
     })
 }
 
-/// Counts the outcome as done, or as reported when report mode let a denial through.
+/// Counts the outcome as done, or as reported when report mode let a denial through; the
+/// next tick adds it to Envoy's counter.
 fn count(outcome: Outcome, reported: bool) {
+    with_vm(|vm| {
+        if let Some(slot) = vm.pending.get_mut(outcome as usize) {
+            let n = &mut slot[usize::from(reported)];
+            *n = n.saturating_add(1);
+        }
+    });
+}
+
+/// Adds the pending counts to Envoy's counters.
+pub fn flush_counters() {
+    let Some(pending) = with_vm(|vm| std::mem::take(&mut vm.pending)) else { return };
     let m = metrics();
-    let ids = if reported { &m.reported } else { &m.done };
-    if let Some(Some(id)) = ids.get(outcome as usize) {
-        host::increment(*id);
-    }
-}
-
-struct Root {
-    policy: Option<Rc<Policy>>,
-}
-
-impl Context for Root {}
-
-impl RootContext for Root {
-    fn on_configure(&mut self, size: usize) -> bool {
-        log::set_max_level(host::log_level());
-        metrics();
-        let started = host::now_ms();
-        let Some(json) = host::plugin_configuration(size) else {
-            error!("config: no plugin configuration");
-            return false;
-        };
-        match Policy::from_json(&json) {
-            Ok(compiled) => {
-                for warning in &compiled.warnings {
-                    warn!("{warning}");
-                }
-                let took = host::now_ms().zip(started).map_or(0, |(end, start)| end - start);
-                info!(
-                    "configured {} keys in {} ms ({:?} mode)",
-                    compiled.policy.keys.len(),
-                    took,
-                    compiled.policy.mode
-                );
-                self.policy = Some(Rc::new(compiled.policy));
-                true
-            }
-            Err(e) => {
-                // The previous policy, if any, keeps serving: Envoy rejects this update.
-                error!("invalid configuration: {e}");
-                false
+    for (i, [done, reported]) in pending.into_iter().enumerate() {
+        for (n, ids) in [(done, &m.done), (reported, &m.reported)] {
+            if let (true, Some(Some(id))) = (n > 0, ids.get(i)) {
+                host::increment(*id, n);
             }
         }
     }
+}
 
-    fn create_http_context(&self, _id: u32) -> Option<Box<dyn HttpContext>> {
-        Some(Box::new(Stream { policy: self.policy.clone(), response: ResponseCors::None }))
+/// A root context has no parent; an HTTP stream's parent is its plugin's root context.
+pub fn context_create(context: u32, parent: u32) {
+    with_vm(|vm| {
+        if parent == 0 {
+            vm.roots.insert(context, None);
+        } else {
+            let policy = vm.roots.get(&parent).cloned().flatten();
+            vm.streams.insert(context, Stream { policy, response: ResponseCors::None });
+        }
+    });
+}
+
+pub fn delete(context: u32) {
+    let root =
+        with_vm(|vm| vm.streams.remove(&context).is_none() && vm.roots.remove(&context).is_some());
+    if root == Some(true) {
+        // The VM may go with its last root: count what is pending now.
+        flush_counters();
     }
+}
 
-    fn get_type(&self) -> Option<ContextType> {
-        Some(ContextType::HttpContext)
+/// Compiles the plugin configuration; on failure the root keeps what it had (if anything)
+/// and the host refuses the update.
+pub fn configure(root: u32, size: usize) -> bool {
+    log::set_max_level(host::log_level());
+    metrics();
+    host::set_tick_period(COUNTER_FLUSH_MS);
+    let started = host::now_ms();
+    let Some(json) = host::plugin_configuration(size) else {
+        error!("config: no plugin configuration");
+        return false;
+    };
+    match Policy::from_json(&json) {
+        Ok(compiled) => {
+            for warning in &compiled.warnings {
+                warn!("{warning}");
+            }
+            let took = host::now_ms().zip(started).map_or(0, |(end, start)| end - start);
+            info!(
+                "configured {} keys in {} ms ({:?} mode)",
+                compiled.policy.keys.len(),
+                took,
+                compiled.policy.mode
+            );
+            let policy = Rc::new(compiled.policy);
+            with_vm(|vm| vm.roots.insert(root, Some(policy))).is_some()
+        }
+        Err(e) => {
+            // The previous policy, if any, keeps serving: Envoy rejects this update.
+            error!("invalid configuration: {e}");
+            false
+        }
     }
 }
 
@@ -105,89 +165,86 @@ enum ResponseCors {
     Allow(Vec<u8>),
 }
 
-struct Stream {
-    policy: Option<Rc<Policy>>,
-    response: ResponseCors,
+pub fn request_headers(stream: u32) -> Action {
+    let Some(policy) =
+        with_vm(|vm| vm.streams.get(&stream).and_then(|s| s.policy.clone())).flatten()
+    else {
+        // Unreachable with Envoy (no filter without a configuration); fail closed.
+        reply(401, Outcome::DeniedMissing.reply().map_or("", |r| r.body), &[]);
+        return Action::Pause;
+    };
+    let map = host::request_header_map().unwrap_or_default();
+    let scan = headers::scan(&map, &policy.forward);
+    let req = &scan.request;
+    let now = if policy.needs_clock { host::now_ms().unwrap_or(i64::MAX) } else { 0 };
+    let verdict = policy.decide(req, now);
+    let origin = req.origin.value();
+    // Preflights are answered in both modes: they carry no key and change nothing.
+    let enforce = policy.mode == Mode::Enforce || req.is_preflight();
+    let denial = verdict.outcome.reply();
+    count(verdict.outcome, denial.is_some() && !enforce);
+
+    if let Some(denial) = denial {
+        debug!(
+            "{} key={}{}",
+            verdict.outcome.name(),
+            verdict.key.map_or("-", |k| &k.id),
+            if enforce { "" } else { " (report mode: let through)" }
+        );
+        if enforce {
+            let mut extra: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
+            if let Some(www) = denial.www_authenticate {
+                extra.push((b"www-authenticate", www.as_bytes()));
+            }
+            cors_reply_headers(&policy, &verdict, origin, &mut extra);
+            reply(denial.status, denial.body, &extra);
+            return Action::Pause;
+        }
+    } else if verdict.outcome == Outcome::PreflightAllowed {
+        preflight_reply(
+            &policy,
+            origin.unwrap_or_default(),
+            req.access_control_request_method.value(),
+        );
+        return Action::Pause;
+    }
+
+    forward(&policy, &scan, &verdict);
+    let response = match origin {
+        None => return Action::Continue,
+        Some(o) if verdict.allow_origin => ResponseCors::Allow(o.to_vec()),
+        Some(_) => ResponseCors::Vary,
+    };
+    with_vm(|vm| vm.streams.get_mut(&stream).map(|s| s.response = response));
+    Action::Continue
 }
 
-impl Context for Stream {}
-
-impl HttpContext for Stream {
-    fn on_http_request_headers(&mut self, _: usize, _: bool) -> Action {
-        let Some(policy) = self.policy.clone() else {
-            // Unreachable with Envoy (no filter without a configuration); fail closed.
-            reply(401, Outcome::DeniedMissing.reply().map_or("", |r| r.body), &[]);
-            return Action::Pause;
-        };
-        let map = host::request_header_map().unwrap_or_default();
-        let scan = headers::scan(&map, &policy.forward);
-        let req = &scan.request;
-        let now = if policy.needs_clock { host::now_ms().unwrap_or(i64::MAX) } else { 0 };
-        let verdict = policy.decide(req, now);
-        let origin = req.origin.value();
-        // Preflights are answered in both modes: they carry no key and change nothing.
-        let enforce = policy.mode == Mode::Enforce || req.is_preflight();
-        let denial = verdict.outcome.reply();
-        count(verdict.outcome, denial.is_some() && !enforce);
-
-        if let Some(denial) = denial {
-            debug!(
-                "{} key={}{}",
-                verdict.outcome.name(),
-                verdict.key.map_or("-", |k| &k.id),
-                if enforce { "" } else { " (report mode: let through)" }
-            );
-            if enforce {
-                let mut extra: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
-                if let Some(www) = denial.www_authenticate {
-                    extra.push((b"www-authenticate", www.as_bytes()));
-                }
-                cors_reply_headers(&policy, &verdict, origin, &mut extra);
-                reply(denial.status, denial.body, &extra);
-                return Action::Pause;
-            }
-        } else if verdict.outcome == Outcome::PreflightAllowed {
-            preflight_reply(
-                &policy,
-                origin.unwrap_or_default(),
-                req.access_control_request_method.value(),
-            );
-            return Action::Pause;
+pub fn response_headers(stream: u32) -> Action {
+    let taken = with_vm(|vm| {
+        let s = vm.streams.get_mut(&stream)?;
+        match std::mem::replace(&mut s.response, ResponseCors::None) {
+            ResponseCors::None => None,
+            response => Some((response, s.policy.clone()?)),
         }
-
-        forward(&policy, &scan, &verdict);
-        self.response = match origin {
-            None => ResponseCors::None,
-            Some(o) if verdict.allow_origin => ResponseCors::Allow(o.to_vec()),
-            Some(_) => ResponseCors::Vary,
-        };
-        Action::Continue
-    }
-
-    fn on_http_response_headers(&mut self, _: usize, _: bool) -> Action {
-        let Some(policy) = &self.policy else {
-            return Action::Continue;
-        };
-        match &self.response {
-            ResponseCors::None => {}
-            ResponseCors::Vary => add_vary_origin(),
-            ResponseCors::Allow(origin) => {
-                add_vary_origin();
-                host::set_header(Map::Response, "access-control-allow-origin", origin);
-                if let Some(expose) = &policy.cors.expose_headers {
-                    host::set_header(
-                        Map::Response,
-                        "access-control-expose-headers",
-                        expose.as_bytes(),
-                    );
-                }
-                if policy.cors.allow_credentials {
-                    host::set_header(Map::Response, "access-control-allow-credentials", b"true");
-                }
+    });
+    let Some(Some((response, policy))) = taken else {
+        return Action::Continue;
+    };
+    match response {
+        ResponseCors::None => {}
+        ResponseCors::Vary => add_vary_origin(),
+        ResponseCors::Allow(origin) => {
+            add_vary_origin();
+            host::set_header(Map::Response, "access-control-allow-origin", &origin);
+            if let Some(expose) = &policy.cors.expose_headers {
+                host::set_header(Map::Response, "access-control-expose-headers", expose.as_bytes());
+            }
+            if policy.cors.allow_credentials {
+                host::set_header(Map::Response, "access-control-allow-credentials", b"true");
             }
         }
-        Action::Continue
     }
+    Action::Continue
 }
 
 /// Sets the upstream request's identity headers; client-sent copies never survive.
@@ -196,7 +253,11 @@ fn forward(policy: &Policy, scan: &headers::Scan, verdict: &Verdict) {
     let identity = verdict.key.filter(|_| verdict.outcome == Outcome::Allowed);
     match identity {
         Some(key) => {
-            host::set_header(Map::Request, &fwd.key_id_header, key.id.as_bytes());
+            put_header(
+                &fwd.key_id_header,
+                key.id.as_bytes(),
+                scan.spoofed_key_id || !scan.complete,
+            );
             if fwd.filter_state {
                 // Filter state `wasm.keygate.key_id` / `wasm.keygate.owner`, for access logs.
                 host::set_property(b"keygate.key_id", key.id.as_bytes());
@@ -205,9 +266,11 @@ fn forward(policy: &Policy, scan: &headers::Scan, verdict: &Verdict) {
                 }
             }
             match &key.owner {
-                Some(owner) => {
-                    host::set_header(Map::Request, &fwd.owner_header, owner.as_bytes());
-                }
+                Some(owner) => put_header(
+                    &fwd.owner_header,
+                    owner.as_bytes(),
+                    scan.spoofed_owner || !scan.complete,
+                ),
                 None if scan.spoofed_owner => {
                     host::remove_header(Map::Request, &fwd.owner_header);
                 }
@@ -231,6 +294,16 @@ fn forward(policy: &Policy, scan: &headers::Scan, verdict: &Verdict) {
     }
     if fwd.strip_authorization && scan.request.authorization.is_present() {
         host::remove_header(Map::Request, "authorization");
+    }
+}
+
+/// Sets a request header keygate owns. Adding is cheaper for the host than replacing, and
+/// is enough when a complete scan saw no client-sent copy.
+fn put_header(name: &str, value: &[u8], client_sent: bool) {
+    if client_sent {
+        host::set_header(Map::Request, name, value);
+    } else {
+        host::add_header(Map::Request, name, value);
     }
 }
 

@@ -46,6 +46,8 @@ pub struct Scan<'a> {
     pub spoofed_key_id: bool,
     pub spoofed_owner: bool,
     pub spoofed_would_deny: bool,
+    /// Every pair the map declares was read. Only then does "not seen" mean "not sent".
+    pub complete: bool,
 }
 
 pub const WOULD_DENY_HEADER: &str = "x-keygate-would-deny";
@@ -53,7 +55,9 @@ pub const WOULD_DENY_HEADER: &str = "x-keygate-would-deny";
 /// One pass over the serialized request headers. Envoy stores names in lower case.
 pub fn scan<'a>(map: &'a [u8], forward: &Forward) -> Scan<'a> {
     let mut s = Scan::default();
+    let mut seen = 0;
     for (name, value) in pairs(map) {
+        seen += 1;
         match name {
             b":method" => s.request.method = value,
             b":path" => s.request.path = value,
@@ -66,6 +70,10 @@ pub fn scan<'a>(map: &'a [u8], forward: &Forward) -> Scan<'a> {
             _ => {}
         }
     }
+    s.complete = match read_u32(map, 0) {
+        Some(declared) => seen == declared as usize,
+        None => map.is_empty(),
+    };
     s
 }
 
@@ -117,6 +125,18 @@ mod tests {
         assert_eq!(s.request.authorization, Header::Many);
         assert_eq!(s.request.origin, Header::One(b"https://a.example"));
         assert!(s.spoofed_key_id && !s.spoofed_owner && !s.spoofed_would_deny);
+        assert!(s.complete);
+    }
+
+    #[test]
+    fn a_cut_map_is_never_complete() {
+        let map = serialize(&[(b":method", b"GET"), (b"x-api-key-id", b"forged")]);
+        let f = forward();
+        assert!(scan(&map, &f).complete && scan(&[], &f).complete);
+        for cut in 1..map.len() {
+            let s = scan(&map[..cut], &f);
+            assert!(!s.complete || s.spoofed_key_id, "cut at {cut}");
+        }
     }
 
     #[test]

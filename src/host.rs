@@ -60,6 +60,7 @@ extern "C" {
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     fn proxy_set_property(
         path: *const u8,
         path_size: usize,
@@ -209,9 +210,15 @@ pub fn define_counter(name: &str) -> Option<u32> {
     (s == OK).then_some(id)
 }
 
-pub fn increment(id: u32) {
+pub fn increment(id: u32, by: u32) {
     // SAFETY: plain values.
-    unsafe { proxy_increment_metric(id, 1) };
+    unsafe { proxy_increment_metric(id, i64::from(by)) };
+}
+
+/// Asks for `proxy_on_tick` on this root context every `ms` milliseconds.
+pub fn set_tick_period(ms: u32) {
+    // SAFETY: a plain value.
+    unsafe { proxy_set_tick_period_milliseconds(ms) };
 }
 
 /// Sets filter state; Envoy stores it under `wasm.<path>`.

@@ -25,6 +25,8 @@ WASM = ROOT / "dist" / "keygate.wasm"
 ECHO_LUA = ROOT / "envoy" / "echo.lua"
 
 UNAUTHORIZED = b'{"error": "Unauthorized", "message": "Invalid API key"}'
+# Time for keygate's batched counts to reach Envoy's counters (three 50 ms flush ticks).
+COUNTER_SETTLE = 0.15
 
 
 def forbidden(message: str) -> bytes:
@@ -382,7 +384,12 @@ class Envoy:
             return r.read().decode()
 
     def stats(self, filter: str = "keygate") -> dict[str, int]:
-        """Envoy's integer stats whose names match `filter` (a regex; "" for all)."""
+        """Envoy's integer stats whose names match `filter` (a regex; "" for all).
+
+        keygate adds its counts to Envoy's counters on a 50 ms tick (COUNTER_FLUSH_MS in
+        src/filter.rs), so wait three ticks for requests already answered to show.
+        """
+        time.sleep(COUNTER_SETTLE)
         out = {}
         for line in self.admin(f"/stats?filter={filter}").splitlines():
             name, _, value = line.partition(": ")

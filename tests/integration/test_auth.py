@@ -1,9 +1,11 @@
 """Issue 2 through a real Envoy: the strict Bearer contract, the key table, forwarding."""
 
+import time
+
 import pytest
 
 from conftest import module_envoy
-from harness import UNAUTHORIZED, bearer, sha256_hex
+from harness import COUNTER_SETTLE, UNAUTHORIZED, bearer, sha256_hex
 
 GOOD = "good-key_1.2~3+4/5=="
 OWNERLESS = "ownerless-key"
@@ -168,6 +170,7 @@ def test_non_utf8_bytes_do_not_trap_the_vm(envoy):
 
 def test_counters_are_exported_to_prometheus(envoy):
     envoy.get("/api/x", [bearer(GOOD)])
+    time.sleep(COUNTER_SETTLE)
     text = envoy.admin("/stats/prometheus")
     # Envoy strips the `wasmcustom.` prefix and turns dots into underscores.
     lines = [l for l in text.splitlines() if l.startswith("keygate_allowed")]

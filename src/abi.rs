@@ -1,0 +1,69 @@
+//! The callbacks keygate exports to the host (proxy-wasm ABI 0.2.1), and nothing else.
+//!
+//! The host skips every callback a module does not export, and each one it does call is a
+//! trip into the VM. So keygate exports only what it uses: no body, trailer, log or done
+//! callbacks, and its own small dispatch instead of the SDK's, which exports all of
+//! them and keeps its contexts in SipHash maps of boxed trait objects.
+
+use crate::filter;
+
+/// Marks the ABI version; the host reads it from the export's name.
+#[no_mangle]
+pub extern "C" fn proxy_abi_version_0_2_1() {}
+
+extern "C" {
+    /// Runs the module's static constructors (wasi-libc's included).
+    fn __wasm_call_ctors();
+}
+
+/// Called once when the VM starts, before any other callback. No host calls are allowed.
+#[no_mangle]
+pub extern "C" fn _initialize() {
+    // SAFETY: the linker-generated constructor list, run once, as a reactor must.
+    unsafe { __wasm_call_ctors() };
+    filter::initialize();
+}
+
+/// The host's allocator for buffers it hands over (headers, configuration). The host
+/// writes `size` bytes and passes ownership back; `host::owned` takes it over.
+#[no_mangle]
+pub extern "C" fn proxy_on_memory_allocate(size: usize) -> *mut u8 {
+    // Exactly `size` bytes, so the taker can rebuild a `Vec` with that capacity.
+    Box::into_raw(Box::<[u8]>::new_uninit_slice(size)).cast()
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_vm_start(_root: u32, _vm_configuration_size: usize) -> u32 {
+    1
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_context_create(context: u32, parent: u32) {
+    filter::context_create(context, parent);
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_configure(root: u32, configuration_size: usize) -> u32 {
+    filter::configure(root, configuration_size) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_headers(stream: u32, _headers: usize, _end: u32) -> u32 {
+    filter::request_headers(stream) as u32
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_response_headers(stream: u32, _headers: usize, _end: u32) -> u32 {
+    filter::response_headers(stream) as u32
+}
+
+/// Only root contexts tick: the counter flush, `COUNTER_FLUSH_MS` apart.
+#[no_mangle]
+pub extern "C" fn proxy_on_tick(_root: u32) {
+    filter::flush_counters();
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_delete(context: u32) {
+    filter::delete(context);
+}
