@@ -1,9 +1,10 @@
 //! The callbacks keygate exports to the host (proxy-wasm ABI 0.2.1), and nothing else.
 //!
 //! The host skips every callback a module does not export, and each one it does call is a
-//! trip into the VM. So keygate exports only what it uses: no body, trailer, log or done
-//! callbacks, and its own small dispatch instead of the SDK's, which exports all of
-//! them and keeps its contexts in SipHash maps of boxed trait objects.
+//! trip into the VM. So keygate exports only what it uses: no body, trailer, log, done or
+//! delete callbacks, and its own small dispatch instead of the SDK's, which exports all of
+//! them and keeps its contexts in SipHash maps of boxed trait objects. Per request the
+//! host enters the VM three times: context create, request headers, response headers.
 
 use crate::filter;
 
@@ -57,13 +58,8 @@ pub extern "C" fn proxy_on_response_headers(stream: u32, _headers: usize, _end: 
     filter::response_headers(stream) as u32
 }
 
-/// Only root contexts tick: the counter flush, `COUNTER_FLUSH_MS` apart.
+/// Only root contexts tick (every `COUNTER_FLUSH_MS`): liveness and the counter flush.
 #[no_mangle]
-pub extern "C" fn proxy_on_tick(_root: u32) {
-    filter::flush_counters();
-}
-
-#[no_mangle]
-pub extern "C" fn proxy_on_delete(context: u32) {
-    filter::delete(context);
+pub extern "C" fn proxy_on_tick(root: u32) {
+    filter::tick(root);
 }

@@ -2,11 +2,11 @@
 //! `Policy::decide`; this file only reads the request and carries out the verdict.
 
 use crate::config::Mode;
+use crate::contexts::Contexts;
 use crate::headers::{self, WOULD_DENY_HEADER};
 use crate::host::{self, Map};
 use crate::policy::Policy;
 use crate::verdict::{Outcome, Verdict};
-use hashbrown::HashMap;
 use log::{debug, error, info, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -20,13 +20,11 @@ pub enum Action {
     Pause = 1,
 }
 
-/// Everything one VM holds: a root context per plugin configuration sharing the VM, and
-/// the open HTTP streams, each with the policy it started under.
+/// Everything one VM holds: its contexts (see `contexts`) and the outcomes counted since the
+/// last flush, `[done, reported]` per outcome.
 #[derive(Default)]
 struct Vm {
-    roots: HashMap<u32, Option<Rc<Policy>>>,
-    streams: HashMap<u32, Stream>,
-    /// Outcomes counted since the last flush: `[done, reported]` per outcome.
+    contexts: Contexts<Policy, Awaiting>,
     pending: [[u32; 2]; Outcome::ALL.len()],
 }
 
@@ -34,8 +32,9 @@ struct Vm {
 /// counter is at most this far behind.
 pub const COUNTER_FLUSH_MS: u32 = 50;
 
-struct Stream {
-    policy: Option<Rc<Policy>>,
+/// What the response of a forwarded browser request needs, under the policy it started with.
+struct Awaiting {
+    policy: Rc<Policy>,
     response: ResponseCors,
 }
 
@@ -87,9 +86,17 @@ fn count(outcome: Outcome, reported: bool) {
     });
 }
 
-/// Adds the pending counts to Envoy's counters.
-pub fn flush_counters() {
-    let Some(pending) = with_vm(|vm| std::mem::take(&mut vm.pending)) else { return };
+/// A root context's tick: it is alive, roots that stopped ticking are forgotten, and the
+/// pending counts are added to Envoy's counters.
+pub fn tick(root: u32) {
+    let Some((gone, pending)) =
+        with_vm(|vm| (vm.contexts.ticked(root), std::mem::take(&mut vm.pending)))
+    else {
+        return;
+    };
+    for id in gone {
+        debug!("root context {id} stopped ticking: its configuration is released");
+    }
     let m = metrics();
     for (i, [done, reported]) in pending.into_iter().enumerate() {
         for (n, ids) in [(done, &m.done), (reported, &m.reported)] {
@@ -100,25 +107,8 @@ pub fn flush_counters() {
     }
 }
 
-/// A root context has no parent; an HTTP stream's parent is its plugin's root context.
 pub fn context_create(context: u32, parent: u32) {
-    with_vm(|vm| {
-        if parent == 0 {
-            vm.roots.insert(context, None);
-        } else {
-            let policy = vm.roots.get(&parent).cloned().flatten();
-            vm.streams.insert(context, Stream { policy, response: ResponseCors::None });
-        }
-    });
-}
-
-pub fn delete(context: u32) {
-    let root =
-        with_vm(|vm| vm.streams.remove(&context).is_none() && vm.roots.remove(&context).is_some());
-    if root == Some(true) {
-        // The VM may go with its last root: count what is pending now.
-        flush_counters();
-    }
+    with_vm(|vm| vm.contexts.created(context, parent));
 }
 
 /// Compiles the plugin configuration; on failure the root keeps what it had (if anything)
@@ -145,7 +135,7 @@ pub fn configure(root: u32, size: usize) -> bool {
                 compiled.policy.mode
             );
             let policy = Rc::new(compiled.policy);
-            with_vm(|vm| vm.roots.insert(root, Some(policy))).is_some()
+            with_vm(|vm| vm.contexts.configured(root, policy)).is_some()
         }
         Err(e) => {
             // The previous policy, if any, keeps serving: Envoy rejects this update.
@@ -157,8 +147,6 @@ pub fn configure(root: u32, size: usize) -> bool {
 
 /// What the response of a forwarded browser request needs.
 enum ResponseCors {
-    /// No `Origin`, or keygate answered locally and already set every header.
-    None,
     /// `vary: Origin` only.
     Vary,
     /// `vary: Origin` and `access-control-allow-origin: <origin>`.
@@ -166,10 +154,10 @@ enum ResponseCors {
 }
 
 pub fn request_headers(stream: u32) -> Action {
-    let Some(policy) =
-        with_vm(|vm| vm.streams.get(&stream).and_then(|s| s.policy.clone())).flatten()
-    else {
-        // Unreachable with Envoy (no filter without a configuration); fail closed.
+    let Some(policy) = with_vm(|vm| vm.contexts.config_for(stream)).flatten() else {
+        // Unreachable with Envoy (a stream's context is created right before its request
+        // headers, under a configured root); fail closed.
+        error!("no configuration for stream {stream}: refused");
         reply(401, Outcome::DeniedMissing.reply().map_or("", |r| r.body), &[]);
         return Action::Pause;
     };
@@ -215,23 +203,16 @@ pub fn request_headers(stream: u32) -> Action {
         Some(o) if verdict.allow_origin => ResponseCors::Allow(o.to_vec()),
         Some(_) => ResponseCors::Vary,
     };
-    with_vm(|vm| vm.streams.get_mut(&stream).map(|s| s.response = response));
+    with_vm(|vm| vm.contexts.await_response(stream, Awaiting { policy, response }));
     Action::Continue
 }
 
 pub fn response_headers(stream: u32) -> Action {
-    let taken = with_vm(|vm| {
-        let s = vm.streams.get_mut(&stream)?;
-        match std::mem::replace(&mut s.response, ResponseCors::None) {
-            ResponseCors::None => None,
-            response => Some((response, s.policy.clone()?)),
-        }
-    });
-    let Some(Some((response, policy))) = taken else {
+    let taken = with_vm(|vm| vm.contexts.response(stream));
+    let Some(Some(Awaiting { policy, response })) = taken else {
         return Action::Continue;
     };
     match response {
-        ResponseCors::None => {}
         ResponseCors::Vary => add_vary_origin(),
         ResponseCors::Allow(origin) => {
             add_vary_origin();

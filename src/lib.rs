@@ -5,6 +5,7 @@
 
 pub mod compile;
 pub mod config;
+pub mod contexts;
 pub mod cors;
 pub mod decide;
 pub mod headers;

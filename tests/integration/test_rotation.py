@@ -142,3 +142,27 @@ def test_scheduled_overlap_rotation_at_real_clock_boundaries(envoy_factory):
     wait_until(old_until)
     assert (status("old-key"), status("new-key")) == (401, 200)
     assert e.counter("denied_expired") == 1
+
+
+def test_replaced_tables_are_released_and_the_newest_serves():
+    """keygate frees nothing per stream (it exports no delete callback); a root context whose
+    table was replaced is released once Envoy stops ticking it. Without that, every push
+    would keep a whole key table in the VM."""
+    e = EcdsEnvoy(table("first"))
+    e.envoy.component_log_level = "wasm:debug"
+    e.start()
+    try:
+        for i, key in enumerate(["second", "third", "fourth"]):
+            e.push(table(key))
+            assert e.envoy.get("/api/x", [bearer(key)]).status == 200, i
+        released = "stopped ticking: its configuration is released"
+        deadline = time.monotonic() + 45
+        while e.envoy.log().count(released) < 3:
+            assert time.monotonic() < deadline, f"replaced roots never released:\n{e.envoy.log()[-3000:]}"
+            time.sleep(0.2)
+        # The live root was never mistaken for a released one.
+        assert e.envoy.get("/api/x", [bearer("fourth")]).status == 200
+        assert e.envoy.get("/api/x", [bearer("third")]).status == 401
+        assert e.envoy.get("/api/x", [bearer(STEADY)]).status == 200
+    finally:
+        e.stop()
