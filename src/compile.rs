@@ -114,7 +114,7 @@ impl Compiler {
                 public: rule_set("public_endpoints", &rest.public_endpoints)?,
                 cors: cors_headers(&rest.cors)?,
                 forward: forward(&rest.forward)?,
-                keys: self.keys,
+                keys: self.keys.with_lookup_cache(),
                 rule_sets: self.rule_sets,
                 cors_index: self.cors_index.build(),
                 mode: rest.mode,

@@ -4,7 +4,7 @@
 //! into host calls. Every rule lives in exactly one place below.
 
 use crate::cors::is_real_origin;
-use crate::keytable::{sha256, Endpoints, Key, Validity};
+use crate::keytable::{Endpoints, Key, Validity};
 use crate::path;
 use crate::policy::Policy;
 use crate::rules::Access;
@@ -88,7 +88,7 @@ impl Policy {
         let Some(presented) = token::bearer_key(header) else {
             return self.unauthorized(Outcome::DeniedMalformed, origin, public, now_ms);
         };
-        let Some(key) = self.keys.get(&sha256(presented)) else {
+        let Some(key) = self.keys.lookup(presented) else {
             return self.unauthorized(Outcome::DeniedUnknown, origin, public, now_ms);
         };
         let refusal = if key.disabled {

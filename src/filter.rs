@@ -158,7 +158,9 @@ pub fn request_headers(stream: u32) -> Action {
         // Unreachable with Envoy (a stream's context is created right before its request
         // headers, under a configured root); fail closed.
         error!("no configuration for stream {stream}: refused");
-        reply(401, Outcome::DeniedMissing.reply().map_or("", |r| r.body), &[]);
+        let denied = Outcome::DeniedMissing;
+        let body = denied.reply().map_or("", |r| r.body);
+        host::send_response(401, denial_headers(denied), body.as_bytes());
         return Action::Pause;
     };
     let map = host::request_header_map().unwrap_or_default();
@@ -180,12 +182,22 @@ pub fn request_headers(stream: u32) -> Action {
             if enforce { "" } else { " (report mode: let through)" }
         );
         if enforce {
-            let mut extra: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
-            if let Some(www) = denial.www_authenticate {
-                extra.push((b"www-authenticate", www.as_bytes()));
-            }
-            cors_reply_headers(&policy, &verdict, origin, &mut extra);
-            reply(denial.status, denial.body, &extra);
+            match origin {
+                // Most denials: the headers depend on the outcome alone, serialized once.
+                None => host::send_response(
+                    denial.status,
+                    denial_headers(verdict.outcome),
+                    denial.body.as_bytes(),
+                ),
+                Some(_) => {
+                    let mut extra: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
+                    if let Some(www) = denial.www_authenticate {
+                        extra.push((b"www-authenticate", www.as_bytes()));
+                    }
+                    cors_reply_headers(&policy, &verdict, origin, &mut extra);
+                    reply(denial.status, denial.body, &extra)
+                }
+            };
             return Action::Pause;
         }
     } else if verdict.outcome == Outcome::PreflightAllowed {
@@ -324,11 +336,27 @@ fn preflight_reply(policy: &Policy, origin: &[u8], method: Option<&[u8]>) {
     host::send_response(204, &map, b"");
 }
 
-fn reply(status: u32, body: &str, extra: &[(&[u8], &[u8])]) {
+fn reply(status: u32, body: &str, extra: &[(&[u8], &[u8])]) -> bool {
     let mut h: Vec<(&[u8], &[u8])> = Vec::with_capacity(extra.len() + 1);
     h.push((b"content-type", b"application/json"));
     h.extend_from_slice(extra);
-    host::send_response(status, &headers::serialize(&h), body.as_bytes());
+    host::send_response(status, &headers::serialize(&h), body.as_bytes())
+}
+
+/// The serialized headers of each outcome's reply to a request without `Origin`.
+static DENIAL_HEADERS: OnceLock<[Vec<u8>; Outcome::ALL.len()]> = OnceLock::new();
+
+fn denial_headers(outcome: Outcome) -> &'static [u8] {
+    let all = DENIAL_HEADERS.get_or_init(|| {
+        Outcome::ALL.map(|o| {
+            let mut h: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/json")];
+            if let Some(www) = o.reply().and_then(|r| r.www_authenticate) {
+                h.push((b"www-authenticate", www.as_bytes()));
+            }
+            headers::serialize(&h)
+        })
+    });
+    all.get(outcome as usize).map_or(&[], Vec::as_slice)
 }
 
 /// Adds `Origin` to the upstream's `vary`, keeping what it already varies on.

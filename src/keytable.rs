@@ -7,6 +7,7 @@
 
 use crate::cors::Origins;
 use crate::rules::Resources;
+use crate::verified::{Answer, Verified};
 use hashbrown::hash_map::Entry;
 use hashbrown::HashMap;
 use sha2::{Digest as _, Sha256};
@@ -80,6 +81,8 @@ pub struct Key {
 pub struct KeyTable {
     by_digest: HashMap<DigestKey, u32, BuildHasherDefault<DigestHasher>>,
     keys: Vec<Key>,
+    /// Answers of earlier lookups (see `verified`), once the table is complete.
+    verified: Option<Verified>,
 }
 
 impl std::fmt::Debug for KeyTable {
@@ -93,6 +96,7 @@ impl KeyTable {
         KeyTable {
             by_digest: HashMap::with_capacity_and_hasher(n, Default::default()),
             keys: Vec::with_capacity(n),
+            verified: None,
         }
     }
 
@@ -111,6 +115,31 @@ impl KeyTable {
     pub fn get(&self, digest: &Digest) -> Option<&Key> {
         let &i = self.by_digest.get(&DigestKey(*digest))?;
         self.keys.get(i as usize)
+    }
+
+    /// The key the table holds for a presented key: by its SHA-256, or by the answer an
+    /// earlier lookup of the same key left in the cache.
+    pub fn lookup(&self, presented: &[u8]) -> Option<&Key> {
+        let Some(cache) = &self.verified else {
+            return self.get(&sha256(presented));
+        };
+        let tag = cache.tag(presented);
+        let index = match cache.get(&tag) {
+            Some(Answer::Key(i)) => Some(i),
+            Some(Answer::Absent) => None,
+            None => {
+                let found = self.by_digest.get(&DigestKey(sha256(presented))).copied();
+                cache.remember(&tag, found.map_or(Answer::Absent, Answer::Key));
+                found
+            }
+        };
+        self.keys.get(index? as usize)
+    }
+
+    /// The complete table, with its lookup cache (none if the OS has no random source).
+    pub fn with_lookup_cache(mut self) -> KeyTable {
+        self.verified = Verified::new(self.keys.len());
+        self
     }
 
     /// The first key (in table order) whose id an earlier key already has, as
@@ -186,6 +215,29 @@ mod tests {
             endpoints: Endpoints::All,
             resources: None,
         }
+    }
+
+    #[test]
+    fn lookups_give_the_same_answer_with_and_without_the_cache() {
+        let mut t = KeyTable::default();
+        for i in 0..50 {
+            assert_eq!(
+                t.insert(sha256(format!("key-{i}").as_bytes()), key(&format!("id-{i}"))),
+                Ok(())
+            );
+        }
+        let t = t.with_lookup_cache();
+        assert!(t.verified.is_some());
+        // Twice each: the second round is answered from the cache.
+        for _ in 0..2 {
+            for i in 0..60 {
+                let presented = format!("key-{i}");
+                let expected = t.get(&sha256(presented.as_bytes())).map(|k| &*k.id);
+                assert_eq!(t.lookup(presented.as_bytes()).map(|k| &*k.id), expected, "{presented}");
+                assert_eq!(expected.is_some(), i < 50);
+            }
+        }
+        assert!(t.lookup(b"key-1 ").is_none() && t.lookup(b"").is_none());
     }
 
     #[test]

@@ -16,6 +16,7 @@ pub mod rules;
 pub mod timestamp;
 pub mod token;
 pub mod verdict;
+pub mod verified;
 
 #[cfg(target_arch = "wasm32")]
 mod abi;
