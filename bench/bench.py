@@ -72,15 +72,16 @@ class Variant:
                 "clusters": list(extra_clusters)},
         }
         self.proc = None
+        self.command: list[str] | None = None  # replaces `taskset -c 1 envoy`, e.g. to run under valgrind
 
-    def start(self) -> "Variant":
+    def start(self, timeout: float = 120) -> "Variant":
         cfg = self.dir / "envoy.json"
         cfg.write_text(json.dumps(self.bootstrap))
         self.log = self.dir / "envoy.log"
-        cmd = ["taskset", "-c", "1"] + envoy_command() + ["-c", str(cfg), "--concurrency", "1", "--disable-hot-restart",
-                                                          "--base-id", str(self.port), "-l", "info"]
+        cmd = (self.command or ["taskset", "-c", "1"] + envoy_command()) + [
+            "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart", "--base-id", str(self.port), "-l", "info"]
         self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
-        deadline = time.monotonic() + 120
+        deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.name}: Envoy exited:\n{self.log.read_text()[-2000:]}")
@@ -136,13 +137,31 @@ MIX_REQUESTS = {
 }
 
 
-def wrk(port: int, mix: str, n: int, seconds: float, workdir: Path) -> dict:
+def cpu_ns(pid: int) -> int:
+    """CPU time the process's threads have run, in nanoseconds (schedstat: no tick rounding)."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            total += int((task / "schedstat").read_text().split()[0])
+        except (OSError, ValueError, IndexError):
+            pass
+    return total
+
+
+def wrk(port: int, mix: str, n: int, seconds: float, workdir: Path, pid: int | None = None) -> dict:
+    """One load cell. With `pid`, also the Envoy CPU time per request (`cpu_us`): unlike
+    req/s it does not depend on how fast the load generator was served in that second."""
     method, path, headers = MIX_REQUESTS[mix](n)
     script = workdir / f"{mix}.lua"
     script.write_text(f'wrk.method = "{method}"\n' + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items()))
-    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{seconds}s", "--latency", "-s", str(script),
+    cpu_before = cpu_ns(pid) if pid else 0
+    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{seconds:g}s", "--latency", "-s", str(script),
                           f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    cpu = cpu_ns(pid) - cpu_before if pid else 0
+    if "Requests/sec:" not in out:
+        raise RuntimeError(f"wrk against :{port} printed no result:\n{out}")
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    requests = int(re.search(r"(\d+) requests in", out).group(1))
 
     def pct(p):
         m = re.search(rf"^\s+{p}%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
@@ -150,7 +169,8 @@ def wrk(port: int, mix: str, n: int, seconds: float, workdir: Path) -> dict:
         return value * {"us": 0.001, "ms": 1, "s": 1000}[unit]
 
     errors = re.search(r"Socket errors: (.*)", out)
-    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "socket_errors": errors.group(1) if errors else ""}
+    return {"rps": rps, "p50_ms": pct(50), "p99_ms": pct(99), "socket_errors": errors.group(1) if errors else "",
+            "cpu_us": cpu / 1000 / requests if pid and requests else float("nan")}
 
 
 def probe_runtimes() -> dict[str, str]:
@@ -177,7 +197,20 @@ def main():
     ap.add_argument("--o3-wasm", type=Path, help="keygate built with opt-level 3, measured beside the default")
     ap.add_argument("--paired", type=int, metavar="N", default=0,
                     help="instead: N alternating 1-second cells per target ratio, median of the paired ratios")
+    ap.add_argument("--probes", type=Path, metavar="DIR",
+                    help="instead: price callbacks and host calls with the probe modules in DIR")
+    ap.add_argument("--instructions", type=int, metavar="N", default=0,
+                    help="instead: count instructions per request under callgrind, over N requests per row")
+    ap.add_argument("--only", metavar="REGEX", help="with --instructions: only no auth and the variants whose name "
+                    "matches (add sdk_floor|native to the regex for the ratios)")
+    ap.add_argument("--keygate-wasm", type=Path, action="append", default=[], metavar="FILE",
+                    help="with --instructions: also count this keygate build (100,000 keys)")
     args = ap.parse_args()
+    if args.instructions:
+        return instructions(args.instructions, warmup=max(2000, args.instructions), only=args.only,
+                            extra_wasm=args.keygate_wasm)
+    if args.probes:
+        return probes(args.probes, args.rounds, args.seconds)
     if args.paired:
         return paired(args.paired)
     sizes = [10, 100_000] if args.quick else [10, 10_000, 100_000]
@@ -255,6 +288,142 @@ def paired(n: int):
             x.stop()
     text = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-paired.md"
+    out.write_text(text)
+    print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
+
+
+def probes(probe_dir: Path, rounds: int, seconds: float):
+    """Prices each thing a wasm filter can do per request, against no auth, in one run.
+
+    The probes (bench/probe/) are the least filter the host accepts plus one cost each: an
+    exported callback, a host call. Every round runs every variant once, in an order that
+    reverses each round; per round, each variant's cost is its time per request minus no
+    auth's in that round, and the table shows the medians. Two measures: wall time per
+    request (1/req/s) and Envoy's own CPU time per request.
+    """
+    work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    v = {"no_auth": Variant("no_auth", []), "native": Variant("native", [native_filter(10)]),
+         "sdk_floor": Variant("wasm_floor", [http_filter_wasm("", wasm=FLOOR)])}
+    for wasm in sorted(probe_dir.glob("probe-*.wasm")):
+        name = wasm.stem
+        v[name] = Variant(name, [http_filter_wasm("", wasm=wasm)])
+    v["keygate"] = keygate_variant("keygate", 10)
+    for x in v.values():
+        x.start()
+    rows: dict[str, list[dict]] = {name: [] for name in v}
+    try:
+        for r in range(rounds):
+            order = list(v) if r % 2 == 0 else list(reversed(v))
+            for name in order:
+                rows[name].append(wrk(v[name].port, "valid", 10, seconds, work, pid=v[name].proc.pid))
+            print(f"  round {r + 1}/{rounds}: " + ", ".join(f"{n} {rows[n][-1]['rps']:.0f}" for n in v), flush=True)
+    finally:
+        for x in v.values():
+            x.stop()
+    lines = [f"# keygate cost probes {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             f"{rounds} rounds of {seconds:g} s cells, order reversed every round; Envoy one worker on CPU 1, wrk on CPU 0. "
+             f"Machine: {os.cpu_count()} CPUs ({cpu_model()}). Extra = per-round difference to no auth, median "
+             "(quartiles).", "",
+             "| variant | req/s | extra wall us/req | Envoy CPU us/req | extra CPU us/req |", "|---|---:|---:|---:|---:|"]
+
+    def q(xs):
+        qs = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
+        return f"{statistics.median(xs):.2f} ({qs[0]:.2f} - {qs[2]:.2f})"
+
+    base = rows["no_auth"]
+    for name, rs in rows.items():
+        wall = [1e6 / a["rps"] - 1e6 / b["rps"] for a, b in zip(rs, base)]
+        cpu = [a["cpu_us"] - b["cpu_us"] for a, b in zip(rs, base)]
+        lines.append(f"| {name} | {median(rs, 'rps'):,.0f} | {q(wall)} | {median(rs, 'cpu_us'):.2f} | {q(cpu)} |")
+    text = "\n".join(lines) + "\n"
+    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-probes.md"
+    out.write_text(text)
+    print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
+
+
+def envoy_binary() -> str:
+    """The Envoy executable itself (valgrind must run it directly, not the venv's wrapper)."""
+    if os.environ.get("ENVOY_BIN"):
+        return os.environ["ENVOY_BIN"]
+    found = sorted(ROOT.glob(".venv/lib/python*/site-packages/envoy/_bin/envoy"))
+    if not found:
+        raise RuntimeError("no Envoy binary: run scripts/setup.sh or set ENVOY_BIN")
+    return str(found[0])
+
+
+def keepalive_requests(port: int, mix: str, n_keys: int, count: int) -> None:
+    """`count` requests of `mix` on one keep-alive connection, each checked for a reply."""
+    import http.client
+
+    method, path, headers = MIX_REQUESTS[mix](n_keys)
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    for _ in range(count):
+        conn.request(method, path, headers=headers)
+        r = conn.getresponse()
+        r.read()
+        if r.status >= 500:
+            raise RuntimeError(f"{r.status} from :{port}")
+        if r.will_close:
+            conn.close()
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    conn.close()
+
+
+def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: list[Path] = ()) -> None:
+    """Instructions Envoy executes per request, counted by callgrind: the same figure on
+    every run of the same binaries, however busy the machine is. Each variant runs under
+    valgrind, is warmed up (V8 compiles hot wasm code in tiers), its counters are zeroed,
+    and then exactly `count` keep-alive requests are counted."""
+    work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    probe_dir = ROOT / "bench" / "work" / "probes"
+    plan = [("no_auth", Variant("no_auth", []), ["valid"], 10),
+            ("native", Variant("native", [native_filter(100_000)]), ["valid", "unknown", "malformed"], 100_000),
+            ("sdk_floor", Variant("wasm_floor", [http_filter_wasm("", wasm=FLOOR)]), ["valid"], 10)]
+    for wasm in sorted(probe_dir.glob("probe-*.wasm")):
+        plan.append((wasm.stem, Variant(wasm.stem, [http_filter_wasm("", wasm=wasm)]), ["valid"], 10))
+    for wasm in extra_wasm:  # other keygate builds, e.g. to price one change
+        plan.append((f"keygate {wasm.stem}", keygate_variant(wasm.stem, 100_000, wasm=wasm), ["valid", "unknown"], 100_000))
+    plan += [("keygate 10 keys", keygate_variant("keygate", 10), ["valid", "unknown"], 10),
+             ("keygate", keygate_variant("keygate", 100_000), ["valid", "unknown", "malformed", "preflight"], 100_000),
+             ("keygate_cors", keygate_variant("keygate_cors", 100_000, cors=True), ["cors", "preflight"], 100_000)]
+    results: dict[tuple[str, str], float] = {}
+    envoy = envoy_binary()
+    keep = re.compile(only or ".")
+    for name, v, mixes, n_keys in plan:
+        if not (keep.search(name) or name == "no_auth" or (name in ("native", "sdk_floor") and not only)):
+            continue
+        v.command = ["valgrind", "--tool=callgrind", "--smc-check=all-non-file", "--collect-atstart=yes",
+                     f"--callgrind-out-file={v.dir}/callgrind.out.%p", envoy]
+        v.start(timeout=600)
+        try:
+            for mix in mixes:
+                keepalive_requests(v.port, mix, n_keys, warmup)
+                subprocess.run(["callgrind_control", "-z", str(v.proc.pid)], check=True, capture_output=True)
+                keepalive_requests(v.port, mix, n_keys, count)
+                subprocess.run(["callgrind_control", "-d", str(v.proc.pid)], check=True, capture_output=True)
+                dumps = sorted(v.dir.glob("callgrind.out.*"), key=lambda f: f.stat().st_mtime)
+                total = 0
+                for line in dumps[-1].read_text(errors="replace").splitlines():
+                    if line.startswith(("summary:", "totals:")):
+                        total = int(line.split()[1])
+                results[(name, mix)] = total / count
+                print(f"  {name:<26} {mix:<9} {total / count:>10,.0f} instructions/request", flush=True)
+        finally:
+            v.stop()
+    base = results[("no_auth", "valid")]
+    floor, native = results.get(("sdk_floor", "valid"), float("nan")), results.get(("native", "valid"), float("nan"))
+    lines = [f"# keygate instructions per request {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+             f"callgrind, Envoy {envoy_version()} with one worker; {warmup:,} warm-up requests, then {count:,} "
+             "counted keep-alive requests per row (all Envoy threads, instructions retired). Deterministic: "
+             "a rerun of the same binaries gives the same figures within a fraction of a percent.", "",
+             "The last two columns are the throughput ratios these counts predict (SDK floor / row, native / row, "
+             "valid key) when every instruction costs the same.", "",
+             "| variant | mix | instructions/request | over no auth | floor / row | native / row |",
+             "|---|---|---:|---:|---:|---:|"]
+    for (name, mix), ir in results.items():
+        lines.append(f"| {name} | {mix} | {ir:,.0f} | {ir - base:+,.0f} | {floor / ir:.3f} | {native / ir:.3f} |")
+    text = "\n".join(lines) + "\n"
+    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-instructions.md"
     out.write_text(text)
     print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
 
