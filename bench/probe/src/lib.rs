@@ -1,6 +1,9 @@
 //! A proxy-wasm filter that does as little as the host allows, with cargo features that
 //! each add one per-request cost. Measured side by side, the variants price a VM entry and
 //! a host call on this Envoy, which is what keygate's own design choices trade in.
+//!
+//! It declares the few ABI imports and exports it uses itself, like keygate's `host.rs` and
+//! `abi.rs` do: depending on keygate (or the SDK) would add their costs to every probe.
 
 use std::ptr::null_mut;
 
