@@ -204,8 +204,11 @@ def main():
     ap.add_argument("--only", metavar="REGEX", help="with --instructions: only no auth and the variants whose name "
                     "matches (add sdk_floor|native to the regex for the ratios)")
     ap.add_argument("--keygate-wasm", type=Path, action="append", default=[], metavar="FILE",
-                    help="with --instructions: also count this keygate build (100,000 keys)")
+                    help="with --instructions: also count this keygate build (10 keys; the count is the same at 100,000); with --memory: measure it")
+    ap.add_argument("--memory", action="store_true", help="instead: memory per VM for 100,000 keys")
     args = ap.parse_args()
+    if args.memory:
+        return memory(wasm=args.keygate_wasm[0] if args.keygate_wasm else KEYGATE)
     if args.instructions:
         return instructions(args.instructions, warmup=max(2000, args.instructions), only=args.only,
                             extra_wasm=args.keygate_wasm)
@@ -382,7 +385,7 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
     for wasm in sorted(probe_dir.glob("probe-*.wasm")):
         plan.append((wasm.stem, Variant(wasm.stem, [http_filter_wasm("", wasm=wasm)]), ["valid"], 10))
     for wasm in extra_wasm:  # other keygate builds, e.g. to price one change
-        plan.append((f"keygate {wasm.stem}", keygate_variant(wasm.stem, 100_000, wasm=wasm), ["valid", "unknown"], 100_000))
+        plan.append((f"keygate {wasm.stem}", keygate_variant(wasm.stem, 10, wasm=wasm), ["valid", "unknown"], 10))
     plan += [("keygate 10 keys", keygate_variant("keygate", 10), ["valid", "unknown"], 10),
              ("keygate", keygate_variant("keygate", 100_000), ["valid", "unknown", "malformed", "preflight"], 100_000),
              ("keygate_cors", keygate_variant("keygate_cors", 100_000, cors=True), ["cors", "preflight"], 100_000)]
@@ -426,6 +429,28 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
     out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-instructions.md"
     out.write_text(text)
     print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
+
+
+def memory(n: int = 100_000, wasm: Path = KEYGATE) -> None:
+    """Memory keygate's table takes per VM: the RSS of Envoy running keygate with `n` keys
+    minus that of Envoy running the floor filter given the very same configuration (so
+    Envoy's own copies of the JSON cancel out), halved for the two VMs (main thread and
+    the one worker), after the same warm-up load."""
+    work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
+    config = keygate_config(n)
+    v = {"keygate": keygate_variant("keygate", n, wasm=wasm),
+         "floor": Variant("floor_same_config", [http_filter_wasm(config, wasm=FLOOR)])}
+    try:
+        for x in v.values():
+            x.start()
+            wrk(x.port, "valid", n, 2, work)
+        rss = {name: x.rss_mib() for name, x in v.items()}
+    finally:
+        for x in v.values():
+            x.stop()
+    per_vm = (rss["keygate"] - rss["floor"]) / 2
+    print(f"RSS with {n:,} keys: keygate {rss['keygate']:.1f} MiB, floor with the same configuration "
+          f"{rss['floor']:.1f} MiB: {per_vm:.1f} MiB per keygate VM")
 
 
 def median(rows, key):
