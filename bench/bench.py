@@ -205,12 +205,14 @@ def main():
                     "matches (add sdk_floor|native to the regex for the ratios)")
     ap.add_argument("--keygate-wasm", type=Path, action="append", default=[], metavar="FILE",
                     help="with --instructions: also count this keygate build (10 keys; the count is the same at 100,000); with --memory: measure it")
+    ap.add_argument("--warmup", type=int, metavar="N", default=0,
+                    help="with --instructions: warm-up requests per row (default: 2,000 or N, whichever is more)")
     ap.add_argument("--memory", action="store_true", help="instead: memory per VM for 100,000 keys")
     args = ap.parse_args()
     if args.memory:
         return memory(wasm=args.keygate_wasm[0] if args.keygate_wasm else KEYGATE)
     if args.instructions:
-        return instructions(args.instructions, warmup=max(2000, args.instructions), only=args.only,
+        return instructions(args.instructions, warmup=args.warmup or max(2000, args.instructions), only=args.only,
                             extra_wasm=args.keygate_wasm)
     if args.probes:
         return probes(args.probes, args.rounds, args.seconds)

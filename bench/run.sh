@@ -7,6 +7,7 @@
 #   bench/run.sh --instructions 2000  instructions per request under callgrind: exact, repeatable
 #                                     (~40 minutes; --only REGEX for some variants)
 #   bench/run.sh --probes DIR       req/s of the cost probes (bench/probe/) beside no auth
+#   bench/run.sh --memory           memory per keygate VM for 100,000 keys
 # Results: printed, and written to bench/results/<date>-<kind>.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
