@@ -6,7 +6,7 @@ use crate::contexts::Contexts;
 use crate::headers::{self, WOULD_DENY_HEADER};
 use crate::host::{self, Map};
 use crate::policy::Policy;
-use crate::verdict::{Outcome, Verdict};
+use crate::verdict::{Outcome, Reply, Verdict};
 use log::{debug, error, info, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -190,12 +190,10 @@ pub fn request_headers(stream: u32) -> Action {
                     denial.body.as_bytes(),
                 ),
                 Some(_) => {
-                    let mut extra: Vec<(&[u8], &[u8])> = Vec::with_capacity(6);
-                    if let Some(www) = denial.www_authenticate {
-                        extra.push((b"www-authenticate", www.as_bytes()));
-                    }
-                    cors_reply_headers(&policy, &verdict, origin, &mut extra);
-                    reply(denial.status, denial.body, &extra)
+                    let mut cors = Vec::with_capacity(4);
+                    cors_reply_headers(&policy, &verdict, origin, &mut cors);
+                    let map = denial_map(denial, &cors);
+                    host::send_response(denial.status, &map, denial.body.as_bytes())
                 }
             };
             return Action::Pause;
@@ -336,25 +334,23 @@ fn preflight_reply(policy: &Policy, origin: &[u8], method: Option<&[u8]>) {
     host::send_response(204, &map, b"");
 }
 
-fn reply(status: u32, body: &str, extra: &[(&[u8], &[u8])]) -> bool {
-    let mut h: Vec<(&[u8], &[u8])> = Vec::with_capacity(extra.len() + 1);
+/// The serialized headers of a denial: `content-type`, `www-authenticate` on 401s, then `cors`.
+fn denial_map(denial: Reply, cors: &[(&[u8], &[u8])]) -> Vec<u8> {
+    let mut h: Vec<(&[u8], &[u8])> = Vec::with_capacity(cors.len() + 2);
     h.push((b"content-type", b"application/json"));
-    h.extend_from_slice(extra);
-    host::send_response(status, &headers::serialize(&h), body.as_bytes())
+    if let Some(www) = denial.www_authenticate {
+        h.push((b"www-authenticate", www.as_bytes()));
+    }
+    h.extend_from_slice(cors);
+    headers::serialize(&h)
 }
 
-/// The serialized headers of each outcome's reply to a request without `Origin`.
+/// The serialized headers of each denial's reply to a request without `Origin`.
 static DENIAL_HEADERS: OnceLock<[Vec<u8>; Outcome::ALL.len()]> = OnceLock::new();
 
 fn denial_headers(outcome: Outcome) -> &'static [u8] {
     let all = DENIAL_HEADERS.get_or_init(|| {
-        Outcome::ALL.map(|o| {
-            let mut h: Vec<(&[u8], &[u8])> = vec![(b"content-type", b"application/json")];
-            if let Some(www) = o.reply().and_then(|r| r.www_authenticate) {
-                h.push((b"www-authenticate", www.as_bytes()));
-            }
-            headers::serialize(&h)
-        })
+        Outcome::ALL.map(|o| o.reply().map_or_else(Vec::new, |r| denial_map(r, &[])))
     });
     all.get(outcome as usize).map_or(&[], Vec::as_slice)
 }
