@@ -4,7 +4,7 @@
 //! trip into the VM. So keygate exports only what it uses: no body, trailer, log, done or
 //! delete callbacks, and its own small dispatch instead of the SDK's, which exports all of
 //! them and keeps its contexts in SipHash maps of boxed trait objects. Per request the
-//! host enters the VM three times: context create, request headers, response headers.
+//! host calls three of them: context create, request headers, response headers.
 
 use crate::filter;
 

@@ -113,8 +113,11 @@ impl KeyTable {
     }
 
     pub fn get(&self, digest: &Digest) -> Option<&Key> {
-        let &i = self.by_digest.get(&DigestKey(*digest))?;
-        self.keys.get(i as usize)
+        self.keys.get(self.index(digest)? as usize)
+    }
+
+    fn index(&self, digest: &Digest) -> Option<u32> {
+        self.by_digest.get(&DigestKey(*digest)).copied()
     }
 
     /// The key the table holds for a presented key: by its SHA-256, or by the answer an
@@ -128,7 +131,7 @@ impl KeyTable {
             Some(Answer::Key(i)) => Some(i),
             Some(Answer::Absent) => None,
             None => {
-                let found = self.by_digest.get(&DigestKey(sha256(presented))).copied();
+                let found = self.index(&sha256(presented));
                 cache.remember(&tag, found.map_or(Answer::Absent, Answer::Key));
                 found
             }
