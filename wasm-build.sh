@@ -5,7 +5,7 @@ cd "$(dirname "$0")"
 if ! rustup target list --installed 2>/dev/null | grep -qx wasm32-wasip1; then
   rustup target add wasm32-wasip1
 fi
-cargo build --release --locked --target wasm32-wasip1 --lib
+cargo build --release --locked -p keygate --target wasm32-wasip1 --lib
 mkdir -p dist
 src=target/wasm32-wasip1/release/keygate.wasm
 if command -v wasm-opt >/dev/null 2>&1; then

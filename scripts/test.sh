@@ -7,12 +7,12 @@ scripts/setup.sh --browser
 ./wasm-build.sh
 
 echo "== format and lints (native and wasm32-wasip1)"
-cargo fmt --check
-cargo clippy --locked --all-targets -- -D warnings
-cargo clippy --locked --target wasm32-wasip1 --lib -- -D warnings
+cargo fmt --all --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+cargo clippy --locked -p keygate --target wasm32-wasip1 --lib -- -D warnings
 
-echo "== unit tests (pure core, native)"
-cargo test --locked
+echo "== unit tests (pure core, filter bookkeeping, tools; native)"
+cargo test --locked --workspace
 
 echo "== fuzzing, short bounded run (scripts/fuzz.sh SECONDS for longer)"
 scripts/fuzz.sh 10

@@ -1,26 +1,12 @@
 //! keygate: API-key authentication at the edge, as a proxy-wasm HTTP filter.
 //!
-//! Everything but `filter` and `host` is a pure core with no proxy-wasm in it, so the
-//! whole decision is unit-tested natively and shared with the `keygate` CLI.
+//! - [`core`]: what the operator writes, how it is compiled, and the whole decision
+//!   (`Policy::decide` → `Verdict`). Pure: no host calls, unit-tested natively, and shared
+//!   with the `keygate` tools so that an entry means the same everywhere.
+//! - [`filter`]: the proxy-wasm glue that runs in Envoy. It reads the request, asks the core,
+//!   and carries out the verdict with host calls.
+//!
+//! Dependencies point one way: filter → core → nothing of keygate's.
 
-pub mod compile;
-pub mod config;
-pub mod contexts;
-pub mod cors;
-pub mod decide;
-pub mod headers;
-pub mod keytable;
-pub mod path;
-pub mod policy;
-pub mod rules;
-pub mod timestamp;
-pub mod token;
-pub mod verdict;
-pub mod verified;
-
-#[cfg(target_arch = "wasm32")]
-mod abi;
-#[cfg(target_arch = "wasm32")]
-mod filter;
-#[cfg(target_arch = "wasm32")]
-mod host;
+pub mod core;
+pub mod filter;

@@ -112,7 +112,7 @@ fn defaults_and_normalisation() {
 #[test]
 fn the_plaintext_key_is_never_in_a_warning_or_an_error() {
     let secret = "s3cr3t-dev-key";
-    match keygate::policy::Policy::from_json(
+    match keygate::core::policy::Policy::from_json(
         format!(r#"{{"keys":[{{"id":"a","key":"{secret}"}}]}}"#).as_bytes(),
     ) {
         Ok(c) => assert!(c.warnings.iter().all(|w| !w.contains(secret)) && c.warnings.len() == 1),

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{hex, policy, req};
-use keygate::verdict::Outcome::{self, *};
+use keygate::core::verdict::Outcome::{self, *};
 
 const NOW: i64 = 1_800_000_000_000; // 2027-01-15
 

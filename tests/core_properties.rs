@@ -3,10 +3,10 @@
 mod common;
 
 use common::{hex, policy, req};
-use keygate::headers;
-use keygate::policy::Policy;
-use keygate::token::{bearer_key, MAX_KEY_LEN};
-use keygate::verdict::Outcome;
+use keygate::core::policy::Policy;
+use keygate::core::token::{bearer_key, MAX_KEY_LEN};
+use keygate::core::verdict::Outcome;
+use keygate::filter::headers;
 use proptest::prelude::*;
 
 const TOKEN_CHARS: &str = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-._~+/";

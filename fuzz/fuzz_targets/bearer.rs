@@ -1,6 +1,6 @@
 //! An accepted header is exactly `Bearer` (any case), one space, a 1-1024 byte b64token.
 #![no_main]
-use keygate::token::{bearer_key, MAX_KEY_LEN};
+use keygate::core::token::{bearer_key, MAX_KEY_LEN};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

@@ -1,6 +1,6 @@
 //! Any input either compiles or is refused with a JSON path and a reason; never a panic.
 #![no_main]
-use keygate::policy::Policy;
+use keygate::core::policy::Policy;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {

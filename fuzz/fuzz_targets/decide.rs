@@ -2,13 +2,13 @@
 //! an allowed keyed request carried a well-formed header, a restricted key only passes on a
 //! safe path, and an origin is only echoed when it is a real, allowed one.
 #![no_main]
-use keygate::cors::is_real_origin;
-use keygate::decide::Request;
-use keygate::keytable::Endpoints;
-use keygate::path::matchable;
-use keygate::policy::Policy;
-use keygate::token::bearer_key;
-use keygate::verdict::Outcome;
+use keygate::core::cors::is_real_origin;
+use keygate::core::decide::Request;
+use keygate::core::keytable::Endpoints;
+use keygate::core::path::matchable;
+use keygate::core::policy::Policy;
+use keygate::core::token::bearer_key;
+use keygate::core::verdict::Outcome;
 use libfuzzer_sys::fuzz_target;
 use std::sync::OnceLock;
 

@@ -1,7 +1,7 @@
 //! A path keygate will match, decoded once or twice the way servers might, still has no
 //! dot or empty segment, backslash, semicolon or control byte: no server reads it differently.
 #![no_main]
-use keygate::path::matchable;
+use keygate::core::path::matchable;
 use libfuzzer_sys::fuzz_target;
 
 fn decode(input: &[u8]) -> Vec<u8> {

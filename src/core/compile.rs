@@ -1,12 +1,22 @@
 //! Raw configuration → [`Policy`]: every check that needs more than the JSON schema, each
 //! failure named by its JSON path, and the lookup structures built in the same pass.
 
-use crate::config::{ConfigError, RawCors, RawForward, RawKey, RawRest, RawRule};
-use crate::cors::{normalize_origin, CorsIndex, CorsIndexBuilder, Grant, Origins};
-use crate::keytable::{sha256, Digest, Endpoints, Key, KeyTable, Window};
-use crate::policy::{Compiled, CorsHeaders, Forward, Policy, CORS_ENDPOINTS};
-use crate::rules::{Resources, RuleSet};
-use crate::{path, timestamp, token};
+use crate::core::config::{ConfigError, RawCors, RawForward, RawKey, RawRest, RawRule};
+use crate::core::cors::{normalize_origin, CorsIndex, CorsIndexBuilder, Grant, Origins};
+use crate::core::keytable::{sha256, Digest, Endpoints, Key, KeyTable};
+use crate::core::policy::{Compiled, CorsHeaders, Forward, Policy, CORS_ENDPOINTS};
+use crate::core::rules::{Resources, RuleSet};
+use crate::core::window::Window;
+use crate::core::{parse, path, timestamp, token};
+
+impl Policy {
+    /// Parses and compiles a plugin configuration; all or nothing.
+    pub fn from_json(json: &[u8]) -> Result<Compiled, ConfigError> {
+        let mut compiler = Compiler::default();
+        let rest = parse::parse(json, &mut compiler)?;
+        compiler.finish(rest)
+    }
+}
 
 /// Compiles keys one at a time, as the parser yields them, then the rest of the config.
 pub struct Compiler {

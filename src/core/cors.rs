@@ -4,7 +4,7 @@
 //! serialized form: lower-case scheme and host, no default port. Configured origins are
 //! normalised into that form once, at configure time.
 
-use crate::keytable::Window;
+use crate::core::window::Window;
 use hashbrown::{HashMap, HashSet};
 
 /// The origins a CORS-enabled key may be used from.

@@ -3,13 +3,14 @@
 //! Pure: the filter hands in the headers it read and the clock, and turns the verdict
 //! into host calls. Every rule lives in exactly one place below.
 
-use crate::cors::is_real_origin;
-use crate::keytable::{Endpoints, Key, Validity};
-use crate::path;
-use crate::policy::Policy;
-use crate::rules::Access;
-use crate::token;
-use crate::verdict::{Outcome, Verdict};
+use crate::core::cors::is_real_origin;
+use crate::core::keytable::{Endpoints, Key};
+use crate::core::path;
+use crate::core::policy::Policy;
+use crate::core::rules::Access;
+use crate::core::token;
+use crate::core::verdict::{Outcome, Verdict};
+use crate::core::window::Validity;
 
 /// How many times a header appeared, and its value when it appeared once.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

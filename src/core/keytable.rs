@@ -5,9 +5,10 @@
 //! hash per request, and nothing an attacker controls decides which bucket is probed
 //! (finding a key whose digest lands near a configured one means breaking SHA-256).
 
-use crate::cors::Origins;
-use crate::rules::Resources;
-use crate::verified::{Answer, Verified};
+use crate::core::cors::Origins;
+use crate::core::rules::Resources;
+use crate::core::verified::{Answer, Verified};
+use crate::core::window::Window;
 use hashbrown::hash_map::Entry;
 use hashbrown::HashMap;
 use sha2::{Digest as _, Sha256};
@@ -17,43 +18,6 @@ pub type Digest = [u8; 32];
 
 pub fn sha256(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
-}
-
-/// When a key may be used: `not_before <= now < expires_at`, in Unix milliseconds.
-/// Unbounded ends are `i64::MIN` / `i64::MAX`: two plain numbers keep `Key` small.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Window {
-    pub not_before: i64,
-    pub expires_at: i64,
-}
-
-impl Default for Window {
-    fn default() -> Self {
-        Window { not_before: i64::MIN, expires_at: i64::MAX }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Validity {
-    Active,
-    NotYetValid,
-    Expired,
-}
-
-impl Window {
-    pub fn at(&self, now_ms: i64) -> Validity {
-        if now_ms >= self.expires_at {
-            Validity::Expired
-        } else if now_ms < self.not_before {
-            Validity::NotYetValid
-        } else {
-            Validity::Active
-        }
-    }
-
-    pub fn is_bounded(&self) -> bool {
-        *self != Window::default()
-    }
 }
 
 /// Which endpoints a key may call.
@@ -258,16 +222,5 @@ mod tests {
     fn digest_of_known_value() {
         let hex: String = sha256(b"abc").iter().map(|b| format!("{b:02x}")).collect();
         assert_eq!(hex, "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad");
-    }
-
-    #[test]
-    fn window_bounds_are_half_open() {
-        let w = Window { not_before: 10, expires_at: 20 };
-        assert_eq!(w.at(9), Validity::NotYetValid);
-        assert_eq!(w.at(10), Validity::Active);
-        assert_eq!(w.at(19), Validity::Active);
-        assert_eq!(w.at(20), Validity::Expired);
-        assert_eq!(Window::default().at(i64::MIN), Validity::Active);
-        assert_eq!(Window::default().at(i64::MAX - 1), Validity::Active);
     }
 }

@@ -1,10 +1,10 @@
-//! The compiled configuration the filter serves from, built once per configure.
+//! The compiled configuration the filter serves from, built once per configure by
+//! `compile` (which also defines `Policy::from_json`).
 
-use crate::compile::Compiler;
-use crate::config::{self, ConfigError, Mode};
-use crate::cors::CorsIndex;
-use crate::keytable::KeyTable;
-use crate::rules::RuleSet;
+use crate::core::config::Mode;
+use crate::core::cors::CorsIndex;
+use crate::core::keytable::KeyTable;
+use crate::core::rules::RuleSet;
 
 #[derive(Debug)]
 pub struct Policy {
@@ -49,13 +49,6 @@ pub struct Compiled {
 }
 
 impl Policy {
-    /// Parses and compiles a plugin configuration; all or nothing.
-    pub fn from_json(json: &[u8]) -> Result<Compiled, ConfigError> {
-        let mut compiler = Compiler::default();
-        let rest = config::parse(json, &mut compiler)?;
-        compiler.finish(rest)
-    }
-
     pub fn rule_set(&self, index: u32) -> Option<&RuleSet> {
         self.rule_sets.get(index as usize)
     }

@@ -1,8 +1,8 @@
 //! Access rules: `{ "methods": [...], "paths": [...] }`, compiled into templates that are
 //! matched segment by segment, with no allocation per request.
 
-use crate::config::RawRule;
-use crate::path;
+use crate::core::config::RawRule;
+use crate::core::path;
 use hashbrown::HashSet;
 
 /// The resource ids a key is scoped to (`resources`).

@@ -1,6 +1,6 @@
 //! What keygate decided about one request, and the fixed responses it sends.
 
-use crate::keytable::Key;
+use crate::core::keytable::Key;
 
 /// One outcome per counter. The names are part of the operator contract (README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

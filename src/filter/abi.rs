@@ -6,7 +6,7 @@
 //! them and keeps its contexts in SipHash maps of boxed trait objects. Per request the
 //! host calls three of them: context create, request headers, response headers.
 
-use crate::filter;
+use crate::filter::handlers;
 
 /// Marks the ABI version; the host reads it from the export's name.
 #[no_mangle]
@@ -22,7 +22,7 @@ extern "C" {
 pub extern "C" fn _initialize() {
     // SAFETY: the linker-generated constructor list, run once, as a reactor must.
     unsafe { __wasm_call_ctors() };
-    filter::initialize();
+    handlers::initialize();
 }
 
 /// The host's allocator for buffers it hands over (headers, configuration). The host
@@ -40,26 +40,26 @@ pub extern "C" fn proxy_on_vm_start(_root: u32, _vm_configuration_size: usize) -
 
 #[no_mangle]
 pub extern "C" fn proxy_on_context_create(context: u32, parent: u32) {
-    filter::context_create(context, parent);
+    handlers::context_create(context, parent);
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_configure(root: u32, configuration_size: usize) -> u32 {
-    filter::configure(root, configuration_size) as u32
+    handlers::configure(root, configuration_size) as u32
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_request_headers(stream: u32, _headers: usize, _end: u32) -> u32 {
-    filter::request_headers(stream) as u32
+    handlers::request_headers(stream) as u32
 }
 
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(stream: u32, _headers: usize, _end: u32) -> u32 {
-    filter::response_headers(stream) as u32
+    handlers::response_headers(stream) as u32
 }
 
 /// Only root contexts tick (every `COUNTER_FLUSH_MS`): liveness and the counter flush.
 #[no_mangle]
 pub extern "C" fn proxy_on_tick(root: u32) {
-    filter::tick(root);
+    handlers::tick(root);
 }

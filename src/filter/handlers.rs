@@ -1,12 +1,12 @@
 //! The glue: host callbacks in (via `abi`), host calls out. All decisions are made by
 //! `Policy::decide`; this file only reads the request and carries out the verdict.
 
-use crate::config::Mode;
-use crate::contexts::Contexts;
-use crate::headers::{self, WOULD_DENY_HEADER};
-use crate::host::{self, Map};
-use crate::policy::Policy;
-use crate::verdict::{Outcome, Reply, Verdict};
+use crate::core::config::Mode;
+use crate::core::policy::Policy;
+use crate::core::verdict::{Outcome, Reply, Verdict};
+use crate::filter::contexts::Contexts;
+use crate::filter::headers::{self, WOULD_DENY_HEADER};
+use crate::filter::host::{self, Map};
 use log::{debug, error, info, warn};
 use std::cell::RefCell;
 use std::rc::Rc;

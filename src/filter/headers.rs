@@ -5,8 +5,8 @@
 //! place costs one host call and no allocation per header, treats every byte as a byte
 //! (no UTF-8 assumptions), and sees repeated headers such as two `Authorization` lines.
 
-use crate::decide::Request;
-use crate::policy::Forward;
+use crate::core::decide::Request;
+use crate::core::policy::Forward;
 
 /// Iterates over `(name, value)` pairs. A buffer whose length table does not fit yields
 /// nothing, and a pair that is not where the table says (each string NUL-terminated) ends
@@ -97,7 +97,7 @@ pub fn serialize(pairs: &[(&[u8], &[u8])]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::decide::Header;
+    use crate::core::decide::Header;
 
     fn forward() -> Forward {
         Forward {

@@ -1,10 +1,10 @@
 //! Shared helpers for the native tests of the pure core.
 #![allow(dead_code)]
 
-use keygate::decide::{Header, Request};
-use keygate::keytable::sha256;
-use keygate::policy::Policy;
-use keygate::verdict::Verdict;
+use keygate::core::decide::{Header, Request};
+use keygate::core::keytable::sha256;
+use keygate::core::policy::Policy;
+use keygate::core::verdict::Verdict;
 
 pub fn hex(key: &str) -> String {
     sha256(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()

@@ -387,7 +387,7 @@ class Envoy:
         """Envoy's integer stats whose names match `filter` (a regex; "" for all).
 
         keygate adds its counts to Envoy's counters on a 50 ms tick (COUNTER_FLUSH_MS in
-        src/filter.rs), so wait three ticks for requests already answered to show.
+        src/filter/handlers.rs), so wait three ticks for requests already answered to show.
         """
         time.sleep(COUNTER_SETTLE)
         out = {}

@@ -2,11 +2,11 @@
 
 use crate::source;
 use clap::Args;
-use keygate::config::Mode;
-use keygate::decide::Request;
-use keygate::policy::Policy;
-use keygate::timestamp::parse_rfc3339;
-use keygate::verdict::Outcome;
+use keygate::core::config::Mode;
+use keygate::core::decide::Request;
+use keygate::core::policy::Policy;
+use keygate::core::timestamp::parse_rfc3339;
+use keygate::core::verdict::Outcome;
 use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;

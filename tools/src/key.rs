@@ -2,9 +2,9 @@
 
 use base64::Engine as _;
 use clap::{Args, Subcommand};
-use keygate::keytable::sha256;
-use keygate::policy::Policy;
-use keygate::token::bearer_key;
+use keygate::core::keytable::sha256;
+use keygate::core::policy::Policy;
+use keygate::core::token::bearer_key;
 use serde_json::{json, Map, Value};
 use std::io::Read as _;
 use std::process::ExitCode;

@@ -3,7 +3,7 @@
 
 #[cfg(target_arch = "wasm32")]
 compile_error!(
-    "the keygate CLI is native only; build the filter with ./wasm-build.sh (cargo build --lib)"
+    "the keygate CLI is native only; build the filter with ./wasm-build.sh (cargo build -p keygate --lib)"
 );
 
 mod explain;
@@ -58,7 +58,7 @@ fn main() -> ExitCode {
 fn check(file: &std::path::Path) -> Result<ExitCode, String> {
     let mut valid = true;
     for config in source::plugin_configs(file)? {
-        match keygate::policy::Policy::from_json(&config.json) {
+        match keygate::core::policy::Policy::from_json(&config.json) {
             Ok(compiled) => {
                 for warning in &compiled.warnings {
                     eprintln!("{}: {}warning: {warning}", file.display(), config.place);
@@ -66,8 +66,8 @@ fn check(file: &std::path::Path) -> Result<ExitCode, String> {
                 let p = &compiled.policy;
                 let cors = p.keys.iter().filter(|k| k.origins.is_some()).count();
                 let mode = match p.mode {
-                    keygate::config::Mode::Enforce => "enforce",
-                    keygate::config::Mode::Report => "report",
+                    keygate::core::config::Mode::Enforce => "enforce",
+                    keygate::core::config::Mode::Report => "report",
                 };
                 println!(
                     "{}: {}valid: {} keys ({cors} CORS-enabled), mode {mode}",

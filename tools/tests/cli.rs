@@ -108,7 +108,7 @@ fn check_json_and_istio_yaml() {
     assert_eq!(out.status.code(), Some(1));
     assert!(text(&out.stderr).ends_with(": keys[0].sha256: expected 64 hex characters\n"));
 
-    let istio = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/wasmplugin.yaml");
+    let istio = concat!(env!("CARGO_MANIFEST_DIR"), "/../tests/fixtures/wasmplugin.yaml");
     let out = keygate(&["check", istio], b"");
     assert_eq!(out.status.code(), Some(1));
     assert_eq!(
@@ -116,7 +116,7 @@ fn check_json_and_istio_yaml() {
         format!("{istio}: WasmPlugin keygate: keys[1].sha256: expected 64 hex characters\n")
     );
 
-    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml");
+    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml");
     let out = keygate(&["check", envoy], b"");
     assert_eq!(
         text(&out.stdout),
@@ -134,7 +134,7 @@ fn check_json_and_istio_yaml() {
 
 #[test]
 fn explain_prints_the_verdict_without_the_key() {
-    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/envoy/envoy.yaml");
+    let envoy = concat!(env!("CARGO_MANIFEST_DIR"), "/../envoy/envoy.yaml");
     let key = "kg_demo_web_8d3e5f1a6c";
     let run = |args: &[&str], stdin: &str| {
         text(&keygate(&[&["explain", envoy], args].concat(), stdin.as_bytes()).stdout)

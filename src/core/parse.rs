@@ -1,0 +1,163 @@
+//! Reading a plugin configuration: the top-level object by hand, so that each entry of
+//! `keys` goes to the compiler as soon as it is parsed and a large table never exists twice
+//! in memory. Errors carry the JSON path where serde stopped, or the compiler's own error.
+
+use crate::core::compile::Compiler;
+use crate::core::config::{ConfigError, RawKey, RawRest};
+use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+use std::fmt;
+
+/// Reads the JSON, handing each key to `compiler` as soon as it is parsed, and returns the
+/// rest. Errors carry the JSON path where serde stopped, or the compiler's own error.
+pub fn parse(json: &[u8], compiler: &mut Compiler) -> Result<RawRest, ConfigError> {
+    // serde would also read a struct written as a JSON array; the operator writes an object.
+    match json.iter().find(|c| !c.is_ascii_whitespace()) {
+        Some(b'{') => {}
+        Some(_) => return Err(ConfigError::new("config", "expected a JSON object")),
+        None => {
+            return Err(ConfigError::new("config", "empty configuration: expected a JSON object"))
+        }
+    }
+    let mut failure = None;
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let mut track = serde_path_to_error::Track::new();
+    let seed = ConfigSeed { compiler, failure: &mut failure };
+    let result = seed.deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track));
+    let rest = match (result, failure) {
+        (Ok(rest), _) => rest,
+        (Err(_), Some(compile_error)) => return Err(compile_error),
+        (Err(e), None) => {
+            // serde_path_to_error says `.` for the root, `?` where the JSON did not parse, and
+            // nothing at all for a root field named "".
+            let path = match track.path().to_string() {
+                p if p.is_empty() || p == "." || p == "?" => "config".to_string(),
+                p => p,
+            };
+            return Err(ConfigError::new(path, without_values(&e.to_string())));
+        }
+    };
+    de.end().map_err(|e| ConfigError::new("config", e.to_string()))?;
+    Ok(rest)
+}
+
+/// serde quotes the offending value in some messages (`invalid type: string "kg_..."`), and
+/// that value may be a key pasted in the wrong place: only its kind is kept.
+fn without_values(message: &str) -> String {
+    for prefix in ["invalid type: ", "invalid value: "] {
+        if let Some(rest) = message.strip_prefix(prefix) {
+            let kind = rest.split([' ', ',']).next().unwrap_or("value");
+            let expected = rest.rfind(", expected").map_or("", |i| &rest[i..]);
+            return format!("{prefix}{kind}{expected}");
+        }
+    }
+    if let Some(rest) = message.strip_prefix("unknown variant `") {
+        let expected = rest.rfind("`, expected").map_or("", |i| &rest[i + 1..]);
+        return format!("unknown variant{expected}");
+    }
+    message.to_string()
+}
+
+#[derive(Clone, Copy, Deserialize)]
+#[serde(field_identifier, rename_all = "snake_case")]
+enum Field {
+    Keys,
+    Forward,
+    CorsEndpoints,
+    PublicEndpoints,
+    Cors,
+    Mode,
+}
+
+impl Field {
+    const fn name(self) -> &'static str {
+        match self {
+            Field::Keys => "keys",
+            Field::Forward => "forward",
+            Field::CorsEndpoints => "cors_endpoints",
+            Field::PublicEndpoints => "public_endpoints",
+            Field::Cors => "cors",
+            Field::Mode => "mode",
+        }
+    }
+}
+
+/// The top-level object, read by hand so `keys` can stream into the compiler.
+struct ConfigSeed<'c> {
+    compiler: &'c mut Compiler,
+    failure: &'c mut Option<ConfigError>,
+}
+
+impl<'de> DeserializeSeed<'de> for ConfigSeed<'_> {
+    type Value = RawRest;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<RawRest, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ConfigSeed<'_> {
+    type Value = RawRest;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a keygate configuration object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRest, A::Error> {
+        let mut rest = RawRest::default();
+        let mut seen = [false; 6];
+        while let Some(field) = map.next_key::<Field>()? {
+            if std::mem::replace(&mut seen[field as usize], true) {
+                return Err(de::Error::duplicate_field(field.name()));
+            }
+            match field {
+                Field::Keys => map.next_value_seed(KeysSeed {
+                    compiler: &mut *self.compiler,
+                    failure: &mut *self.failure,
+                })?,
+                Field::Forward => rest.forward = map.next_value()?,
+                Field::CorsEndpoints => rest.cors_endpoints = map.next_value()?,
+                Field::PublicEndpoints => rest.public_endpoints = map.next_value()?,
+                Field::Cors => rest.cors = map.next_value()?,
+                Field::Mode => rest.mode = map.next_value()?,
+            }
+        }
+        if !seen[Field::Keys as usize] {
+            return Err(de::Error::missing_field("keys"));
+        }
+        Ok(rest)
+    }
+}
+
+/// The `keys` list: each entry goes to the compiler and is dropped before the next is read.
+struct KeysSeed<'c> {
+    compiler: &'c mut Compiler,
+    failure: &'c mut Option<ConfigError>,
+}
+
+impl<'de> DeserializeSeed<'de> for KeysSeed<'_> {
+    type Value = ();
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeysSeed<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of keys")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        while let Some(key) = seq.next_element::<RawKey>()? {
+            if let Err(e) = self.compiler.add_key(key) {
+                // The compiler's error already names its path; serde's would only repeat it.
+                *self.failure = Some(e);
+                return Err(de::Error::custom("invalid key"));
+            }
+        }
+        Ok(())
+    }
+}
