@@ -43,65 +43,26 @@ impl Default for Compiler {
 impl Compiler {
     /// Validates and adds the next key of the `keys` list.
     pub fn add_key(&mut self, rk: RawKey) -> Result<(), ConfigError> {
-        let i = self.keys.len();
-        let at = format!("keys[{i}]");
+        let at = format!("keys[{}]", self.keys.len());
         check_id(&rk.id).map_err(|r| ConfigError::new(format!("{at}.id"), r))?;
         let (digest, field) = key_digest(&rk, &at, &mut self.warnings)?;
-        let owner = match &rk.owner {
-            Some(o) => Some(
-                check_header_value(o).map_err(|r| ConfigError::new(format!("{at}.owner"), r))?,
-            ),
-            None => None,
-        };
-        let window = window(&rk, &at)?;
-        self.needs_clock |= window.is_bounded();
-
-        let origins = match &rk.cors {
-            Some(c) => Some(origins(&c.allowed_origins, &format!("{at}.cors.allowed_origins"))?),
-            None => None,
-        };
-        let full_access = rk.cors.as_ref().is_none_or(|c| c.full_access);
-        let endpoints = match &rk.rules {
-            Some(_) if rk.cors.as_ref().is_some_and(|c| c.full_access) => {
-                return Err(ConfigError::new(
-                    format!("{at}.rules"),
-                    "a key with cors.full_access cannot also have rules",
-                ));
-            }
+        let entry = Entry::compile(rk, &at)?;
+        self.needs_clock |= entry.key.window.is_bounded();
+        let key = match entry.own_rules {
             Some(rules) => {
-                self.rule_sets.push(rule_set(&format!("{at}.rules"), rules)?);
-                Endpoints::Rules((self.rule_sets.len() - 1) as u32)
+                self.rule_sets.push(rules);
+                Key { endpoints: Endpoints::Rules((self.rule_sets.len() - 1) as u32), ..entry.key }
             }
-            None if !full_access => Endpoints::Rules(CORS_ENDPOINTS),
-            None => Endpoints::All,
+            None => entry.key,
         };
-        let resources = match &rk.resources {
-            Some(_) if endpoints == Endpoints::All => {
-                return Err(ConfigError::new(
-                    format!("{at}.resources"),
-                    "a key with full access cannot be scoped to resources (give it rules, or a cors object without full_access)",
-                ));
-            }
-            Some(list) => Some(resources(list, &format!("{at}.resources"))?),
-            None => None,
-        };
-
-        if let (Some(origins), false) = (&origins, rk.disabled) {
-            let rules = match endpoints {
+        if let (Some(origins), false) = (&key.origins, key.disabled) {
+            let rules = match key.endpoints {
                 Endpoints::All => None,
                 Endpoints::Rules(n) => Some(n),
+                Endpoints::Own => None,
             };
-            self.cors_index.add(origins, Grant { window, rules });
+            self.cors_index.add(origins, Grant { window: key.window, rules });
         }
-        let key = Key {
-            id: rk.id.into_boxed_str(),
-            owner,
-            window,
-            disabled: rk.disabled,
-            origins: origins.map(Box::new),
-            endpoints,
-            resources: resources.map(Box::new),
-        };
         if let Err(first) = self.keys.insert(digest, key) {
             let what = if field == "key" { "same key as" } else { "same digest as" };
             return Err(ConfigError::new(format!("{at}.{field}"), format!("{what} keys[{first}]")));
@@ -135,11 +96,79 @@ impl Compiler {
     }
 }
 
+/// One key entry compiled on its own: everything but its digest and its place in a table.
+/// The static table and the key service's answers both compile entries here, so an entry
+/// means the same, and is refused with the same path and reason, wherever it comes from.
+#[derive(Debug)]
+pub struct Entry {
+    /// `endpoints` is `Own` when the entry has its own `rules` (in `own_rules`).
+    pub key: Key,
+    pub own_rules: Option<RuleSet>,
+}
+
+impl Entry {
+    /// Compiles `rk` (its `id` already checked; `sha256`/`key` are the caller's business);
+    /// errors are named below `at` (`keys[3]`, or `""` for an entry on its own).
+    pub fn compile(rk: RawKey, at: &str) -> Result<Entry, ConfigError> {
+        let path = |field: &str| join(at, field);
+        let owner = match &rk.owner {
+            Some(o) => Some(check_header_value(o).map_err(|r| ConfigError::new(path("owner"), r))?),
+            None => None,
+        };
+        let window = window(&rk, at)?;
+        let origins = match &rk.cors {
+            Some(c) => Some(origins(&c.allowed_origins, &path("cors.allowed_origins"))?),
+            None => None,
+        };
+        let full_access = rk.cors.as_ref().is_none_or(|c| c.full_access);
+        let (endpoints, own_rules) = match &rk.rules {
+            Some(_) if rk.cors.as_ref().is_some_and(|c| c.full_access) => {
+                return Err(ConfigError::new(
+                    path("rules"),
+                    "a key with cors.full_access cannot also have rules",
+                ));
+            }
+            Some(rules) => (Endpoints::Own, Some(rule_set(&path("rules"), rules)?)),
+            None if !full_access => (Endpoints::Rules(CORS_ENDPOINTS), None),
+            None => (Endpoints::All, None),
+        };
+        let resources = match &rk.resources {
+            Some(_) if endpoints == Endpoints::All => {
+                return Err(ConfigError::new(
+                    path("resources"),
+                    "a key with full access cannot be scoped to resources (give it rules, or a cors object without full_access)",
+                ));
+            }
+            Some(list) => Some(resources(list, &path("resources"))?),
+            None => None,
+        };
+        let key = Key {
+            id: rk.id.into_boxed_str(),
+            owner,
+            window,
+            disabled: rk.disabled,
+            origins: origins.map(Box::new),
+            endpoints,
+            resources: resources.map(Box::new),
+        };
+        Ok(Entry { key, own_rules })
+    }
+}
+
+/// `at.field`, or `field` alone at the top.
+fn join(at: &str, field: &str) -> String {
+    if at.is_empty() {
+        field.to_string()
+    } else {
+        format!("{at}.{field}")
+    }
+}
+
 fn rule_set(at: &str, raw: &[RawRule]) -> Result<RuleSet, ConfigError> {
     RuleSet::compile(raw).map_err(|e| ConfigError::new(format!("{at}{}", e.path), e.reason))
 }
 
-fn check_id(id: &str) -> Result<(), &'static str> {
+pub fn check_id(id: &str) -> Result<(), &'static str> {
     let valid = (1..=64).contains(&id.len())
         && id.bytes().all(|c| c.is_ascii_alphanumeric() || matches!(c, b'.' | b'_' | b'-'));
     if valid {
@@ -197,20 +226,14 @@ fn window(rk: &RawKey, at: &str) -> Result<Window, ConfigError> {
     let time = |field: &str, value: &Option<String>| -> Result<Option<i64>, ConfigError> {
         value
             .as_deref()
-            .map(|v| {
-                timestamp::parse_rfc3339(v)
-                    .map_err(|r| ConfigError::new(format!("{at}.{field}"), r))
-            })
+            .map(|v| timestamp::parse_rfc3339(v).map_err(|r| ConfigError::new(join(at, field), r)))
             .transpose()
     };
     let not_before = time("not_before", &rk.not_before)?;
     let expires_at = time("expires_at", &rk.expires_at)?;
     if let (Some(start), Some(end)) = (not_before, expires_at) {
         if start >= end {
-            return Err(ConfigError::new(
-                format!("{at}.expires_at"),
-                "must be later than not_before",
-            ));
+            return Err(ConfigError::new(join(at, "expires_at"), "must be later than not_before"));
         }
     }
     let window = Window {

@@ -136,6 +136,8 @@ impl Policy {
                 (Some(p), Some(rules)) => rules.check(method, p, key.resources.as_deref()),
                 _ => Access::EndpointDenied,
             },
+            // Static keys never carry their own rules (the compiler indexes them).
+            Endpoints::Own => Access::EndpointDenied,
         };
         let outcome = match access {
             Access::Allowed => Outcome::Allowed,

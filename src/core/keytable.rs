@@ -26,6 +26,8 @@ pub enum Endpoints {
     All,
     /// Index into the policy's rule sets.
     Rules(u32),
+    /// Rules carried by the entry itself: a key from the key service (see `remote`).
+    Own,
 }
 
 #[derive(Debug)]

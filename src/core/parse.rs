@@ -2,7 +2,7 @@
 //! `keys` goes to the compiler as soon as it is parsed and a large table never exists twice
 //! in memory. Errors carry the JSON path where serde stopped, or the compiler's own error.
 
-use crate::core::compile::Compiler;
+use crate::core::compile::{check_id, Compiler, Entry};
 use crate::core::config::{ConfigError, RawKey, RawRest};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
@@ -159,5 +159,89 @@ impl<'de> Visitor<'de> for KeysSeed<'_> {
             }
         }
         Ok(())
+    }
+}
+
+/// One key entry on its own, without `sha256`/`key`: what the key service stores and
+/// answers. Errors are named below `at` (`"key"` in a key-service answer, `""` for an
+/// entry sent to the admin API), with the same reasons as in a plugin configuration.
+pub fn entry(json: &[u8], at: &str) -> Result<Entry, ConfigError> {
+    let mut de = serde_json::Deserializer::from_slice(json);
+    let mut track = serde_path_to_error::Track::new();
+    let raw = RawKey::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
+        .map_err(|e| {
+            let path = match track.path().to_string() {
+                p if p.is_empty() || p == "." || p == "?" => String::new(),
+                p => p,
+            };
+            let path = match (at.is_empty(), path.is_empty()) {
+                (_, true) if at.is_empty() => "entry".to_string(),
+                (_, true) => at.to_string(),
+                (true, false) => path,
+                (false, false) => format!("{at}.{path}"),
+            };
+            ConfigError::new(path, without_values(&e.to_string()))
+        })?;
+    de.end()
+        .map_err(|e| ConfigError::new(if at.is_empty() { "entry" } else { at }, e.to_string()))?;
+    let field = |name: &str| if at.is_empty() { name.to_string() } else { format!("{at}.{name}") };
+    for (name, present) in [("sha256", raw.sha256.is_some()), ("key", raw.key.is_some())] {
+        if present {
+            return Err(ConfigError::new(
+                field(name),
+                "not part of a stored entry: the key service keeps the digest itself",
+            ));
+        }
+    }
+    check_id(&raw.id).map_err(|r| ConfigError::new(field("id"), r))?;
+    Entry::compile(raw, at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn refused(json: &str, at: &str) -> String {
+        match entry(json.as_bytes(), at) {
+            Ok(e) => unreachable!("accepted: {e:?}"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn an_entry_compiles_on_its_own_with_its_own_rules() {
+        let json = r#"{"id": "web", "owner": "acme", "cors": {"allowed_origins": ["https://A.example"]},
+            "rules": [{"methods": ["GET"], "paths": ["/v1/{id}"]}], "resources": ["x"]}"#;
+        let e = match entry(json.as_bytes(), "key") {
+            Ok(e) => e,
+            Err(e) => unreachable!("{e}"),
+        };
+        assert_eq!(&*e.key.id, "web");
+        assert_eq!(e.key.endpoints, crate::core::keytable::Endpoints::Own);
+        assert!(e.own_rules.is_some_and(|r| r.allows(b"GET", b"/v1/x")));
+    }
+
+    #[test]
+    fn entry_errors_name_the_path_below_the_prefix() {
+        assert_eq!(
+            refused(r#"{"id": "a", "sha256": "00"}"#, "key"),
+            "key.sha256: not part of a stored entry: the key service keeps the digest itself"
+        );
+        assert_eq!(
+            refused(r#"{"id": "a b"}"#, ""),
+            "id: expected 1-64 characters of A-Z a-z 0-9 . _ -"
+        );
+        assert_eq!(
+            refused(r#"{"id": "a", "cors": {"allowed_origins": ["ftp://x"]}}"#, ""),
+            "cors.allowed_origins[0]: expected an origin scheme://host[:port] with scheme http or https, and no path"
+        );
+        assert_eq!(
+            refused(r#"{"id": "a", "colour": 1}"#, "key").split(':').next(),
+            Some("key.colour")
+        );
+        let typo = refused(r#"{"id": "a", "disabled": "kg_secret"}"#, "");
+        assert!(typo.starts_with("disabled: invalid type: string, expected a boolean"), "{typo}");
+        assert_eq!(refused(r#"{"id": "a"} x"#, "key").split(':').next(), Some("key"));
+        assert_eq!(refused(r#"[]"#, "").split(':').next(), Some("entry"));
     }
 }
