@@ -1,10 +1,13 @@
 //! Raw configuration → [`Policy`]: every check that needs more than the JSON schema, each
 //! failure named by its JSON path, and the lookup structures built in the same pass.
 
-use crate::core::config::{ConfigError, RawCors, RawForward, RawKey, RawRest, RawRule};
+use crate::core::config::{
+    ConfigError, RawCors, RawForward, RawKey, RawKeyService, RawRest, RawRule,
+};
 use crate::core::cors::{normalize_origin, CorsIndex, CorsIndexBuilder, Grant, Origins};
 use crate::core::keytable::{sha256, Digest, Endpoints, Key, KeyTable};
 use crate::core::policy::{Compiled, CorsHeaders, Forward, Policy, CORS_ENDPOINTS};
+use crate::core::remote::{CacheSettings, KeyService};
 use crate::core::rules::{Resources, RuleSet};
 use crate::core::window::Window;
 use crate::core::{parse, path, timestamp, token};
@@ -89,7 +92,9 @@ impl Compiler {
                 rule_sets: self.rule_sets,
                 cors_index: self.cors_index.build(),
                 mode: rest.mode,
-                needs_clock: self.needs_clock,
+                // Cached remote keys can carry validity windows of their own.
+                needs_clock: self.needs_clock || rest.key_service.is_some(),
+                remote: rest.key_service.as_ref().map(key_service).transpose()?,
             },
             warnings: self.warnings,
         })
@@ -304,6 +309,62 @@ fn forward(raw: &RawForward) -> Result<Forward, ConfigError> {
         owner_header: raw.owner_header.as_str().into(),
         strip_authorization: raw.strip_authorization,
         filter_state: raw.filter_state,
+    })
+}
+
+fn key_service(raw: &RawKeyService) -> Result<KeyService, ConfigError> {
+    let at = |field: &str| format!("key_service.{field}");
+    let name_ok = |s: &str| {
+        (1..=255).contains(&s.len()) && s.bytes().all(|c| c.is_ascii_graphic() && c != b'/')
+    };
+    if !name_ok(&raw.cluster) {
+        return Err(ConfigError::new(at("cluster"), "expected an Envoy cluster name"));
+    }
+    let authority = raw.authority.as_deref().unwrap_or(&raw.cluster);
+    if !name_ok(authority) {
+        return Err(ConfigError::new(at("authority"), "expected a host[:port]"));
+    }
+    let prefix = raw.path_prefix.as_bytes();
+    let prefix_ok = prefix.first() == Some(&b'/')
+        && prefix.last() != Some(&b'/')
+        && prefix.split(|&c| c == b'/').skip(1).all(path::is_safe_segment);
+    if !prefix_ok {
+        return Err(ConfigError::new(
+            at("path_prefix"),
+            "expected a path such as /v1/filter: starts with /, no trailing /, no . or .. segments",
+        ));
+    }
+    let within = |field: &str, value: u32, low: u32, high: u32| {
+        if (low..=high).contains(&value) {
+            Ok(value)
+        } else {
+            Err(ConfigError::new(at(field), format!("expected {low} to {high}")))
+        }
+    };
+    let c = &raw.cache;
+    let seconds = |field: &str, value: u32, low: u32, high: u32| {
+        within(&format!("cache.{field}"), value, low, high).map(|s| i64::from(s) * 1000)
+    };
+    let max_entries = within("cache.max_entries", c.max_entries, 1, 10_000_000)?;
+    Ok(KeyService {
+        cluster: raw.cluster.as_str().into(),
+        authority: authority.into(),
+        path_prefix: raw.path_prefix.as_str().into(),
+        timeout_ms: within("timeout_ms", raw.timeout_ms, 1, 60_000)?,
+        changes_poll_ms: within("changes_poll_ms", raw.changes_poll_ms, 100, 600_000)?,
+        max_pending: within("max_pending", raw.max_pending, 1, 65_536)?,
+        cache: CacheSettings {
+            max_entries,
+            max_negative: max_entries.clamp(1024, 16_384),
+            ttl_ms: seconds("ttl_seconds", c.ttl_seconds, 1, 86_400)?,
+            negative_ttl_ms: seconds("negative_ttl_seconds", c.negative_ttl_seconds, 1, 3_600)?,
+            stale_if_error_ms: seconds(
+                "stale_if_error_seconds",
+                c.stale_if_error_seconds,
+                0,
+                86_400,
+            )?,
+        },
     })
 }
 

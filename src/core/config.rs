@@ -18,6 +18,7 @@ pub struct RawRest {
     pub public_endpoints: Vec<RawRule>,
     pub cors: RawCors,
     pub mode: Mode,
+    pub key_service: Option<RawKeyService>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -121,5 +122,58 @@ impl ConfigError {
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// Where keys the static table does not hold are looked up (see `core::remote`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKeyService {
+    /// The Envoy cluster of the key service; required.
+    pub cluster: String,
+    /// `:authority` of the lookups; the cluster's name when absent.
+    pub authority: Option<String>,
+    #[serde(default = "default_path_prefix")]
+    pub path_prefix: String,
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u32,
+    #[serde(default = "default_changes_poll_ms")]
+    pub changes_poll_ms: u32,
+    #[serde(default = "default_max_pending")]
+    pub max_pending: u32,
+    #[serde(default)]
+    pub cache: RawKeyCache,
+}
+
+fn default_path_prefix() -> String {
+    "/v1/filter".into()
+}
+fn default_timeout_ms() -> u32 {
+    250
+}
+fn default_changes_poll_ms() -> u32 {
+    1000
+}
+fn default_max_pending() -> u32 {
+    256
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawKeyCache {
+    pub max_entries: u32,
+    pub ttl_seconds: u32,
+    pub negative_ttl_seconds: u32,
+    pub stale_if_error_seconds: u32,
+}
+
+impl Default for RawKeyCache {
+    fn default() -> Self {
+        RawKeyCache {
+            max_entries: 100_000,
+            ttl_seconds: 60,
+            negative_ttl_seconds: 10,
+            stale_if_error_seconds: 300,
+        }
     }
 }

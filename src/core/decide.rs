@@ -1,15 +1,19 @@
-//! The whole decision for one request: parse → lookup → authorize → [`Verdict`].
+//! The whole decision for one request: parse → lookup → authorize → [`Verdict`]; with a
+//! key service, lookup may first need an answer ([`Decision::Ask`]).
 //!
 //! Pure: the filter hands in the headers it read and the clock, and turns the verdict
 //! into host calls. Every rule lives in exactly one place below.
 
+use crate::core::compile::Entry;
 use crate::core::cors::is_real_origin;
-use crate::core::keytable::{Endpoints, Key};
+use crate::core::keytable::{sha256, Digest, Endpoints, Key};
 use crate::core::path;
 use crate::core::policy::Policy;
+use crate::core::remote::cache::{Cached, RemoteCache};
 use crate::core::rules::Access;
+use crate::core::rules::RuleSet;
 use crate::core::token;
-use crate::core::verdict::{Outcome, Verdict};
+use crate::core::verdict::{Outcome, RemoteUse, Verdict};
 use crate::core::window::Validity;
 
 /// How many times a header appeared, and its value when it appeared once.
@@ -63,35 +67,113 @@ impl<'a> Request<'a> {
     }
 }
 
+/// What the decision reads of the key service's answers, when the policy has one.
+#[derive(Clone, Copy)]
+pub struct Remote<'c> {
+    pub cache: &'c RemoteCache,
+    /// The lookup this request waited for failed: answer from stale entries or with a 503
+    /// (a 401 only stays unreadable) instead of asking again.
+    pub failed: bool,
+}
+
+/// The decision, or what must be asked first.
+#[derive(Debug, Clone, Copy)]
+pub enum Decision<'a> {
+    Done(Verdict<'a>),
+    /// Pause the request, ask the key service, then decide again.
+    Ask(Ask),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ask {
+    /// `keys/{digest}`; the answer is cached under `tag`.
+    Key { tag: u128, digest: Digest },
+    /// `origins/{the request's Origin}`.
+    Origin,
+}
+
+/// A key found, and the rule set its `Endpoints::Own` refers to.
+struct Found<'a> {
+    key: &'a Key,
+    own_rules: Option<&'a RuleSet>,
+    remote: RemoteUse,
+}
+
+/// What a decision step yields: a result, or a question for the key service.
+type Step<'a, T> = Result<T, Ask>;
+
 impl Policy {
-    /// Decides one request at time `now_ms` (Unix milliseconds).
+    /// Decides one request at time `now_ms` (Unix milliseconds), with the static table only.
     pub fn decide<'p>(&'p self, req: &Request, now_ms: i64) -> Verdict<'p> {
+        match self.decide_with(req, now_ms, None) {
+            Decision::Done(v) => v,
+            // Unreachable without a cache; fail closed all the same.
+            Decision::Ask(_) => verdict(Outcome::Unavailable, None, false),
+        }
+    }
+
+    /// Decides one request, asking the key service (through `remote`) for what the static
+    /// table does not hold.
+    pub fn decide_with<'a>(
+        &'a self,
+        req: &Request,
+        now_ms: i64,
+        remote: Option<Remote<'a>>,
+    ) -> Decision<'a> {
+        match self.decide_step(req, now_ms, remote) {
+            Ok(v) => Decision::Done(v),
+            Err(ask) => Decision::Ask(ask),
+        }
+    }
+
+    fn decide_step<'a>(
+        &'a self,
+        req: &Request,
+        now_ms: i64,
+        remote: Option<Remote<'a>>,
+    ) -> Step<'a, Verdict<'a>> {
         let path = path::matchable(req.path);
         let origin = req.origin.value();
         if req.is_preflight() {
             let method = req.access_control_request_method.value().unwrap_or_default();
-            return self.preflight(origin.unwrap_or_default(), method, path, now_ms);
+            return self.preflight(origin.unwrap_or_default(), method, path, now_ms, remote);
         }
         let public = path.is_some_and(|p| self.public.allows(req.method, p));
 
         let header = match req.authorization {
             Header::Absent if public => {
-                return verdict(Outcome::Public, None, origin.is_some_and(is_real_origin));
+                return Ok(verdict(Outcome::Public, None, origin.is_some_and(is_real_origin)));
             }
             Header::Absent => {
-                return self.unauthorized(Outcome::DeniedMissing, origin, false, now_ms)
+                return self.unauthorized(Outcome::DeniedMissing, origin, false, now_ms, remote)
             }
             Header::Many => {
-                return self.unauthorized(Outcome::DeniedMalformed, origin, public, now_ms)
+                return self.unauthorized(Outcome::DeniedMalformed, origin, public, now_ms, remote)
             }
             Header::One(value) => value,
         };
         let Some(presented) = token::bearer_key(header) else {
-            return self.unauthorized(Outcome::DeniedMalformed, origin, public, now_ms);
+            return self.unauthorized(Outcome::DeniedMalformed, origin, public, now_ms, remote);
         };
-        let Some(key) = self.keys.lookup(presented) else {
-            return self.unauthorized(Outcome::DeniedUnknown, origin, public, now_ms);
+        let found = match self.keys.lookup(presented) {
+            Some(key) => Found { key, own_rules: None, remote: RemoteUse::None },
+            None => match remote {
+                None => {
+                    return self.unauthorized(Outcome::DeniedUnknown, origin, public, now_ms, None)
+                }
+                Some(r) => match self.remote_key(r, presented, now_ms)? {
+                    Ok(found) => found,
+                    Err(outcome) => {
+                        let mut v = self.unauthorized(outcome, origin, public, now_ms, remote)?;
+                        if outcome == Outcome::DeniedUnknown {
+                            v.remote = RemoteUse::NegativeHit;
+                        }
+                        return Ok(v);
+                    }
+                },
+            },
         };
+        let key = found.key;
         let refusal = if key.disabled {
             Some(Outcome::DeniedDisabled)
         } else {
@@ -102,26 +184,58 @@ impl Policy {
             }
         };
         if let Some(outcome) = refusal {
-            let mut v = self.unauthorized(outcome, origin, public, now_ms);
+            let mut v = self.unauthorized(outcome, origin, public, now_ms, remote)?;
             v.key = Some(key);
-            return v;
+            v.remote = found.remote;
+            return Ok(v);
         }
 
         // A valid key on a public endpoint: its own origin and endpoint rules do not apply.
-        if public {
-            return verdict(Outcome::Allowed, Some(key), origin.is_some_and(is_real_origin));
+        let mut v = if public {
+            verdict(Outcome::Allowed, Some(key), origin.is_some_and(is_real_origin))
+        } else {
+            self.authorize(&found, req.method, path, origin)
+        };
+        v.remote = found.remote;
+        Ok(v)
+    }
+
+    /// The key service's answer for a key the table does not hold: the key (fresh, or
+    /// stale after a failed lookup), `DeniedUnknown` for a fresh 404, or `Unavailable` when
+    /// the lookup failed with nothing stale to serve.
+    fn remote_key<'a>(
+        &'a self,
+        remote: Remote<'a>,
+        presented: &[u8],
+        now_ms: i64,
+    ) -> Step<'a, Result<Found<'a>, Outcome>> {
+        let found = |entry: &'a Entry, used| Found {
+            key: &entry.key,
+            own_rules: entry.own_rules.as_ref(),
+            remote: used,
+        };
+        let tag = remote.cache.tag(presented);
+        match remote.cache.get(tag, now_ms) {
+            Cached::Fresh(entry) => Ok(Ok(found(entry, RemoteUse::Hit))),
+            Cached::Absent => Ok(Err(Outcome::DeniedUnknown)),
+            Cached::Miss if remote.failed => Ok(remote
+                .cache
+                .stale(tag, now_ms)
+                .map(|e| found(e, RemoteUse::Stale))
+                .ok_or(Outcome::Unavailable)),
+            Cached::Miss => Err(Ask::Key { tag, digest: sha256(presented) }),
         }
-        self.authorize(key, req.method, path, origin)
     }
 
     /// Origin, endpoint and resource rules for an authenticated key.
-    fn authorize<'p>(
-        &'p self,
-        key: &'p Key,
+    fn authorize<'a>(
+        &'a self,
+        found: &Found<'a>,
         method: &[u8],
         path: Option<&[u8]>,
         origin: Option<&[u8]>,
-    ) -> Verdict<'p> {
+    ) -> Verdict<'a> {
+        let key = found.key;
         let from_allowed_origin = match (origin, key.origins.as_deref()) {
             (None, _) => false,
             (Some(_), None) => {
@@ -130,14 +244,15 @@ impl Policy {
             (Some(o), Some(allowed)) if allowed.allows(o) => true,
             (Some(_), Some(_)) => return verdict(Outcome::DeniedOrigin, Some(key), false),
         };
-        let access = match key.endpoints {
-            Endpoints::All => Access::Allowed,
-            Endpoints::Rules(n) => match (path, self.rule_set(n)) {
-                (Some(p), Some(rules)) => rules.check(method, p, key.resources.as_deref()),
-                _ => Access::EndpointDenied,
-            },
-            // Static keys never carry their own rules (the compiler indexes them).
-            Endpoints::Own => Access::EndpointDenied,
+        let rules = match key.endpoints {
+            Endpoints::All => None,
+            Endpoints::Rules(n) => Some(self.rule_set(n)),
+            Endpoints::Own => Some(found.own_rules),
+        };
+        let access = match (rules, path) {
+            (None, _) => Access::Allowed,
+            (Some(Some(rules)), Some(p)) => rules.check(method, p, key.resources.as_deref()),
+            _ => Access::EndpointDenied,
         };
         let outcome = match access {
             Access::Allowed => Outcome::Allowed,
@@ -147,46 +262,94 @@ impl Policy {
         verdict(outcome, Some(key), from_allowed_origin)
     }
 
-    /// A 401, readable by the page when a public endpoint or any active CORS key
-    /// allows its origin.
-    fn unauthorized(
-        &self,
+    /// A 401 (or the key service's 503), readable by the page when a public endpoint or
+    /// any active CORS key allows its origin; remote CORS keys count once their origin's
+    /// answer is known.
+    fn unauthorized<'a>(
+        &'a self,
         outcome: Outcome,
         origin: Option<&[u8]>,
         public: bool,
         now_ms: i64,
-    ) -> Verdict<'_> {
-        let readable = origin.is_some_and(|o| {
-            is_real_origin(o)
-                && (public
-                    || self.cors_index.grants(o).any(|g| g.window.at(now_ms) == Validity::Active))
-        });
-        verdict(outcome, None, readable)
+        remote: Option<Remote<'a>>,
+    ) -> Step<'a, Verdict<'a>> {
+        let readable = match origin {
+            Some(o) if is_real_origin(o) => {
+                public
+                    || self.cors_index.grants(o).any(|g| g.window.at(now_ms) == Validity::Active)
+                    || self.remote_grants(
+                        o,
+                        now_ms,
+                        remote,
+                        outcome == Outcome::Unavailable,
+                        |_| true,
+                    )?
+            }
+            _ => false,
+        };
+        Ok(verdict(outcome, None, readable))
+    }
+
+    /// Whether a remote CORS key active now for `origin` passes `allows`. Asks for the
+    /// origin's answer when it is not cached, unless `no_ask` or the last lookup failed
+    /// (then remote keys grant nothing).
+    fn remote_grants<'a>(
+        &'a self,
+        origin: &[u8],
+        now_ms: i64,
+        remote: Option<Remote<'a>>,
+        no_ask: bool,
+        allows: impl Fn(&Entry) -> bool,
+    ) -> Step<'a, bool> {
+        let Some(r) = remote else { return Ok(false) };
+        match r.cache.origin(origin, now_ms) {
+            Some(entries) => Ok(entries.iter().any(|e| {
+                !e.key.disabled
+                    && e.key.window.at(now_ms) == Validity::Active
+                    && e.key.origins.as_deref().is_some_and(|o| o.allows(origin))
+                    && allows(e)
+            })),
+            None if r.failed || no_ask => Ok(false),
+            None => Err(Ask::Origin),
+        }
     }
 
     /// Preflights carry no key: allowed when a public endpoint, or some active CORS key
     /// for this origin, allows the requested method on the path.
-    fn preflight(
-        &self,
+    fn preflight<'a>(
+        &'a self,
         origin: &[u8],
         method: &[u8],
         path: Option<&[u8]>,
         now_ms: i64,
-    ) -> Verdict<'_> {
-        let allowed = is_real_origin(origin)
-            && is_method(method)
-            && path.is_some_and(|p| {
-                self.public.allows(method, p)
-                    || self.cors_index.grants(origin).any(|g| {
-                        g.window.at(now_ms) == Validity::Active
-                            && match g.rules {
-                                None => true,
-                                Some(n) => self.rule_set(n).is_some_and(|r| r.allows(method, p)),
-                            }
-                    })
+        remote: Option<Remote<'a>>,
+    ) -> Step<'a, Verdict<'a>> {
+        let (Some(p), true) = (path, is_real_origin(origin) && is_method(method)) else {
+            return Ok(verdict(Outcome::PreflightDenied, None, false));
+        };
+        let static_allowed = self.public.allows(method, p)
+            || self.cors_index.grants(origin).any(|g| {
+                g.window.at(now_ms) == Validity::Active
+                    && match g.rules {
+                        None => true,
+                        Some(n) => self.rule_set(n).is_some_and(|r| r.allows(method, p)),
+                    }
             });
+        let allowed = static_allowed
+            || self.remote_grants(origin, now_ms, remote, false, |e| {
+                let rules = match e.key.endpoints {
+                    Endpoints::All => return true,
+                    Endpoints::Rules(n) => self.rule_set(n),
+                    Endpoints::Own => e.own_rules.as_ref(),
+                };
+                rules.is_some_and(|r| r.allows(method, p))
+            })?;
+        if !allowed && remote.is_some_and(|r| r.failed) {
+            // The origin's keys could not be learnt: say so instead of a 403.
+            return Ok(verdict(Outcome::Unavailable, None, false));
+        }
         let outcome = if allowed { Outcome::PreflightAllowed } else { Outcome::PreflightDenied };
-        verdict(outcome, None, allowed)
+        Ok(verdict(outcome, None, allowed))
     }
 }
 
@@ -197,5 +360,5 @@ fn is_method(method: &[u8]) -> bool {
 }
 
 fn verdict(outcome: Outcome, key: Option<&Key>, allow_origin: bool) -> Verdict<'_> {
-    Verdict { outcome, key, allow_origin }
+    Verdict { outcome, key, allow_origin, remote: RemoteUse::None }
 }

@@ -17,6 +17,7 @@ pub mod keytable;
 pub mod parse;
 pub mod path;
 pub mod policy;
+pub mod remote;
 pub mod rules;
 pub mod timestamp;
 pub mod token;

@@ -67,6 +67,7 @@ enum Field {
     PublicEndpoints,
     Cors,
     Mode,
+    KeyService,
 }
 
 impl Field {
@@ -78,6 +79,7 @@ impl Field {
             Field::PublicEndpoints => "public_endpoints",
             Field::Cors => "cors",
             Field::Mode => "mode",
+            Field::KeyService => "key_service",
         }
     }
 }
@@ -105,7 +107,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRest, A::Error> {
         let mut rest = RawRest::default();
-        let mut seen = [false; 6];
+        let mut seen = [false; 7];
         while let Some(field) = map.next_key::<Field>()? {
             if std::mem::replace(&mut seen[field as usize], true) {
                 return Err(de::Error::duplicate_field(field.name()));
@@ -120,6 +122,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
                 Field::PublicEndpoints => rest.public_endpoints = map.next_value()?,
                 Field::Cors => rest.cors = map.next_value()?,
                 Field::Mode => rest.mode = map.next_value()?,
+                Field::KeyService => rest.key_service = Some(map.next_value()?),
             }
         }
         if !seen[Field::Keys as usize] {
@@ -184,6 +187,11 @@ pub fn entry(json: &[u8], at: &str) -> Result<Entry, ConfigError> {
         })?;
     de.end()
         .map_err(|e| ConfigError::new(if at.is_empty() { "entry" } else { at }, e.to_string()))?;
+    stored_entry(raw, at)
+}
+
+/// Compiles an entry already read, refusing the digest fields a stored entry never has.
+pub fn stored_entry(raw: RawKey, at: &str) -> Result<Entry, ConfigError> {
     let field = |name: &str| if at.is_empty() { name.to_string() } else { format!("{at}.{name}") };
     for (name, present) in [("sha256", raw.sha256.is_some()), ("key", raw.key.is_some())] {
         if present {

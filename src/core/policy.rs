@@ -4,6 +4,7 @@
 use crate::core::config::Mode;
 use crate::core::cors::CorsIndex;
 use crate::core::keytable::KeyTable;
+use crate::core::remote::KeyService;
 use crate::core::rules::RuleSet;
 
 #[derive(Debug)]
@@ -18,6 +19,8 @@ pub struct Policy {
     pub mode: Mode,
     /// Whether any key has `not_before` or `expires_at`: only then is the clock read.
     pub needs_clock: bool,
+    /// The key service asked for keys the table does not hold (`key_service`).
+    pub remote: Option<KeyService>,
 }
 
 /// Index of the top-level `cors_endpoints` in [`Policy::rule_sets`].

@@ -22,6 +22,8 @@ pub enum Outcome {
     DeniedOrigin,
     DeniedEndpoint,
     DeniedResource,
+    /// The key service could not verify the key (or the origin of a preflight): 503.
+    Unavailable,
 }
 
 /// The fixed local reply for a denial. Bodies never echo the key, path or origin.
@@ -31,6 +33,8 @@ pub struct Reply {
     pub body: &'static str,
     /// `www-authenticate` value (RFC 6750 §3), on 401s only.
     pub www_authenticate: Option<&'static str>,
+    /// `retry-after` value, on 503s only.
+    pub retry_after: Option<&'static str>,
 }
 
 pub const UNAUTHORIZED_BODY: &str = r#"{"error": "Unauthorized", "message": "Invalid API key"}"#;
@@ -41,16 +45,25 @@ macro_rules! forbidden {
             status: 403,
             body: concat!(r#"{"error": "Forbidden", "message": ""#, $message, r#""}"#),
             www_authenticate: None,
+            retry_after: None,
         }
     };
 }
 
 const fn unauthorized(www_authenticate: &'static str) -> Reply {
-    Reply { status: 401, body: UNAUTHORIZED_BODY, www_authenticate: Some(www_authenticate) }
+    Reply {
+        status: 401,
+        body: UNAUTHORIZED_BODY,
+        www_authenticate: Some(www_authenticate),
+        retry_after: None,
+    }
 }
 
+pub const UNAVAILABLE_BODY: &str =
+    r#"{"error": "Service Unavailable", "message": "API key could not be verified"}"#;
+
 impl Outcome {
-    pub const ALL: [Outcome; 14] = [
+    pub const ALL: [Outcome; 15] = [
         Outcome::Allowed,
         Outcome::Public,
         Outcome::PreflightAllowed,
@@ -65,6 +78,7 @@ impl Outcome {
         Outcome::DeniedOrigin,
         Outcome::DeniedEndpoint,
         Outcome::DeniedResource,
+        Outcome::Unavailable,
     ];
 
     /// The counter and log name of the outcome.
@@ -84,6 +98,7 @@ impl Outcome {
             Outcome::DeniedOrigin => "denied_origin",
             Outcome::DeniedEndpoint => "denied_endpoint",
             Outcome::DeniedResource => "denied_resource",
+            Outcome::Unavailable => "remote.unavailable",
         }
     }
 
@@ -104,6 +119,12 @@ impl Outcome {
             Outcome::DeniedEndpoint => forbidden!("Endpoint not allowed for this API key"),
             Outcome::DeniedResource => forbidden!("Resource not allowed for this API key"),
             Outcome::PreflightDenied => forbidden!("CORS preflight not allowed"),
+            Outcome::Unavailable => Reply {
+                status: 503,
+                body: UNAVAILABLE_BODY,
+                www_authenticate: None,
+                retry_after: Some("1"),
+            },
         })
     }
 }
@@ -116,6 +137,21 @@ pub struct Verdict<'p> {
     pub key: Option<&'p Key>,
     /// Whether the response may carry `access-control-allow-origin: <request origin>`.
     pub allow_origin: bool,
+    /// Where the key was found, when the key service's cache answered.
+    pub remote: RemoteUse,
+}
+
+/// What the remote cache contributed to a verdict, for the `remote.*` counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum RemoteUse {
+    #[default]
+    None,
+    /// A fresh positive answer.
+    Hit,
+    /// A fresh 404.
+    NegativeHit,
+    /// An expired answer, served because the service failed.
+    Stale,
 }
 
 #[cfg(test)]

@@ -1,0 +1,417 @@
+//! What one VM remembers of the key service's answers.
+//!
+//! Entries are found by a tag of the presented key, not by its digest: SipHash-2-4-128 under
+//! a secret drawn for each cache, as in `verified`, so a cached remote key costs a short MAC
+//! instead of SHA-256 on every request. Each entry also holds the digest, so the change feed
+//! (which names digests) can drop it.
+//!
+//! Bounds: `max_entries` positive answers and, apart from them, `max_negative` negative
+//! ones, each evicted oldest first; so a flood of unknown keys only ever evicts other unknown
+//! keys. Origins answers have their own bound. An expired positive entry stays (until
+//! evicted) so that it can serve while the service fails, for `stale_if_error_ms`; an entry
+//! the feed names is removed at once, so it can never serve stale.
+
+use crate::core::compile::Entry;
+use crate::core::keytable::Digest;
+use crate::core::remote::CacheSettings;
+use hashbrown::HashMap;
+use siphasher::sip128::{Hasher128, SipHasher24};
+use std::collections::VecDeque;
+use std::hash::{BuildHasherDefault, Hasher};
+
+/// Most origins whose answers one VM keeps.
+pub const MAX_ORIGINS: usize = 4096;
+
+/// What the cache says about a presented key.
+#[derive(Debug)]
+pub enum Cached<'c> {
+    /// A positive answer within its TTL.
+    Fresh(&'c Entry),
+    /// The service said 404 within the negative TTL.
+    Absent,
+    /// Nothing usable: ask the service.
+    Miss,
+}
+
+struct Slot {
+    digest: Digest,
+    /// When the answer stops being fresh (Unix ms).
+    expires: i64,
+    /// `None` for a negative answer.
+    entry: Option<Box<Entry>>,
+    /// Matches the order queue's record for this slot; older records are skipped.
+    generation: u32,
+}
+
+struct OriginSlot {
+    entries: Vec<Entry>,
+    expires: i64,
+}
+
+pub struct RemoteCache {
+    settings: CacheSettings,
+    secret: (u64, u64),
+    slots: HashMap<u128, Slot, BuildHasherDefault<PassThrough>>,
+    /// Digest → tag, for the feed. Hashed by the digest's first bytes (uniformly random).
+    by_digest: HashMap<Digest, u128, BuildHasherDefault<PassThrough>>,
+    /// Insertion order of positive and negative slots, for eviction: (tag, generation).
+    positive_order: VecDeque<(u128, u32)>,
+    negative_order: VecDeque<(u128, u32)>,
+    positive: usize,
+    negative: usize,
+    generation: u32,
+    origins: HashMap<Box<[u8]>, OriginSlot>,
+    origin_order: VecDeque<Box<[u8]>>,
+}
+
+impl RemoteCache {
+    /// A cache with its own secret; `None` without an OS random source (then the filter
+    /// cannot use the key service safely and refuses remote keys with 503s).
+    pub fn new(settings: CacheSettings) -> Option<RemoteCache> {
+        let mut seed = [0u8; 16];
+        getrandom::fill(&mut seed).ok()?;
+        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = seed;
+        Some(RemoteCache {
+            settings,
+            secret: (
+                u64::from_le_bytes([a, b, c, d, e, f, g, h]),
+                u64::from_le_bytes([i, j, k, l, m, n, o, p]),
+            ),
+            slots: HashMap::default(),
+            by_digest: HashMap::default(),
+            positive_order: VecDeque::new(),
+            negative_order: VecDeque::new(),
+            positive: 0,
+            negative: 0,
+            generation: 0,
+            origins: HashMap::new(),
+            origin_order: VecDeque::new(),
+        })
+    }
+
+    pub fn settings(&self) -> &CacheSettings {
+        &self.settings
+    }
+
+    /// The tag of a presented key under this cache's secret.
+    pub fn tag(&self, presented: &[u8]) -> u128 {
+        let mut h = SipHasher24::new_with_keys(self.secret.0, self.secret.1);
+        h.write(presented);
+        h.finish128().as_u128()
+    }
+
+    pub fn get(&self, tag: u128, now_ms: i64) -> Cached<'_> {
+        match self.slots.get(&tag) {
+            Some(slot) if now_ms < slot.expires => match &slot.entry {
+                Some(entry) => Cached::Fresh(entry),
+                None => Cached::Absent,
+            },
+            _ => Cached::Miss,
+        }
+    }
+
+    /// An expired positive answer still within `stale_if_error_ms` of its expiry.
+    pub fn stale(&self, tag: u128, now_ms: i64) -> Option<&Entry> {
+        let slot = self.slots.get(&tag)?;
+        let limit = slot.expires.saturating_add(self.settings.stale_if_error_ms);
+        (now_ms < limit).then_some(slot.entry.as_deref()).flatten()
+    }
+
+    /// Remembers the service's answer for a key: its entry, or `None` for a 404. Returns how
+    /// many entries were evicted to make room.
+    pub fn insert(&mut self, tag: u128, digest: Digest, entry: Option<Entry>, now_ms: i64) -> u32 {
+        self.remove_tag(tag);
+        if let Some(old_tag) = self.by_digest.get(&digest).copied() {
+            self.remove_tag(old_tag);
+        }
+        self.generation = self.generation.wrapping_add(1);
+        let positive = entry.is_some();
+        let ttl = if positive { self.settings.ttl_ms } else { self.settings.negative_ttl_ms };
+        let slot = Slot {
+            digest,
+            expires: now_ms.saturating_add(ttl),
+            entry: entry.map(Box::new),
+            generation: self.generation,
+        };
+        self.slots.insert(tag, slot);
+        self.by_digest.insert(digest, tag);
+        let record = (tag, self.generation);
+        let evicted = if positive {
+            self.positive += 1;
+            self.positive_order.push_back(record);
+            self.evict(true)
+        } else {
+            self.negative += 1;
+            self.negative_order.push_back(record);
+            self.evict(false)
+        };
+        self.compact();
+        evicted
+    }
+
+    /// Drops whatever is cached for a digest the feed named; whether anything was.
+    pub fn invalidate(&mut self, digest: &Digest) -> bool {
+        match self.by_digest.get(digest).copied() {
+            Some(tag) => self.remove_tag(tag),
+            None => false,
+        }
+    }
+
+    /// The fresh answer for an origin: the CORS entries that list it or `"*"`.
+    pub fn origin(&self, origin: &[u8], now_ms: i64) -> Option<&[Entry]> {
+        let slot = self.origins.get(origin)?;
+        (now_ms < slot.expires).then_some(slot.entries.as_slice())
+    }
+
+    pub fn insert_origin(&mut self, origin: &[u8], entries: Vec<Entry>, now_ms: i64) -> u32 {
+        let ttl =
+            if entries.is_empty() { self.settings.negative_ttl_ms } else { self.settings.ttl_ms };
+        let slot = OriginSlot { entries, expires: now_ms.saturating_add(ttl) };
+        if self.origins.insert(origin.into(), slot).is_none() {
+            self.origin_order.push_back(origin.into());
+        }
+        let mut evicted = 0;
+        while self.origins.len() > MAX_ORIGINS {
+            match self.origin_order.pop_front() {
+                Some(oldest) => evicted += u32::from(self.origins.remove(&oldest).is_some()),
+                None => break,
+            }
+        }
+        evicted
+    }
+
+    /// Drops an origin's answer (`None`: every origin's, for a `"*"` key).
+    pub fn invalidate_origin(&mut self, origin: Option<&[u8]>) -> bool {
+        match origin {
+            Some(o) => self.origins.remove(o).is_some(),
+            None => {
+                let any = !self.origins.is_empty();
+                self.origins.clear();
+                self.origin_order.clear();
+                any
+            }
+        }
+    }
+
+    /// Forgets everything (the feed's `reset`).
+    pub fn clear(&mut self) {
+        self.slots.clear();
+        self.by_digest.clear();
+        self.positive_order.clear();
+        self.negative_order.clear();
+        self.positive = 0;
+        self.negative = 0;
+        self.origins.clear();
+        self.origin_order.clear();
+    }
+
+    /// Keys and origins held.
+    pub fn len(&self) -> usize {
+        self.slots.len() + self.origins.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn remove_tag(&mut self, tag: u128) -> bool {
+        let Some(slot) = self.slots.remove(&tag) else { return false };
+        if self.by_digest.get(&slot.digest) == Some(&tag) {
+            self.by_digest.remove(&slot.digest);
+        }
+        if slot.entry.is_some() {
+            self.positive -= 1;
+        } else {
+            self.negative -= 1;
+        }
+        true
+    }
+
+    /// Evicts the oldest slots of one kind until it fits its bound.
+    fn evict(&mut self, positive: bool) -> u32 {
+        let bound =
+            if positive { self.settings.max_entries } else { self.settings.max_negative } as usize;
+        let mut evicted = 0;
+        loop {
+            let count = if positive { self.positive } else { self.negative };
+            if count <= bound {
+                return evicted;
+            }
+            let order = if positive { &mut self.positive_order } else { &mut self.negative_order };
+            let Some((tag, generation)) = order.pop_front() else { return evicted };
+            if self.slots.get(&tag).is_some_and(|s| s.generation == generation) {
+                self.remove_tag(tag);
+                evicted += 1;
+            }
+        }
+    }
+
+    /// Order queues keep records of removed slots until they reach the front; when they
+    /// outgrow what they track, stale records are dropped so memory stays bounded.
+    fn compact(&mut self) {
+        let slots = &self.slots;
+        for (order, live) in
+            [(&mut self.positive_order, self.positive), (&mut self.negative_order, self.negative)]
+        {
+            if order.len() > 2 * live + 64 {
+                order.retain(|(tag, generation)| {
+                    slots.get(tag).is_some_and(|s| s.generation == *generation)
+                });
+            }
+        }
+    }
+}
+
+/// Tags and digests are uniformly random: their first eight bytes are the hash.
+#[derive(Default)]
+struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &byte in bytes.iter().take(8) {
+            self.0 = (self.0 << 8) | u64::from(byte);
+        }
+    }
+
+    fn write_u128(&mut self, n: u128) {
+        self.0 = n as u64;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::core::keytable::sha256;
+    use crate::core::parse;
+
+    fn settings(max_entries: u32, max_negative: u32) -> CacheSettings {
+        CacheSettings {
+            max_entries,
+            max_negative,
+            ttl_ms: 1000,
+            negative_ttl_ms: 100,
+            stale_if_error_ms: 500,
+        }
+    }
+
+    fn cache(max_entries: u32, max_negative: u32) -> RemoteCache {
+        match RemoteCache::new(settings(max_entries, max_negative)) {
+            Some(c) => c,
+            None => unreachable!("no random source"),
+        }
+    }
+
+    fn entry(id: &str) -> Entry {
+        match parse::entry(format!(r#"{{"id": "{id}"}}"#).as_bytes(), "key") {
+            Ok(e) => e,
+            Err(e) => unreachable!("{e}"),
+        }
+    }
+
+    fn id(c: &Cached) -> Option<String> {
+        match c {
+            Cached::Fresh(e) => Some(e.key.id.to_string()),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn answers_are_fresh_for_their_ttl_then_stale_for_errors_only() {
+        let mut c = cache(10, 10);
+        let tag = c.tag(b"k1");
+        assert!(matches!(c.get(tag, 0), Cached::Miss));
+        c.insert(tag, sha256(b"k1"), Some(entry("one")), 0);
+        assert_eq!(id(&c.get(tag, 999)).as_deref(), Some("one"));
+        assert!(matches!(c.get(tag, 1000), Cached::Miss), "expired");
+        assert!(c.stale(tag, 1499).is_some());
+        assert!(c.stale(tag, 1500).is_none(), "past stale_if_error");
+        let neg = c.tag(b"k2");
+        c.insert(neg, sha256(b"k2"), None, 0);
+        assert!(matches!(c.get(neg, 99), Cached::Absent));
+        assert!(matches!(c.get(neg, 100), Cached::Miss));
+        assert!(c.stale(neg, 100).is_none(), "a 404 never serves stale");
+    }
+
+    #[test]
+    fn the_feed_drops_positive_and_negative_answers_and_nothing_stale_survives() {
+        let mut c = cache(10, 10);
+        let (a, b) = (c.tag(b"a"), c.tag(b"b"));
+        c.insert(a, sha256(b"a"), Some(entry("a")), 0);
+        c.insert(b, sha256(b"b"), None, 0);
+        assert!(c.invalidate(&sha256(b"a")));
+        assert!(c.invalidate(&sha256(b"b")));
+        assert!(!c.invalidate(&sha256(b"b")));
+        assert!(matches!(c.get(a, 1), Cached::Miss) && matches!(c.get(b, 1), Cached::Miss));
+        assert!(c.stale(a, 1).is_none(), "an invalidated key never serves stale");
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn unknown_keys_never_evict_known_ones() {
+        let mut c = cache(4, 8);
+        let tags: Vec<u128> = (0..4).map(|i| c.tag(format!("good{i}").as_bytes())).collect();
+        for (i, t) in tags.iter().enumerate() {
+            c.insert(*t, sha256(format!("good{i}").as_bytes()), Some(entry("g")), 0);
+        }
+        let mut evicted = 0;
+        for i in 0..10_000 {
+            let k = format!("random{i}");
+            evicted += c.insert(c.tag(k.as_bytes()), sha256(k.as_bytes()), None, 0);
+        }
+        assert_eq!(evicted, 10_000 - 8);
+        assert!(tags.iter().all(|t| matches!(c.get(*t, 1), Cached::Fresh(_))));
+        assert_eq!(c.len(), 12);
+        assert!(c.negative_order.len() <= 2 * 8 + 64, "order queue bounded");
+    }
+
+    #[test]
+    fn positive_answers_are_bounded_oldest_first() {
+        let mut c = cache(3, 3);
+        let tags: Vec<u128> = (0..5).map(|i| c.tag(&[i])).collect();
+        let mut evicted = 0;
+        for (i, t) in tags.iter().enumerate() {
+            evicted += c.insert(*t, sha256(&[i as u8]), Some(entry("e")), 0);
+        }
+        assert_eq!(evicted, 2);
+        assert!(
+            matches!(c.get(tags[0], 1), Cached::Miss) && matches!(c.get(tags[1], 1), Cached::Miss)
+        );
+        assert!(matches!(c.get(tags[4], 1), Cached::Fresh(_)));
+        // Answering the same key again replaces its slot instead of adding one.
+        c.insert(tags[4], sha256(&[4]), None, 0);
+        assert_eq!(c.len(), 3);
+        assert!(matches!(c.get(tags[4], 1), Cached::Absent));
+    }
+
+    #[test]
+    fn origins_expire_are_dropped_by_the_feed_and_bounded() {
+        let mut c = cache(3, 3);
+        c.insert_origin(b"https://a.example", vec![], 0);
+        assert_eq!(c.origin(b"https://a.example", 99).map(<[Entry]>::len), Some(0));
+        assert!(
+            c.origin(b"https://a.example", 100).is_none(),
+            "empty answers live the negative TTL"
+        );
+        c.insert_origin(b"https://b.example", vec![entry("b")], 0);
+        assert!(c.invalidate_origin(Some(b"https://b.example")));
+        assert!(c.origin(b"https://b.example", 1).is_none());
+        for i in 0..MAX_ORIGINS + 5 {
+            c.insert_origin(format!("https://{i}.example").as_bytes(), vec![], 0);
+        }
+        assert!(c.origins.len() <= MAX_ORIGINS);
+        assert!(c.invalidate_origin(None));
+        assert!(c.origins.is_empty());
+    }
+
+    #[test]
+    fn tags_differ_between_caches_and_keys() {
+        let (c1, c2) = (cache(1, 1), cache(1, 1));
+        assert_ne!(c1.tag(b"k"), c2.tag(b"k"));
+        assert_ne!(c1.tag(b"k"), c1.tag(b"k "));
+        assert_eq!(c1.tag(b"k"), c1.tag(b"k"));
+    }
+}
