@@ -4,9 +4,10 @@
 //! trip into the VM. So keygate exports only what it uses: no body, trailer, log, done or
 //! delete callbacks, and its own small dispatch instead of the SDK's, which exports all of
 //! them and keeps its contexts in SipHash maps of boxed trait objects. Per request the
-//! host calls three of them: context create, request headers, response headers.
+//! host calls three of them: context create, request headers, response headers (and the
+//! body callback for requests with a body, which only a paused lookup ever stops).
 
-use crate::filter::handlers;
+use crate::filter::{handlers, remote};
 
 /// Marks the ABI version; the host reads it from the export's name.
 #[no_mangle]
@@ -56,6 +57,30 @@ pub extern "C" fn proxy_on_request_headers(stream: u32, _headers: usize, _end: u
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(stream: u32, _headers: usize, _end: u32) -> u32 {
     handlers::response_headers(stream) as u32
+}
+
+/// A request with a body or trailers while its key is being looked up must not move on:
+/// the host would take the body's "continue" as leave to forward the headers too.
+#[no_mangle]
+pub extern "C" fn proxy_on_request_body(stream: u32, _size: usize, _end: u32) -> u32 {
+    handlers::request_body(stream)
+}
+
+#[no_mangle]
+pub extern "C" fn proxy_on_request_trailers(stream: u32, _trailers: usize) -> u32 {
+    handlers::request_trailers(stream)
+}
+
+/// The key service's answer to a lookup or a feed poll.
+#[no_mangle]
+pub extern "C" fn proxy_on_http_call_response(
+    root: u32,
+    token: u32,
+    _headers: usize,
+    body_size: usize,
+    _trailers: usize,
+) {
+    remote::call_response(root, token, body_size);
 }
 
 /// Only root contexts tick (every `COUNTER_FLUSH_MS`): liveness and the counter flush.

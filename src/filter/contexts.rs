@@ -68,11 +68,16 @@ impl<P, A> Contexts<P, A> {
     /// The configuration serving `stream`'s request headers: its root's, when `stream` is
     /// the context created last. `None` means refuse the request.
     pub fn config_for(&self, stream: u32) -> Option<Rc<P>> {
+        self.serving(stream).map(|(_, config)| config)
+    }
+
+    /// Like `config_for`, with the root context's id.
+    pub fn serving(&self, stream: u32) -> Option<(u32, Rc<P>)> {
         let (newest, root) = self.newest?;
         if newest != stream {
             return None;
         }
-        self.roots.get(&root)?.config.clone()
+        Some((root, self.roots.get(&root)?.config.clone()?))
     }
 
     /// Remembers what `stream`'s response needs, until `response` takes it.

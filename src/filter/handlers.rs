@@ -2,11 +2,13 @@
 //! `Policy::decide`; this file only reads the request and carries out the verdict.
 
 use crate::core::config::Mode;
+use crate::core::decide::{Decision, Header, Remote, Request};
 use crate::core::policy::Policy;
-use crate::core::verdict::{Outcome, Reply, Verdict};
+use crate::core::verdict::{Outcome, RemoteUse, Reply, Verdict};
 use crate::filter::contexts::Contexts;
 use crate::filter::headers::{self, WOULD_DENY_HEADER};
 use crate::filter::host::{self, Map};
+use crate::filter::remote;
 use log::{debug, error, info, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -94,9 +96,10 @@ pub fn tick(root: u32) {
     else {
         return;
     };
-    for id in gone {
+    for id in &gone {
         debug!("root context {id} stopped ticking: its configuration is released");
     }
+    remote::tick(root, &gone);
     let m = metrics();
     for (i, [done, reported]) in pending.into_iter().enumerate() {
         for (n, ids) in [(done, &m.done), (reported, &m.reported)] {
@@ -134,6 +137,10 @@ pub fn configure(root: u32, size: usize) -> bool {
                 took,
                 compiled.policy.mode
             );
+            if !remote::configured(root, compiled.policy.remote.as_ref()) {
+                error!("key_service: no OS random source for the lookup cache's secret");
+                return false;
+            }
             let policy = Rc::new(compiled.policy);
             with_vm(|vm| vm.contexts.configured(root, policy)).is_some()
         }
@@ -154,7 +161,7 @@ enum ResponseCors {
 }
 
 pub fn request_headers(stream: u32) -> Action {
-    let Some(policy) = with_vm(|vm| vm.contexts.config_for(stream)).flatten() else {
+    let Some((root, policy)) = with_vm(|vm| vm.contexts.serving(stream)).flatten() else {
         // Unreachable with Envoy (a stream's context is created right before its request
         // headers, under a configured root); fail closed.
         error!("no configuration for stream {stream}: refused");
@@ -163,11 +170,74 @@ pub fn request_headers(stream: u32) -> Action {
         host::send_response(401, denial_headers(denied), body.as_bytes());
         return Action::Pause;
     };
+    serve(stream, root, policy, Pass::FIRST)
+}
+
+/// Which time a stream's request headers are decided.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// After the key service answered what the stream waited for, outside its headers
+    /// callback: continuing is then a host call.
+    pub resumed: bool,
+    /// The lookup failed (or could not start): decide from stale answers, or 503.
+    pub failed: bool,
+}
+
+impl Pass {
+    pub const FIRST: Pass = Pass { resumed: false, failed: false };
+}
+
+/// Decides the stream's request and carries out the verdict, or starts the lookup it
+/// needs and pauses it. On a resumed stream, "continue" is a host call.
+pub fn serve(stream: u32, root: u32, policy: Rc<Policy>, pass: Pass) -> Action {
     let map = host::request_header_map().unwrap_or_default();
     let scan = headers::scan(&map, &policy.forward);
     let req = &scan.request;
     let now = if policy.needs_clock { host::now_ms().unwrap_or(i64::MAX) } else { 0 };
-    let verdict = policy.decide(req, now);
+    let failed = pass.failed;
+    let decided = remote::with_cache(root, policy.remote.is_some(), |cache| {
+        let view = cache.map(|cache| Remote { cache, failed });
+        match policy.decide_with(req, now, view) {
+            Decision::Done(verdict) => {
+                let used = if pass.resumed { RemoteUse::None } else { verdict.remote };
+                Ok((carry_out(&policy, &scan, &verdict, stream), used))
+            }
+            Decision::Ask(ask) => Err(ask),
+        }
+    });
+    let action = match decided {
+        Some(Ok((action, used))) => {
+            // Counted here: the cache is no longer borrowed.
+            remote::count_use(used);
+            action
+        }
+        Some(Err(ask)) => {
+            let origin = req.origin.value().unwrap_or_default();
+            return remote::ask(stream, root, policy, ask, origin, pass);
+        }
+        // The policy has a key service but this root holds no cache: fail closed.
+        None => deny(&policy, Outcome::Unavailable, req.origin.value()),
+    };
+    if let (Action::Continue, true) = (action, pass.resumed) {
+        host::continue_request();
+    }
+    action
+}
+
+/// What to do while a stream waits for a lookup: hold its body and trailers.
+pub fn request_body(stream: u32) -> u32 {
+    // FilterDataStatus::StopIterationAndBuffer, or Continue.
+    u32::from(remote::is_waiting(stream))
+}
+
+pub fn request_trailers(stream: u32) -> u32 {
+    // FilterTrailersStatus::StopIteration, or Continue.
+    u32::from(remote::is_waiting(stream))
+}
+
+/// Carries out a verdict: a local reply, or the request forwarded with its identity.
+fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, stream: u32) -> Action {
+    let req = &scan.request;
     let origin = req.origin.value();
     // Preflights are answered in both modes: they carry no key and change nothing.
     let enforce = policy.mode == Mode::Enforce || req.is_preflight();
@@ -191,7 +261,7 @@ pub fn request_headers(stream: u32) -> Action {
                 ),
                 Some(_) => {
                     let mut cors = Vec::with_capacity(4);
-                    cors_reply_headers(&policy, &verdict, origin, &mut cors);
+                    cors_reply_headers(policy, verdict, origin, &mut cors);
                     let map = denial_map(denial, &cors);
                     host::send_response(denial.status, &map, denial.body.as_bytes())
                 }
@@ -200,21 +270,35 @@ pub fn request_headers(stream: u32) -> Action {
         }
     } else if verdict.outcome == Outcome::PreflightAllowed {
         preflight_reply(
-            &policy,
+            policy,
             origin.unwrap_or_default(),
             req.access_control_request_method.value(),
         );
         return Action::Pause;
     }
 
-    forward(&policy, &scan, &verdict);
+    forward(policy, scan, verdict);
     let response = match origin {
         None => return Action::Continue,
         Some(o) if verdict.allow_origin => ResponseCors::Allow(o.to_vec()),
         Some(_) => ResponseCors::Vary,
     };
+    let policy = Rc::clone(policy);
     with_vm(|vm| vm.contexts.await_response(stream, Awaiting { policy, response }));
     Action::Continue
+}
+
+/// Sends `outcome`'s reply without a verdict (no key, origin not readable).
+fn deny(policy: &Rc<Policy>, outcome: Outcome, origin: Option<&[u8]>) -> Action {
+    let verdict = Verdict { outcome, key: None, allow_origin: false, remote: Default::default() };
+    let scan = headers::Scan {
+        request: Request {
+            origin: origin.map_or(Header::Absent, Header::One),
+            ..Request::default()
+        },
+        ..Default::default()
+    };
+    carry_out(policy, &scan, &verdict, 0)
 }
 
 pub fn response_headers(stream: u32) -> Action {
@@ -334,12 +418,16 @@ fn preflight_reply(policy: &Policy, origin: &[u8], method: Option<&[u8]>) {
     host::send_response(204, &map, b"");
 }
 
-/// The serialized headers of a denial: `content-type`, `www-authenticate` on 401s, then `cors`.
+/// The serialized headers of a denial: `content-type`, `www-authenticate` on 401s,
+/// `retry-after` on 503s, then `cors`.
 fn denial_map(denial: Reply, cors: &[(&[u8], &[u8])]) -> Vec<u8> {
     let mut h: Vec<(&[u8], &[u8])> = Vec::with_capacity(cors.len() + 2);
     h.push((b"content-type", b"application/json"));
     if let Some(www) = denial.www_authenticate {
         h.push((b"www-authenticate", www.as_bytes()));
+    }
+    if let Some(after) = denial.retry_after {
+        h.push((b"retry-after", after.as_bytes()));
     }
     h.extend_from_slice(cors);
     headers::serialize(&h)

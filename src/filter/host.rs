@@ -8,8 +8,12 @@ use std::ptr::{null, null_mut};
 
 const REQUEST_HEADERS: u32 = 0;
 const RESPONSE_HEADERS: u32 = 2;
+const HTTP_CALL_RESPONSE_HEADERS: u32 = 6;
+const HTTP_CALL_RESPONSE_BODY: u32 = 4;
 const PLUGIN_CONFIGURATION: u32 = 7;
 const COUNTER: u32 = 0;
+const GAUGE: u32 = 1;
+const HTTP_REQUEST_STREAM: u32 = 0;
 const OK: u32 = 0;
 
 #[link(wasm_import_module = "env")]
@@ -61,6 +65,21 @@ extern "C" {
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
+    #[allow(clippy::too_many_arguments)]
+    fn proxy_http_call(
+        upstream: *const u8,
+        upstream_size: usize,
+        headers: *const u8,
+        headers_size: usize,
+        body: *const u8,
+        body_size: usize,
+        trailers: *const u8,
+        trailers_size: usize,
+        timeout_ms: u32,
+        token: *mut u32,
+    ) -> u32;
+    fn proxy_set_effective_context(context: u32) -> u32;
+    fn proxy_continue_stream(stream_type: u32) -> u32;
     fn proxy_set_property(
         path: *const u8,
         path_size: usize,
@@ -225,6 +244,72 @@ pub fn set_tick_period(ms: u32) {
 pub fn set_property(path: &[u8], value: &[u8]) -> bool {
     // SAFETY: as above.
     unsafe { proxy_set_property(path.as_ptr(), path.len(), value.as_ptr(), value.len()) == OK }
+}
+
+/// Sends an HTTP request to `cluster` (headers serialized, see `headers::serialize`) and
+/// returns its token; the answer comes to `proxy_on_http_call_response` on the root
+/// context. `None` when the host refuses at once (unknown cluster, missing pseudo-header).
+pub fn http_call(cluster: &str, headers: &[u8], timeout_ms: u32) -> Option<u32> {
+    let mut token = 0;
+    // SAFETY: pointers and lengths describe live slices; the host writes one u32.
+    let s = unsafe {
+        proxy_http_call(
+            cluster.as_ptr(),
+            cluster.len(),
+            headers.as_ptr(),
+            headers.len(),
+            null(),
+            0,
+            null(),
+            0,
+            timeout_ms,
+            &mut token,
+        )
+    };
+    (s == OK).then_some(token)
+}
+
+/// The headers of the HTTP call answer being delivered, serialized.
+pub fn http_call_response_headers() -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: out-pointers to locals; the buffer is taken over by `owned`.
+    let status =
+        unsafe { proxy_get_header_map_pairs(HTTP_CALL_RESPONSE_HEADERS, &mut data, &mut len) };
+    owned(status, data, len)
+}
+
+/// The body of the HTTP call answer being delivered (`size` bytes, as announced).
+pub fn http_call_response_body(size: usize) -> Option<Vec<u8>> {
+    let (mut data, mut len) = (null_mut(), 0);
+    // SAFETY: as above.
+    let status =
+        unsafe { proxy_get_buffer_bytes(HTTP_CALL_RESPONSE_BODY, 0, size, &mut data, &mut len) };
+    owned(status, data, len)
+}
+
+/// Makes `context` the one later host calls act on; false when it is gone.
+pub fn set_effective_context(context: u32) -> bool {
+    // SAFETY: a plain value.
+    unsafe { proxy_set_effective_context(context) == OK }
+}
+
+/// Resumes the effective stream's request, paused in its request headers.
+pub fn continue_request() -> bool {
+    // SAFETY: a plain value.
+    unsafe { proxy_continue_stream(HTTP_REQUEST_STREAM) == OK }
+}
+
+pub fn define_gauge(name: &str) -> Option<u32> {
+    let mut id = 0;
+    // SAFETY: as above; the host writes one u32.
+    let s = unsafe { proxy_define_metric(GAUGE, name.as_ptr(), name.len(), &mut id) };
+    (s == OK).then_some(id)
+}
+
+/// Adds `by` (possibly negative) to a counter or gauge.
+pub fn add(id: u32, by: i64) {
+    // SAFETY: plain values.
+    unsafe { proxy_increment_metric(id, by) };
 }
 
 /// Routes the `log` crate to the host; messages are formatted only when enabled.

@@ -3,6 +3,7 @@
 //! - `abi`: the callbacks keygate exports to the host, each forwarding to `handlers`;
 //! - `handlers`: what each callback does: read the request, ask the core, act on the verdict;
 //! - `host`: every host call keygate makes, as small wrappers that never panic;
+//! - `remote`: the key service: lookups in flight, paused streams, the change feed;
 //! - `headers`: the request header map read in place; `contexts`: which configuration serves
 //!   which stream. Both are pure and tested natively.
 //!
@@ -18,3 +19,5 @@ mod abi;
 mod handlers;
 #[cfg(target_arch = "wasm32")]
 mod host;
+#[cfg(target_arch = "wasm32")]
+mod remote;
