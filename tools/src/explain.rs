@@ -3,8 +3,10 @@
 use crate::source;
 use clap::Args;
 use keygate::core::config::Mode;
-use keygate::core::decide::Request;
+use keygate::core::decide::{Ask, Decision, Remote, Request};
 use keygate::core::policy::Policy;
+use keygate::core::remote::cache::RemoteCache;
+use keygate::core::remote::protocol;
 use keygate::core::timestamp::parse_rfc3339;
 use keygate::core::verdict::Outcome;
 use std::io::Read as _;
@@ -76,7 +78,26 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
         req.access_control_request_method.push(m.as_bytes());
     }
 
-    let verdict = policy.decide(&req, now);
+    // With a key service, an empty cache shows where the filter would ask instead.
+    let cache = policy.remote.as_ref().and_then(|s| RemoteCache::new(s.cache));
+    let remote = cache.as_ref().map(|cache| Remote { cache, failed: false });
+    let verdict = match policy.decide_with(&req, now, remote) {
+        Decision::Done(verdict) => verdict,
+        Decision::Ask(ask) => {
+            let service = policy.remote.as_ref().map_or("", |s| &s.path_prefix);
+            let what = match ask {
+                Ask::Key { digest, .. } => protocol::key_path(service, &digest),
+                Ask::Origin => protocol::origin_path(
+                    service,
+                    args.origin.as_deref().unwrap_or_default().as_bytes(),
+                ),
+            };
+            println!("outcome: remote lookup");
+            println!("asks: GET {what}");
+            println!("then: decided like a static key with the key service's answer; 503 if it cannot be had");
+            return Ok(ExitCode::SUCCESS);
+        }
+    };
     let enforce = policy.mode == Mode::Enforce || req.is_preflight();
     println!("outcome: {}", verdict.outcome.name());
     println!("key_id: {}", verdict.key.map_or("-", |k| &k.id));
@@ -88,6 +109,9 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
             headers.push(("content-type".into(), "application/json".into()));
             if let Some(www) = reply.www_authenticate {
                 headers.push(("www-authenticate".into(), www.into()));
+            }
+            if let Some(after) = reply.retry_after {
+                headers.push(("retry-after".into(), after.into()));
             }
         }
         _ if verdict.outcome == Outcome::PreflightAllowed => {

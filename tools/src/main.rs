@@ -69,8 +69,11 @@ fn check(file: &std::path::Path) -> Result<ExitCode, String> {
                     keygate::core::config::Mode::Enforce => "enforce",
                     keygate::core::config::Mode::Report => "report",
                 };
+                let remote = p.remote.as_ref().map_or(String::new(), |s| {
+                    format!(", other keys from the key service (cluster {})", s.cluster)
+                });
                 println!(
-                    "{}: {}valid: {} keys ({cors} CORS-enabled), mode {mode}",
+                    "{}: {}valid: {} keys ({cors} CORS-enabled), mode {mode}{remote}",
                     file.display(),
                     config.place,
                     p.keys.len()

@@ -201,3 +201,47 @@ fn every_subcommand_has_help() {
         assert!(out.status.success() && text(&out.stdout).contains("Usage: keygate"), "{args:?}");
     }
 }
+
+#[test]
+fn check_and_explain_understand_the_key_service() {
+    let config = temp_file(
+        "remote.json",
+        r#"{"keys": [{"id": "s", "sha256": "283cc151aa8b13657699adb7a022aff88dd1bff6587e37f520b03dc9f5617727"}],
+            "key_service": {"cluster": "keygate-keys", "path_prefix": "/kg"}}"#,
+    );
+    let path = config.to_string_lossy().into_owned();
+    let out = keygate(&["check", &path], b"");
+    assert!(out.status.success());
+    assert!(text(&out.stdout).ends_with(
+        ": valid: 1 keys (0 CORS-enabled), mode enforce, other keys from the key service (cluster keygate-keys)\n"
+    ));
+    let out = keygate(
+        &["explain", &path, "--method", "GET", "--path", "/x", "--header-stdin"],
+        b"Bearer not-in-the-table\n",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "outcome: remote lookup\n\
+         asks: GET /kg/keys/06ef2e7b4ee9dee1a4a1a2e4cf6e8ecd0a3b6eaee08d0de7be57a0d7b1c2a1c0\n\
+         then: decided like a static key with the key service's answer; 503 if it cannot be had\n"
+            .replace(
+                "06ef2e7b4ee9dee1a4a1a2e4cf6e8ecd0a3b6eaee08d0de7be57a0d7b1c2a1c0",
+                &sha_hex("not-in-the-table")
+            )
+    );
+    assert!(!text(&out.stdout).contains("not-in-the-table"));
+    let bad = temp_file(
+        "remote-bad.json",
+        r#"{"keys": [], "key_service": {"cluster": "k", "path_prefix": "/a/../b"}}"#,
+    );
+    let out = keygate(&["check", &bad.to_string_lossy()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(": key_service.path_prefix: expected a path such as /v1/filter")
+    );
+}
+
+fn sha_hex(key: &str) -> String {
+    let out = keygate(&["key", "hash"], format!("{key}\n").as_bytes());
+    text(&out.stdout).trim().to_string()
+}
