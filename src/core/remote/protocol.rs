@@ -189,12 +189,22 @@ pub fn parse_changes(body: &[u8]) -> Result<Changes, ProtocolError> {
 }
 
 fn json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtocolError> {
-    // Messages name the field and the kind of value, never the value (it could be a key).
-    serde_json::from_slice(body).map_err(|e| {
-        let line = e.to_string();
-        let kept = if e.is_data() { line.split(": ").next().unwrap_or("invalid") } else { &line };
-        error(format!("answer does not fit the protocol: {kept}"))
-    })
+    // Read through the same tracking deserializer as the plugin configuration, so the entry
+    // schema is compiled into the module once. Messages name the JSON path and the kind of
+    // value, never the value (it could be a key).
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let mut track = serde_path_to_error::Track::new();
+    let value = T::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
+        .map_err(|e| {
+            let kept = if e.is_data() {
+                e.to_string().split(": ").next().unwrap_or("invalid").to_string()
+            } else {
+                e.to_string()
+            };
+            error(format!("answer does not fit the protocol at {}: {kept}", track.path()))
+        })?;
+    de.end().map_err(|e| error(format!("answer does not fit the protocol: {e}")))?;
+    Ok(value)
 }
 
 pub fn parse_hex(hex: &str) -> Option<Digest> {
