@@ -114,6 +114,22 @@ def keygate_variant(name, n, cors=False, wasm=KEYGATE, runtime="envoy.wasm.runti
     return Variant(name, [f])
 
 
+def keygate_remote_variant(n: int) -> tuple[Variant, object]:
+    """keygate with an empty static table and a key service (tests/integration/keyserver.py,
+    in this process) holding the `n` bench keys: after warm-up every valid key is a cache hit.
+    The feed is polled every 10 minutes and answers live a day, so counted requests see
+    neither a poll nor a refetch: the row prices a cached remote key, nothing else."""
+    from keyserver import KeyServer
+
+    server = KeyServer(authority="keygate-keys").start()
+    for i, k in enumerate(bench_keys(n)):
+        server.add(k, {"id": f"k{i}"}, feed=False)
+    config = {"keys": [], "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 600_000,
+                                          "cache": {"ttl_seconds": 86_400}}}
+    v = Variant("keygate_remote", [http_filter_wasm(config)], extra_clusters=[static_cluster("keygate-keys", server.port)])
+    return v, server
+
+
 def ext_authz_variant(n) -> Variant:
     auth_port = free_port()
     authz = {"name": "envoy.filters.http.ext_authz", "typed_config": {
@@ -388,7 +404,9 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
         plan.append((wasm.stem, Variant(wasm.stem, [http_filter_wasm("", wasm=wasm)]), ["valid"], 10))
     for wasm in extra_wasm:  # other keygate builds, e.g. to price one change
         plan.append((f"keygate {wasm.stem}", keygate_variant(wasm.stem, 10, wasm=wasm), ["valid", "unknown"], 10))
+    remote, key_server = keygate_remote_variant(10)
     plan += [("keygate 10 keys", keygate_variant("keygate", 10), ["valid", "unknown"], 10),
+             ("keygate remote cached", remote, ["valid"], 10),
              ("keygate", keygate_variant("keygate", 100_000), ["valid", "unknown", "malformed", "preflight"], 100_000),
              ("keygate_cors", keygate_variant("keygate_cors", 100_000, cors=True), ["cors", "preflight"], 100_000)]
     results: dict[tuple[str, str], float] = {}
@@ -415,6 +433,7 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
                 print(f"  {name:<26} {mix:<9} {total / count:>10,.0f} instructions/request", flush=True)
         finally:
             v.stop()
+    key_server.kill()
     base = results[("no_auth", "valid")]
     floor, native = results.get(("sdk_floor", "valid"), float("nan")), results.get(("native", "valid"), float("nan"))
     lines = [f"# keygate instructions per request {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",

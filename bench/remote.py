@@ -1,0 +1,189 @@
+"""The remote key source, measured (issues 12 and 15): what a cache miss adds, how fast a
+revocation reaches every worker, and what the cache costs in memory. Loopback only.
+
+    .venv/bin/python bench/remote.py --miss 2000          # added latency of a miss, p50/p99
+    .venv/bin/python bench/remote.py --revocations 200    # revocation latency on both workers
+    .venv/bin/python bench/remote.py --memory 100000      # VM memory and bytes per cached key
+
+The key service is tests/integration/keyserver.py, in this process, so the figures price the
+filter and Envoy, not a database. Results are printed and written to
+bench/results/<date>-remote.md.
+Latencies are wall-clock on a shared 2-core machine: read them as orders of magnitude.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import sys
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "tests" / "integration"))
+from harness import Envoy  # noqa: E402
+from keyserver import KeyServer  # noqa: E402
+
+
+class BalancedEnvoy(Envoy):
+    """Envoy whose listener spreads connections evenly over the workers (exact_balance), so
+    that N keep-alive connections opened in a row land one per worker."""
+
+    def render(self) -> dict:
+        cfg = super().render()
+        cfg["static_resources"]["listeners"][0]["connection_balance_config"] = {"exact_balance": {}}
+        return cfg
+
+
+def key_service(poll_ms: int, ttl: int = 3600, max_entries: int = 100_000) -> dict:
+    return {"keys": [], "key_service": {"cluster": "keygate-keys", "changes_poll_ms": poll_ms, "timeout_ms": 1000,
+                                        "cache": {"ttl_seconds": ttl, "max_entries": max_entries}}}
+
+
+def request(conn: http.client.HTTPConnection, key: str) -> tuple[int, float]:
+    start = time.perf_counter()
+    conn.request("GET", "/bench", headers={"Authorization": f"Bearer {key}"})
+    r = conn.getresponse()
+    r.read()
+    return r.status, time.perf_counter() - start
+
+
+def pct(values: list[float], p: float) -> float:
+    values = sorted(values)
+    return values[min(len(values) - 1, int(round(p / 100 * (len(values) - 1))))]
+
+
+def miss(n: int) -> list[str]:
+    """Each of `n` new keys once (a miss: one lookup), each followed by the same key again (a
+    hit); the added latency is the difference within each pair."""
+    server = KeyServer(authority="keygate-keys").start()
+    keys = [f"bench-miss-{i:06d}" for i in range(n)]
+    for i, k in enumerate(keys):
+        server.add(k, {"id": f"m{i}"}, feed=False)
+    e = Envoy(plugin_config=key_service(600_000), clusters={"keygate-keys": server.port}).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=10)
+        request(conn, keys[0])  # connection and VM warm
+        added, misses, hits = [], [], []
+        for k in keys[1:]:
+            s1, t_miss = request(conn, k)
+            s2, t_hit = request(conn, k)
+            assert (s1, s2) == (200, 200), (s1, s2)
+            misses.append(t_miss * 1e3)
+            hits.append(t_hit * 1e3)
+            added.append((t_miss - t_hit) * 1e3)
+        lookups = server.count("keys")
+    finally:
+        e.stop()
+        server.kill()
+    return [f"## A cache miss, {n - 1} keys (one worker, fake key service in the benchmark process)", "",
+            "| | p50 ms | p99 ms |", "|---|---:|---:|",
+            f"| miss (lookup + decision) | {pct(misses, 50):.3f} | {pct(misses, 99):.3f} |",
+            f"| hit (same key again) | {pct(hits, 50):.3f} | {pct(hits, 99):.3f} |",
+            f"| added by the miss | {pct(added, 50):.3f} | {pct(added, 99):.3f} |", "",
+            f"Lookups the service saw: {lookups} for {n} keys (one per key per VM).", ""]
+
+
+def revocations(count: int, poll_ms: int = 1000) -> list[str]:
+    """Envoy with two workers; for each revocation, a key cached on both workers is removed
+    and both keep-alive connections (one per worker) poll until they get 401."""
+    server = KeyServer(authority="keygate-keys").start()
+    e = BalancedEnvoy(plugin_config=key_service(poll_ms), clusters={"keygate-keys": server.port}, concurrency=2).start()
+    latencies, worst_worker = [], []
+    try:
+        conns = [http.client.HTTPConnection("127.0.0.1", e.port, timeout=10) for _ in range(2)]
+        for c in conns:
+            c.connect()
+        for i in range(count):
+            key = f"bench-revoke-{i:05d}"
+            server.add(key, {"id": f"r{i}"})
+            deadline = time.monotonic() + 10
+            # Cached on both workers: both connections see 200 (a feed listing the creation
+            # may drop the first answer; ask until both are cached and stay so).
+            while not all(request(c, key)[0] == 200 for c in conns) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            time.sleep(poll_ms / 1000 * (i % 10) / 10)  # spread revocations over the poll phase
+            server.remove(key)
+            t0 = time.perf_counter()
+            seen = [None, None]
+            while None in seen and time.perf_counter() - t0 < 10:
+                for w, c in enumerate(conns):
+                    if seen[w] is None and request(c, key)[0] == 401:
+                        seen[w] = time.perf_counter() - t0
+                time.sleep(0.005)
+            if None in seen:
+                raise RuntimeError(f"revocation {i} not seen within 10 s: {seen}")
+            latencies.append(max(seen) * 1e3)
+            worst_worker.append(seen)
+    finally:
+        e.stop()
+        server.kill()
+    return [f"## Revocation on every worker: {count} revocations, Envoy --concurrency 2, changes_poll_ms {poll_ms}", "",
+            "Time from the service's change to a 401 on both workers' connections (the later of the two).", "",
+            "| p50 ms | p99 ms | max ms | goal |", "|---:|---:|---:|---|",
+            f"| {pct(latencies, 50):.0f} | {pct(latencies, 99):.0f} | {max(latencies):.0f} | p99 under 2000 |", ""]
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def memory(n: int) -> list[str]:
+    """One worker; Envoy's RSS before and after `n` distinct keys are cached. The growth also
+    holds Envoy's own per-connection and allocator noise, so it overstates the cache a little."""
+    server = KeyServer(authority="keygate-keys").start()
+    keys = [f"bench-mem-{i:07d}" for i in range(n)]
+    for i, k in enumerate(keys):
+        server.add(k, {"id": f"k{i}", "owner": "bench-owner"}, feed=False)
+    e = Envoy(plugin_config=key_service(600_000, ttl=86_400, max_entries=max(n, 1)), clusters={"keygate-keys": server.port}).start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", e.port, timeout=10)
+        request(conn, keys[0])
+        time.sleep(1)
+        before = rss_kib(e.proc.pid)
+        start = time.perf_counter()
+        for k in keys:
+            status, _ = request(conn, k)
+            assert status == 200, status
+        warm = time.perf_counter() - start
+        time.sleep(1)
+        after = rss_kib(e.proc.pid)
+        stats = e.stats("keygate.remote")
+    finally:
+        e.stop()
+        server.kill()
+    per_key = (after - before) * 1024 / n
+    return [f"## Memory: {n:,} cached remote keys in one VM", "",
+            "| RSS before | RSS after | growth | bytes per cached key | time to warm |", "|---:|---:|---:|---:|---:|",
+            f"| {before / 1024:.1f} MiB | {after / 1024:.1f} MiB | {(after - before) / 1024:.1f} MiB | {per_key:,.0f} | {warm:.1f} s |",
+            "", f"Counters: lookups {stats.get('wasmcustom.keygate.remote.lookups')}, "
+                f"cache_entries {stats.get('wasmcustom.keygate.remote.cache_entries')}, "
+                f"evictions {stats.get('wasmcustom.keygate.remote.evictions')}.", ""]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--miss", type=int, default=0, metavar="N")
+    ap.add_argument("--revocations", type=int, default=0, metavar="N")
+    ap.add_argument("--memory", type=int, default=0, metavar="N")
+    args = ap.parse_args()
+    lines = [f"# keygate remote keys {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", ""]
+    if args.miss:
+        lines += miss(args.miss)
+    if args.revocations:
+        lines += revocations(args.revocations)
+    if args.memory:
+        lines += memory(args.memory)
+    text = "\n".join(lines)
+    print(text)
+    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-remote.md"
+    out.write_text(text + "\n")
+    print(f"written to {out.relative_to(ROOT)}")
+
+
+if __name__ == "__main__":
+    main()
