@@ -109,12 +109,14 @@ pub fn configured(root: u32, service: Option<&KeyService>) -> bool {
         Some(service) if s.roots.get(&root).is_some_and(|r| r.service == *service) => true,
         Some(service) => match RemoteCache::new(service.cache) {
             Some(cache) => {
+                // Lookups in flight keep their waiting streams: their answers land here.
+                let pending = s.roots.remove(&root).map(|r| r.pending).unwrap_or_default();
                 s.roots.insert(
                     root,
                     Root {
                         service: service.clone(),
                         cache,
-                        pending: HashMap::new(),
+                        pending,
                         feed: Feed::default(),
                         feed_epoch: 0,
                         reported_entries: 0,
@@ -283,7 +285,12 @@ fn lookup_answer(root: u32, subject: Subject, tag: u128, answer: Answer) {
             .collect::<Vec<_>>()
     })
     .unwrap_or_default();
-    for (stream, waiter) in resumed {
+    resume(resumed, failed);
+}
+
+/// Decides streams that waited for a lookup again, with its answer now cached (or failed).
+fn resume(streams: Vec<(u32, Waiter)>, failed: bool) {
+    for (stream, waiter) in streams {
         // A stream reset while it waited is gone: nothing to answer.
         if !host::set_effective_context(stream) {
             continue;
@@ -328,9 +335,15 @@ fn cached(root: u32, f: impl FnOnce(&mut RemoteCache) -> u32) {
 pub fn tick(root: u32, gone: &[u32]) {
     let now = host::now_ms().unwrap_or(0);
     let flush = with_state(|s| {
+        let (mut orphans, mut entries_delta) = (Vec::new(), 0);
         for id in gone {
-            s.roots.remove(id);
+            if let Some(r) = s.roots.remove(id) {
+                orphans.extend(r.pending.into_values().flatten());
+                entries_delta -= r.reported_entries;
+            }
         }
+        let orphans: Vec<(u32, Waiter)> =
+            orphans.into_iter().filter_map(|st| s.waiting.remove(&st).map(|w| (st, w))).collect();
         if let Some(r) = s.roots.get_mut(&root) {
             let due = now - r.feed.last_poll_ms >= i64::from(r.service.changes_poll_ms);
             if due && !r.feed.in_flight {
@@ -348,24 +361,24 @@ pub fn tick(root: u32, gone: &[u32]) {
                 }
             }
         }
-        let mut entries_delta = 0;
         for r in s.roots.values_mut() {
             let n = r.cache.len() as i64;
             entries_delta += n - r.reported_entries;
             r.reported_entries = n;
         }
-        (std::mem::take(&mut s.counts), entries_delta)
+        (std::mem::take(&mut s.counts), entries_delta, orphans)
     });
-    if let Some((counts, entries_delta)) = flush {
-        let m = metrics();
-        for (n, id) in counts.iter().zip(m.counters.iter()) {
-            if let (true, Some(id)) = (*n > 0, id) {
-                host::add(*id, i64::from(*n));
-            }
+    let Some((counts, entries_delta, orphans)) = flush else { return };
+    // Streams that waited on a root the host deleted: their answers will not come.
+    resume(orphans, true);
+    let m = metrics();
+    for (n, id) in counts.iter().zip(m.counters.iter()) {
+        if let (true, Some(id)) = (*n > 0, id) {
+            host::add(*id, i64::from(*n));
         }
-        if let (true, Some(id)) = (entries_delta != 0, m.entries) {
-            host::add(id, entries_delta);
-        }
+    }
+    if let (true, Some(id)) = (entries_delta != 0, m.entries) {
+        host::add(id, entries_delta);
     }
 }
 
