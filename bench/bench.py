@@ -124,7 +124,7 @@ def keygate_remote_variant(n: int) -> tuple[Variant, object]:
     server = KeyServer(authority="keygate-keys").start()
     for i, k in enumerate(bench_keys(n)):
         server.add(k, {"id": f"k{i}"}, feed=False)
-    config = {"keys": [], "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 600_000,
+    config = {"keys": [], "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 600_000, "timeout_ms": 60_000,
                                           "cache": {"ttl_seconds": 86_400}}}
     v = Variant("keygate_remote", [http_filter_wasm(config)], extra_clusters=[static_cluster("keygate-keys", server.port)])
     return v, server
