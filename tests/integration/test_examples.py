@@ -23,13 +23,15 @@ def mounts(service: dict) -> list[tuple[Path, str]]:
     out = []
     for volume in service.get("volumes", []):
         host, container = volume.split(":")[:2]
+        if not host.startswith((".", "/")):
+            continue  # a named volume, not a host path
         out.append(((COMPOSE.parent / host).resolve(), container))
     return out
 
 
 def test_compose_file_parses_and_pins_its_images():
     doc = yaml.safe_load(COMPOSE.read_text())
-    assert set(doc["services"]) == {"envoy", "echo", "site"}
+    assert set(doc["services"]) == {"envoy", "echo", "site", "keygate-keys"}
     for name, service in doc["services"].items():
         image = service["image"]
         assert ":" in image and not image.endswith(":latest"), f"{name}: unpinned image {image}"
@@ -80,3 +82,31 @@ def test_istio_plugin_is_authn_phase_and_fails_closed():
     assert (spec["phase"], spec["failStrategy"], spec["pluginName"]) == ("AUTHN", "FAIL_CLOSE", "keygate")
     wasm = yaml.safe_load((ROOT / "examples/envoy-gateway/envoyextensionpolicy.yaml").read_text())["spec"]["wasm"][0]
     assert (wasm["rootID"], wasm["failOpen"]) == ("keygate", False)
+
+
+def test_the_key_service_is_wired_the_same_way_everywhere():
+    doc = yaml.safe_load(COMPOSE.read_text())
+    svc = doc["services"]["keygate-keys"]
+    dockerfile = (COMPOSE.parent / svc["build"]["context"] / svc["build"]["dockerfile"]).resolve()
+    assert dockerfile.exists() and "-p keygate-tools" in dockerfile.read_text()
+    assert svc["command"][:3] == ["serve", "--db", "sqlite:/data/keygate.db"]
+    assert "--filter-listen" in svc["command"] and "0.0.0.0:9101" in svc["command"]
+    # Envoy in the stack reaches it by its service name on the filter port.
+    compose_envoy = yaml.safe_load((COMPOSE.parent / "envoy.yaml").read_text())
+    cluster = next(c for c in compose_envoy["static_resources"]["clusters"] if c["name"] == "keygate-keys")
+    address = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"]
+    assert (address["address"], address["port_value"]) == ("keygate-keys", 9101)
+    # Istio: the WasmPlugin names the Service's outbound cluster and authority.
+    docs = list(yaml.safe_load_all((ROOT / "examples/istio/keyservice.yaml").read_text()))
+    kinds = {d["kind"]: d for d in docs}
+    assert set(kinds) == {"Namespace", "Secret", "Deployment", "Service"}
+    service, deploy = kinds["Service"], kinds["Deployment"]
+    host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http-filter")
+    plugin = yaml.safe_load((ROOT / "examples/istio/wasmplugin.yaml").read_text())["spec"]["pluginConfig"]
+    assert plugin["key_service"]["cluster"] == f"outbound|{port}||{host}"
+    assert plugin["key_service"]["authority"] == host
+    assert deploy["spec"]["replicas"] >= 2
+    args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[0] == "serve" and "0.0.0.0:9101" in args
+    assert deploy["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
