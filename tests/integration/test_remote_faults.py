@@ -251,6 +251,55 @@ def test_a_feed_going_backwards_does_not_trap_and_recovers(envoy, server):
     recovers(envoy, server)
 
 
+def test_without_a_feed_the_ttls_bound_how_long_answers_live():
+    """The feed fails throughout: a silently disabled key is refused after ttl_seconds, a silently
+    created key works after negative_ttl_seconds."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(changes_poll_ms=200, cache={"ttl_seconds": 1, "negative_ttl_seconds": 1}))
+        try:
+            server.fault("status", on="changes", status=500)
+            gone, late = new_key("gone"), new_key("late")
+            server.add(gone, {"id": "r-gone"})
+            assert set(statuses(warm(e, gone))) == {200}
+            assert set(statuses(warm(e, late))) == {401}
+            server.set_disabled(gone)
+            server.add(late, {"id": "r-late"})
+            t = time.monotonic()
+            # Within the TTLs the VMs answer from their caches.
+            assert set(statuses(many(e, 10, gone))) == {200}
+            assert set(statuses(many(e, 10, late))) == {401}
+            assert time.monotonic() - t < 0.8, "too slow to check the cached answers"
+            ok, took = until(lambda: all(r.status == 401 for r in many(e, 10, gone)), timeout=4.0)
+            assert ok and took <= 1.6, f"{ok} after {took:.2f}s (ttl_seconds 1)"
+            ok, took = until(lambda: all(r.status == 200 for r in many(e, 10, late)), timeout=4.0)
+            assert ok and took <= 1.6, f"{ok} after {took:.2f}s (negative_ttl_seconds 1)"
+            assert e.counter("remote.feed_errors") > 0
+            assert_no_trap(e, gone, late)
+        finally:
+            e.stop()
+
+
+def test_max_entries_bounds_the_cache():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(cache={"max_entries": 50}), concurrency=1)
+        try:
+            keys = [new_key("many") for _ in range(120)]
+            for i, k in enumerate(keys):
+                server.add(k, {"id": f"r-many-{i}"})
+            for i, k in enumerate(keys):
+                assert call(e, k).upstream_all("x-api-key-id") == [f"r-many-{i}"]
+            stats = e.counters()
+            assert stats.get("remote.evictions", 0) >= 70, stats
+            assert stats.get("remote.cache_entries", 0) <= 50, stats
+            # The most recent keys are still cached; the first one was evicted and is asked again.
+            assert call(e, keys[-1]).status == 200 and server.lookups(keys[-1]) == 1
+            assert call(e, keys[0]).upstream_all("x-api-key-id") == ["r-many-0"]
+            assert server.lookups(keys[0]) == 2
+            assert_no_trap(e)
+        finally:
+            e.stop()
+
+
 def test_stale_if_error_serves_expired_entries_for_a_while_but_never_invalidated_ones():
     with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
         e = start_remote(server, base_config(changes_poll_ms=200, cache={

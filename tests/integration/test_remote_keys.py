@@ -362,6 +362,60 @@ def test_static_keys_never_go_remote(envoy, server):
     assert server.count("keys") + server.count("origins") == asked
 
 
+REMOTE_DECISIONS = [
+    # (entry, method, path, origin, status, body (None: upstream), counter)
+    ({"id": "r-disabled", "disabled": True}, "GET", "/api/x", None, 401, UNAUTHORIZED, "denied_disabled"),
+    ({"id": "r-expired", "expires_at": "2021-01-01T00:00:00Z"}, "GET", "/api/x", None, 401, UNAUTHORIZED,
+     "denied_expired"),
+    ({"id": "r-future", "not_before": "2099-01-01T00:00:00Z"}, "GET", "/api/x", None, 401, UNAUTHORIZED,
+     "denied_not_yet_valid"),
+    ({"id": "r-rules", "rules": [{"methods": ["GET"], "paths": ["/api/asset/{id}"]}]}, "GET", "/api/asset/a1", None,
+     200, None, "allowed"),
+    ({"id": "r-rules2", "rules": [{"methods": ["GET"], "paths": ["/api/asset/{id}"]}]}, "PATCH", "/api/asset/a1", None,
+     403, forbidden("Endpoint not allowed for this API key"), "denied_endpoint"),
+    ({"id": "r-backend"}, "GET", "/api/x", STATIC_ORIGIN, 403, forbidden("API key does not allow CORS access"),
+     "denied_cors_backend_key"),
+    ({"id": "r-window", "not_before": "2020-01-01T00:00:00Z", "expires_at": "2099-01-01T00:00:00Z",
+      "owner": "o-window"}, "GET", "/api/x", None, 200, None, "allowed"),
+]
+
+
+@pytest.mark.parametrize("entry,method,path,orig,status,body,counter", REMOTE_DECISIONS,
+                         ids=[d[0]["id"] for d in REMOTE_DECISIONS])
+def test_remote_entries_are_decided_exactly_as_static_ones(envoy, server, entry, method, path, orig, status, body,
+                                                           counter):
+    key = new_key()
+    server.add(key, entry)
+    for _ in range(2):  # the lookup, then the cached answer
+        before = envoy.counter(counter)
+        r = call(envoy, key, path, origin=orig, method=method)
+        assert envoy.counter(counter) == before + 1
+        if body is None:
+            assert r.status == 200
+            assert r.upstream_all("x-api-key-id") == [entry["id"]]
+        else:
+            assert (r.status, r.body) == (status, body)
+            assert r.upstream() is None
+    assert 1 <= server.lookups(key) <= 2
+
+
+def test_a_request_body_waits_for_the_lookup(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-body"})
+    server.fault("slow", on="keys", delay=0.15)
+    body = b"x" * 200_000
+    r = http1(envoy.port, "POST", "/api/x", [bearer(key), ("content-type", "application/octet-stream")], body)
+    assert r.status == 200 and r.upstream_all("x-api-key-id") == ["r-body"]
+    other = new_key()
+    server.add(other, {"id": "r-body2"})
+    r = envoy.get2("/api/x", [bearer(other)], method="POST", body=body[:16000])  # one h2 DATA frame
+    assert r.status == 200, (r.status, r.body[:200])
+    assert r.upstream_all("x-api-key-id") == ["r-body2"]
+    # Refused while the body is still arriving: the answer, not a hang.
+    r = http1(envoy.port, "POST", "/api/x", [bearer(new_key())], body)
+    assert_unauthorized(r)
+
+
 def preflight(e: Envoy, path: str, origin: str, method: str = "GET") -> Response:
     return http1(e.port, "OPTIONS", path, [("origin", origin), ("access-control-request-method", method)])
 
