@@ -88,6 +88,7 @@ class Request:
     path: str
     host: str
     at: float
+    headers: dict = field(default_factory=dict)
 
 
 @dataclass(eq=False)
@@ -97,8 +98,13 @@ class _Conn:
 
 
 class KeyServer:
-    def __init__(self, prefix: str = "/v1/filter", authority: str | None = None, max_connections: int = 256):
+    def __init__(self, prefix: str = "/v1/filter", authority: str | None = None, max_connections: int = 256,
+                 cursor_prefix: str = ""):
         self.prefix = prefix.rstrip("/")
+        # Cursors are opaque to the filter: a prefix such as "a/b?c=d&e+f%" checks that it sends
+        # them back percent-encoded, byte for byte (`unknown_cursors` counts those it did not).
+        self.cursor_prefix = cursor_prefix
+        self.unknown_cursors = 0
         self.authority = authority  # when set, a request with another Host is a violation
         self.max_connections = max_connections
         self.port = 0
@@ -106,6 +112,7 @@ class KeyServer:
         self._entries: dict[str, dict] = {}          # digest -> entry (without sha256/key)
         self._asked: set[str] = set()                # digests asked for on /keys
         self._epoch = secrets.token_hex(4)
+        self._epochs = {self._epoch}  # every epoch handed out (a forgotten one is no encoding error)
         self._seq = 0
         self._feed: collections.deque = collections.deque(maxlen=100_000)  # (seq, "keys"|"origins", value)
         self._first_cursor = self._cursor()
@@ -233,6 +240,7 @@ class KeyServer:
         """Forget every cursor handed out: the filter's next poll is answered with reset."""
         with self._lock:
             self._epoch = secrets.token_hex(4)
+            self._epochs.add(self._epoch)
             self._seq = 0
             self._feed.clear()
             self._first_cursor = self._cursor()
@@ -248,7 +256,7 @@ class KeyServer:
             return self._cursor()
 
     def _cursor(self) -> str:
-        return f"{self._epoch}.{self._seq}"
+        return f"{self.cursor_prefix}{self._epoch}.{self._seq}"
 
     def _append(self, kind: str, value: str) -> None:
         self._seq += 1
@@ -382,7 +390,7 @@ class KeyServer:
         with self._lock:
             self.counts[kind] += 1
             self.path_counts[path] += 1
-            self.requests.append(Request(kind, target, host, time.monotonic()))
+            self.requests.append(Request(kind, target, host, time.monotonic(), headers))
             self.inflight[kind] += 1
             self.max_inflight[kind] = max(self.max_inflight[kind], self.inflight[kind])
             f = self._faults.get(kind)
@@ -475,9 +483,14 @@ class KeyServer:
                 return 200, json.dumps({"cursor": self._cursor(), "reset": True}).encode()
             if after is None:
                 return 200, json.dumps({"cursor": self._cursor(), "keys": [], "origins": []}).encode()
-            epoch, _, seq = after.partition(".")
+            if not after.startswith(self.cursor_prefix):
+                self.unknown_cursors += 1
+                return 200, json.dumps({"cursor": self._cursor(), "reset": True}).encode()
+            epoch, _, seq = after[len(self.cursor_prefix):].partition(".")
             floor = self._feed[0][0] - 1 if self._feed else self._seq
             if epoch != self._epoch or not seq.isdigit() or int(seq) > self._seq or int(seq) < floor:
+                if epoch not in self._epochs:
+                    self.unknown_cursors += 1
                 return 200, json.dumps({"cursor": self._cursor(), "reset": True}).encode()
             keys, origins = [], []
             for s, k, v in self._feed:

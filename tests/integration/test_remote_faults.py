@@ -22,7 +22,7 @@ from keyserver import KeyServer, digest
 from test_remote_keys import (APP, AUTHORITY, CLUSTER, ELSEWHERE, PREFIX, STATIC, STATIC_CORS, STATIC_DISABLED,
                               STATIC_ORIGIN, assert_no_trap, assert_unauthorized, assert_unavailable, base_config,
                               call, many, new_key, on_every_worker, preflight, start_remote, statuses, together,
-                              until, warm)
+                              until, warm, UNAVAILABLE)
 
 
 @pytest.fixture(scope="module")
@@ -172,6 +172,36 @@ def test_preflight_when_the_origins_endpoint_fails(envoy, server):
     server.clear_faults()
     r = preflight(envoy, "/api/stream/s1", origin, "GET")
     assert r.status == 204 and r.header("access-control-allow-origin") == origin
+    recovers(envoy, server)
+
+
+def test_an_origins_answer_with_keys_that_do_not_list_the_origin_is_an_error(envoy, server):
+    origin = f"https://pf-{secrets_hex()}.example"
+    server.fault("body", on="origins", body=b'{"keys": [{"id": "not-cors"}]}')
+    r = preflight(envoy, "/api/stream/s1", origin, "GET")
+    assert (r.status, r.body) == (503, UNAVAILABLE)
+    server.fault("body", on="origins",
+                 body=b'{"keys": [{"id": "other", "cors": {"allowed_origins": ["https://other.example"]}}]}')
+    r = preflight(envoy, "/api/stream/s1", f"https://pf-{secrets_hex()}.example", "GET")
+    assert (r.status, r.body) == (503, UNAVAILABLE)
+    recovers(envoy, server)
+
+
+def secrets_hex() -> str:
+    import secrets
+    return secrets.token_hex(6)
+
+
+def test_every_request_waiting_on_a_failed_lookup_gets_the_503(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-shared-fail"})
+    server.fault("status", on="keys", status=500, delay=0.15)
+    before = envoy.counter("remote.unavailable")
+    rs = together([lambda: call(envoy, key) for _ in range(12)])
+    for r in rs:
+        assert_unavailable(r)
+    assert 1 <= server.lookups(key) <= 2
+    assert envoy.counter("remote.unavailable") - before == 12
     recovers(envoy, server)
 
 
@@ -337,6 +367,26 @@ def test_stale_if_error_serves_expired_entries_for_a_while_but_never_invalidated
             assert set(statuses(many(e, 10, kept))) == {200}
             assert set(statuses(many(e, 10, dropped))) == {200}
             assert_no_trap(e, kept, dropped)
+        finally:
+            e.stop()
+
+
+def test_a_feed_reset_leaves_nothing_to_serve_stale():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(changes_poll_ms=200, cache={"ttl_seconds": 1,
+                                                                         "stale_if_error_seconds": 30}))
+        try:
+            key = new_key()
+            server.add(key, {"id": "r-reset-stale"})
+            assert set(statuses(warm(e, key))) == {200}
+            server.fault("status", on=("keys", "origins"), status=500)
+            server.force_reset(times=1000)
+            time.sleep(1.3)  # expired, and reset by the feed
+            for r in many(e, 20, key):
+                assert_unavailable(r)
+            server.clear_faults()
+            assert set(statuses(many(e, 10, key))) == {200}
+            assert_no_trap(e, key)
         finally:
             e.stop()
 
@@ -530,6 +580,13 @@ def test_report_mode_lets_unverified_keys_through_marked():
             r = call(e, STATIC)
             assert r.upstream_all("x-api-key-id") == ["static-s"]
             assert r.upstream_all("x-keygate-would-deny") == []
+            server.restart()
+            r = call(e, new_key())  # the service says 404
+            assert r.status == 200 and r.upstream_all("x-keygate-would-deny") == ["denied_unknown"]
+            known = new_key()
+            server.add(known, {"id": "r-report"})
+            r = call(e, known)
+            assert r.upstream_all("x-api-key-id") == ["r-report"] and r.upstream_all("x-keygate-would-deny") == []
             assert_no_trap(e)
         finally:
             e.stop()
@@ -545,3 +602,65 @@ def test_the_module_envoy_serves_after_every_fault(envoy, server):
     assert ok and took <= 2.0
     assert server.violations == []
     assert_no_trap(envoy, fresh)
+
+
+def test_a_table_pushed_while_a_lookup_is_held():
+    """ECDS replaces the plugin configuration while requests wait on a lookup (the root they
+    paused under is replaced): they are still answered, and the new configuration serves."""
+    from ecds import EcdsEnvoy
+    from harness import sha256_hex, static_cluster
+
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        first = base_config(timeout_ms=2000)
+        ecds = EcdsEnvoy(first)
+        ecds.envoy.concurrency = 2
+        ecds.envoy.bootstrap["static_resources"]["clusters"].append(static_cluster(CLUSTER, server.port))
+        ecds.start()
+        e = ecds.envoy
+        try:
+            key = new_key()
+            server.add(key, {"id": "r-held"})
+            server.fault("hold", on="keys")
+            held = []
+            t = threading.Thread(target=lambda: held.append(call(e, key)))
+            t.start()
+            assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
+            second = base_config(timeout_ms=2000)
+            second["keys"].append({"id": "pushed", "sha256": sha256_hex("pushed-key")})
+            ecds.push(second)
+            time.sleep(0.1)
+            server.release()
+            t.join(10)
+            assert held and held[0].status == 200, (held[0].status, held[0].body) if held else "no answer"
+            assert held[0].upstream_all("x-api-key-id") == ["r-held"]
+            server.clear_faults()
+            assert set(statuses(many(e, 10, "pushed-key"))) == {200}
+            assert set(statuses(many(e, 10, key))) == {200}
+
+            # The key service taken out of the configuration while a lookup is held.
+            other = new_key()
+            server.add(other, {"id": "r-held-2"})
+            server.fault("hold", on="keys")
+            held = []
+            t = threading.Thread(target=lambda: held.append(call(e, other)))
+            t.start()
+            assert until(lambda: server.lookups(other) >= 1, 3.0)[0]
+            ecds.push({k: v for k, v in second.items() if k != "key_service"})
+            time.sleep(0.1)
+            server.release()
+            t.join(10)
+            assert held, "no answer"
+            assert held[0].status in (200, 503), (held[0].status, held[0].body)
+            if held[0].status == 503:
+                assert_unavailable(held[0])
+            server.clear_faults()
+            # Without a key service, keys the table does not hold are unknown; no lookups any more.
+            asked = server.count("keys")
+            for r in many(e, 10, new_key()):
+                assert r.status == 401
+            assert server.count("keys") == asked
+            assert set(statuses(many(e, 10, "pushed-key"))) == {200}
+            assert_no_trap(e, key, other)
+        finally:
+            server.clear_faults()
+            ecds.stop()

@@ -235,8 +235,9 @@ def test_the_key_itself_never_leaves_the_proxy(envoy, server):
     assert call(envoy, key).status == 200
     assert call(envoy, new_key()).status == 401
     with server._lock:
-        seen = [q.path + " " + q.host for q in server.requests]
-    assert not any(key in s for s in seen)
+        seen = [q.path + " " + json.dumps(q.headers) for q in server.requests]
+    assert seen and not any(key in s for s in seen)
+    assert not any("authorization" in q.headers for q in server.requests)
 
 
 def test_concurrent_requests_share_one_lookup_per_vm(envoy, server):
@@ -342,6 +343,26 @@ def test_a_cursor_the_service_forgot_resets_the_cache(envoy, server):
     server.add(late, {"id": "r-after-reset"})
     ok, took = until(lambda: all(r.status == 200 for r in many(envoy, 10, late)), timeout=4.0)
     assert ok and took <= 2.0, f"{ok} after {took:.2f}s"
+
+
+def test_an_opaque_cursor_goes_back_byte_for_byte():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY, cursor_prefix="a/b?c=d&e+f%#~:") as server:
+        e = start_remote(server, base_config(changes_poll_ms=200), concurrency=1)
+        try:
+            key = new_key()
+            server.add(key, {"id": "r-cursor"})
+            assert set(statuses(many(e, 5, key))) == {200}
+            time.sleep(0.5)
+            assert server.lookups(key) == 1, "the cache was dropped: the cursor came back garbled"
+            server.remove(key)
+            ok, took = until(lambda: call(e, key).status == 401, timeout=3.0)
+            assert ok and took <= 1.0, f"{ok} after {took:.2f}s"
+            with server._lock:
+                polls = [q.path for q in server.requests if q.kind == "changes" and "after=" in q.path]
+            assert len(polls) >= 2
+            assert server.unknown_cursors == 0, polls[-3:]
+        finally:
+            e.stop()
 
 
 def test_static_keys_never_go_remote(envoy, server):
