@@ -68,7 +68,9 @@ class Fault:
       "body"           200 application/json with the raw `body` given
       "other_key"      /keys only: 200 with the entry of `key` (another key) whatever digest was asked
       "backwards"      /changes only: the normal lists with the feed's first cursor (older than asked)
-      "hold"           wait until `release()` (or 30 s), then answer normally
+      "hold"           wait until `release()` (or 30 s), then answer normally; with snapshot=True the
+                       answer is the one computed when the request arrived (an answer delayed in
+                       the network while the key changes in the service)
     `delay` applies before any kind; `remaining` limits the fault to that many requests.
     """
 
@@ -80,6 +82,7 @@ class Fault:
     body: bytes = b""
     key: str | None = None
     remaining: int | None = None
+    snapshot: bool = False
 
 
 @dataclass
@@ -399,10 +402,15 @@ class KeyServer:
                 if f.remaining <= 0:
                     del self._faults[kind]
         try:
+            early = None
+            if f is not None and f.kind == "hold" and f.snapshot and kind != "bad":
+                early = self._answer(kind, arg, query, None)
             if f is not None and f.delay:
                 time.sleep(min(f.delay, MAX_HOLD))
             if f is not None and f.kind == "hold":
                 self._release.wait(MAX_HOLD)
+                if early is not None:
+                    return _send(sock, *early)
             if f is not None and f.kind == "slow" and not f.delay:
                 time.sleep(1.0)
             if kind == "bad":

@@ -440,7 +440,8 @@ def test_max_pending_refuses_new_lookups_but_waiters_share_the_one_in_flight():
             e.stop()
 
 
-def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded():
+@pytest.mark.parametrize("service", ["up", "down"])
+def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded(service):
     max_pending = 8
     with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
         e = start_remote(server, base_config(max_pending=max_pending, cache={"max_entries": 50}))
@@ -449,7 +450,10 @@ def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded():
             server.add(valid, {"id": "r-valid"})
             assert set(statuses(warm(e, valid))) == {200}
             asked = server.lookups(valid)
-            server.fault("slow", on="keys", delay=0.01)  # lookups overlap
+            if service == "down":
+                server.kill()
+            else:
+                server.fault("slow", on="keys", delay=0.01)  # lookups overlap
             before = e.counters()
             done = threading.Event()
             valid_statuses = []
@@ -470,13 +474,14 @@ def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded():
                 checker.join()
             took = time.monotonic() - t
             after = e.counters()
-            assert set(flood) <= {401, 503}, set(flood)
+            assert set(flood) <= ({401, 503} if service == "up" else {503}), set(flood)
             assert valid_statuses and set(valid_statuses) == {200}, set(valid_statuses)
             assert server.lookups(valid) == asked, "a random key evicted the valid key's entry"
             assert server.max_inflight["keys"] <= 2 * max_pending, server.max_inflight["keys"]
             assert after.get("remote.unavailable", 0) - before.get("remote.unavailable", 0) == flood.count(503)
             assert took < 60
             server.clear_faults()
+            server.restart()
             assert set(statuses(many(e, 20, valid))) == {200}
             assert_no_trap(e, valid)
         finally:
@@ -664,3 +669,108 @@ def test_a_table_pushed_while_a_lookup_is_held():
         finally:
             server.clear_faults()
             ecds.stop()
+
+
+@pytest.mark.parametrize("change", ["disabled", "removed", "created", "reset"])
+def test_a_change_listed_while_its_lookup_is_in_flight_wins(change):
+    """The service answers from its state when the lookup arrived; the key changes and the feed
+    lists it before that answer reaches the VM. The late answer must not outlive the change:
+    the key is decided by its new state within changes_poll_ms plus a round trip."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(timeout_ms=3000, changes_poll_ms=200), concurrency=1)
+        try:
+            key = new_key()
+            if change != "created":
+                server.add(key, {"id": "r-race"})
+            else:
+                assert_unauthorized(call(e, new_key()))  # (a 404 on record for another key)
+            server.fault("hold", on="keys", snapshot=True)
+            held = []
+            t = threading.Thread(target=lambda: held.append(call(e, key)))
+            t.start()
+            assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
+            with server._lock:
+                polls = server.counts["changes"]
+            if change == "disabled":
+                server.set_disabled(key)
+            elif change == "removed":
+                server.remove(key)
+            elif change == "created":
+                server.add(key, {"id": "r-race"}, feed=True)
+            else:
+                server.set_disabled(key, feed=False)
+                server.force_reset(times=1000)
+            # The feed has answered (at least twice) since the change.
+            assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]
+            server.release()
+            t.join(10)
+            assert held, "no answer"
+            assert held[0].status in (200, 401), (held[0].status, held[0].body)  # either state, for the request in flight
+            server.clear_faults()
+            changed_at = time.monotonic()
+            want = 200 if change == "created" else 401
+            # After the change every later request sees it (allow one more poll and a round trip).
+            ok, took = until(lambda: call(e, key).status == want, timeout=3.0)
+            assert ok, f"the answer in flight outlived the change ({change}): still {call(e, key).status}"
+            assert took <= 0.5, f"{change}: {took:.2f}s after the change had been listed"
+            assert set(statuses(many(e, 10, key))) == {want}
+            assert_no_trap(e, key)
+        finally:
+            server.clear_faults()
+            e.stop()
+
+
+def test_max_pending_exceeded_serves_an_expired_entry_stale():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(max_pending=1, timeout_ms=3000, cache={
+            "ttl_seconds": 1, "stale_if_error_seconds": 30}), concurrency=1)
+        try:
+            kept, blocker = new_key("kept"), new_key("blocker")
+            server.add(kept, {"id": "r-kept"})
+            server.add(blocker, {"id": "r-blocker"})
+            assert call(e, kept).status == 200
+            time.sleep(1.2)  # kept has expired
+            server.fault("hold", on="keys")
+            held = []
+            t = threading.Thread(target=lambda: held.append(call(e, blocker)))
+            t.start()
+            assert until(lambda: server.lookups(blocker) >= 1, 3.0)[0]
+            # The one lookup slot is taken: the expired entry serves, a never-seen key is refused.
+            r = call(e, kept)
+            assert r.status == 200 and r.upstream_all("x-api-key-id") == ["r-kept"], (r.status, r.body)
+            assert_unavailable(call(e, new_key()))
+            assert server.lookups(kept) == 1
+            server.release()
+            t.join(10)
+            assert held and held[0].status == 200
+            server.clear_faults()
+            assert call(e, kept).status == 200
+            assert_no_trap(e, kept, blocker)
+        finally:
+            server.clear_faults()
+            e.stop()
+
+
+def test_a_feed_answer_near_64_kib_is_read_whole():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(changes_poll_ms=200), concurrency=1)
+        try:
+            key = new_key()
+            server.add(key, {"id": "r-big-feed"})
+            assert call(e, key).status == 200
+            errors, invalidations = e.counter("remote.feed_errors"), e.counter("remote.invalidations")
+            server.fault("hold", on="changes")  # gather the whole batch into one answer
+            time.sleep(0.3)
+            for _ in range(900):
+                server.feed_key(new_key("noise"))
+            server.set_disabled(key)
+            server.release()
+            server.clear_faults()
+            ok, took = until(lambda: call(e, key).status == 401, timeout=3.0)
+            assert ok and took <= 1.0, f"{ok} after {took:.2f}s"
+            assert e.counter("remote.feed_errors") == errors
+            assert e.counter("remote.invalidations") > invalidations
+            assert_no_trap(e, key)
+        finally:
+            server.clear_faults()
+            e.stop()

@@ -266,6 +266,32 @@ def test_answer_is_cached_within_its_ttl(envoy, server):
     assert envoy.counter("remote.cache_hits") - hits >= 40
 
 
+@pytest.mark.parametrize("answer", ["positive", "negative"])
+def test_an_answer_is_kept_when_the_feed_moves_on_without_listing_it(answer):
+    """A lookup slower than the feed's poll interval: feed answers that do not list the key
+    arrive while it is in flight. The answer must still be cached (ttl_seconds /
+    negative_ttl_seconds), not thrown away and asked again on the next request."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(changes_poll_ms=100, timeout_ms=2000), concurrency=1)
+        try:
+            key = new_key()
+            if answer == "positive":
+                server.add(key, {"id": "r-slow"})
+            polls = server.count("changes")
+            server.fault("slow", on="keys", delay=0.4)
+            want = 200 if answer == "positive" else 401
+            assert call(e, key).status == want
+            assert server.count("changes") >= polls + 2, "the feed did not answer during the lookup"
+            server.clear_faults()
+            rs = [call(e, key) for _ in range(5)]
+            assert statuses(rs) == [want] * 5
+            assert server.lookups(key) == 1, (
+                f"{server.lookups(key)} lookups for one key within its TTL: the answer was not cached "
+                "because feed answers (not listing it) arrived while it was in flight")
+        finally:
+            e.stop()
+
+
 def test_unknown_key_is_cached_negative_and_the_feed_undoes_it(envoy, server):
     key = new_key()
     first = warm(envoy, key)
