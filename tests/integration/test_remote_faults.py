@@ -774,3 +774,26 @@ def test_a_feed_answer_near_64_kib_is_read_whole():
         finally:
             server.clear_faults()
             e.stop()
+
+
+@pytest.mark.parametrize("origin_cached", [False, True], ids=["origin not cached", "origin cached"])
+def test_a_503_is_readable_by_an_origin_only_a_remote_key_allows(origin_cached):
+    """CORS headers on the 503 as a 401 would have them: for an origin that only a remote key
+    lists, the 401 is readable (the origins endpoint says so), so the 503 is too."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(), concurrency=1)
+        try:
+            web = new_key("web")
+            server.add(web, {"id": "r-web", "cors": {"allowed_origins": [APP]}})
+            if origin_cached:
+                r = call(e, new_key(), "/api/stream/s1", origin=APP)
+                assert_unauthorized(r)
+                assert r.cors_headers() == [("access-control-allow-origin", APP)]
+            server.fault("status", on="keys", status=500)
+            r = call(e, new_key(), "/api/stream/s1", origin=APP)
+            assert_unavailable(r, readable_by=APP)
+            r = call(e, new_key(), "/api/stream/s1", origin=ELSEWHERE)
+            assert_unavailable(r, origin_sent=True)
+            assert_no_trap(e, web)
+        finally:
+            e.stop()
