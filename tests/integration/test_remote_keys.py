@@ -72,12 +72,15 @@ def start_remote(server: KeyServer | None, config: dict, concurrency: int = 2, *
 
 
 def wait_feed_live(server: KeyServer, n: int, timeout: float = 5.0) -> bool:
-    """Until the VMs have learnt the feed's cursor and polled with it (best effort)."""
+    """Until the VMs have learnt the feed's cursor and polled with it (best effort). Every VM
+    (one per worker, and one on the main thread) polls within a few ms of the others: wait for
+    the whole round to be answered, so that tests start between two rounds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         with server._lock:
             polls = sum(1 for r in server.requests if r.kind == "changes" and "after=" in r.path)
         if polls >= n:
+            time.sleep(0.2)
             return True
         time.sleep(0.02)
     return False
