@@ -525,6 +525,49 @@ def test_remote_cors_key_and_preflight_via_the_origins_endpoint():
             e.stop()
 
 
+def test_a_remote_star_key_and_the_feed_listing_star():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        anywhere = new_key("any")
+        server.add(anywhere, {"id": "r-anywhere", "cors": {"allowed_origins": ["*"]}})
+        e = start_remote(server, base_config(changes_poll_ms=200), concurrency=1)
+        try:
+            origins = [f"https://o{i}.example" for i in range(3)]
+            for o in origins:
+                r = preflight(e, "/api/stream/s1", o, "GET")
+                assert r.status == 204 and r.header("access-control-allow-origin") == o
+                r = call(e, anywhere, "/api/stream/s1", origin=o)
+                assert r.status == 200 and r.header("access-control-allow-origin") == o
+            server.remove(anywhere)  # the feed lists "*": every cached origin answer goes
+            ok, took = until(lambda: all(preflight(e, "/api/stream/s1", o, "GET").status == 403 for o in origins),
+                             timeout=3.0)
+            assert ok and took <= 1.0, f"{ok} after {took:.2f}s"
+            assert_no_trap(e, anywhere)
+        finally:
+            e.stop()
+
+
+def test_a_remote_key_on_a_public_endpoint(envoy, server):
+    key = new_key()
+    server.add(key, {"id": "r-public"})
+    r = call(envoy, key, "/healthz", origin="https://anyone.example")
+    assert r.status == 200
+    assert r.upstream_all("x-api-key-id") == ["r-public"]
+    r = call(envoy, new_key(), "/healthz")
+    assert_unauthorized(r)
+    # The service down: no key is still public; an unverifiable key is never a 401 and never
+    # forwarded with an identity.
+    server.kill()
+    try:
+        assert call(envoy, path="/healthz").status == 200
+        r = call(envoy, new_key(), "/healthz")
+        if r.status == 503:
+            assert_unavailable(r)
+        else:
+            assert r.status == 200 and r.upstream_all("x-api-key-id") == [], (r.status, r.body)
+    finally:
+        server.restart()
+
+
 def test_authority_defaults_to_the_cluster_name_and_the_prefix_to_v1_filter():
     with KeyServer(prefix="/v1/filter", authority=CLUSTER) as server:
         key = new_key()
