@@ -306,6 +306,10 @@ async fn update(
     JsonBody(patch): JsonBody,
 ) -> Result<Response, ApiError> {
     let id = id_of(id)?;
+    if !patch.is_object() {
+        // RFC 7396 would replace the whole entry with it, which is never a valid entry.
+        return Err(ApiError::at("entry", "expected a JSON object (a merge patch of the entry)"));
+    }
     let mut w = s.db.begin_write(rfc3339(now_ms())).await?;
     let old = w.get(&id).await?.ok_or_else(|| no_such_key(&id))?;
     let mut doc = view_of(&old);
