@@ -665,3 +665,35 @@ def test_the_cli_is_a_client_of_the_admin_api(svc, tmp_path):
     assert (p.returncode, p.stderr) == (1, 'keygate: 404 Not Found: no key with id "nope"\n')
     p = run_keygate("keys", "list", "--server", "http://127.0.0.1:1", env=env)
     assert p.returncode == 1 and len(p.stderr.splitlines()) == 1
+
+
+# What the database says ---------------------------------------------------------------------
+
+def test_a_cursor_below_the_kept_changes_answers_reset(services, tmp_path):
+    import sqlite3
+    s = services()
+    start = s.cursor()
+    for i in range(3):
+        s.create({"id": f"p{i}"})
+    one = start.rsplit(".", 1)[0] + ".1"
+    assert len(s.changes(one)["keys"]) == 2
+    # As if changes up to 2 had been pruned.
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        db.execute("UPDATE feed SET floor = 2")
+    current = s.cursor()
+    assert s.changes(one) == {"cursor": current, "reset": True}
+    assert s.changes(start) == {"cursor": current, "reset": True}
+    assert len(s.changes(start.rsplit(".", 1)[0] + ".2")["keys"]) == 1
+
+
+def test_start_fails_with_one_line_when_a_migration_was_changed(services, tmp_path):
+    import sqlite3
+    s = services()
+    s.stop()
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        db.execute("UPDATE _sqlx_migrations SET checksum = X'00'")
+    p = run_keygate("serve", "--db", f"sqlite:{tmp_path / 'keys.db'}", "--admin-listen", "127.0.0.1:0",
+                    "--filter-listen", "127.0.0.1:0", env={"KEYGATE_ADMIN_TOKEN_SHA256": sha256_hex("kg_x")})
+    assert p.returncode != 0
+    lines = p.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("keygate: serve: cannot migrate database sqlite:"), p.stderr
