@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from service import (KEYGATE, UNAUTHORIZED, Postgres, Service, request, run_keygate,
-                     sha256_hex)
+from service import (KEYGATE, UNAUTHORIZED, Postgres, Service, free_port, request,
+                     run_keygate, sha256_hex)
 
 SECRET = re.compile(r"kg_[A-Za-z0-9_-]{43}")
 GENERATED_ID = re.compile(r"key_[0-9a-f]{16}")
@@ -102,15 +102,20 @@ def test_start_refuses_without_admin_digests(tmp_path):
     assert not (tmp_path / "k.db").exists(), "refused before touching the database"
 
 
-def test_start_fails_with_one_line_when_the_database_cannot_be_opened(tmp_path):
+def test_start_fails_with_one_line_when_the_database_cannot_be_opened(tmp_path, pg):
     env = {"KEYGATE_ADMIN_TOKEN_SHA256": sha256_hex("kg_x")}
-    dead = f"postgres://kg@127.0.0.1:{__import__('service').free_port()}/kg"
-    for db in [f"sqlite:{tmp_path}/missing/dir/k.db", dead, "mysql://x", f"sqlite:{tmp_path}"]:
+    dead = f"postgres://kg@127.0.0.1:{free_port()}/kg"
+    for db in [f"sqlite:{tmp_path}/missing/dir/k.db", dead, pg.url("no_such_db"), "mysql://x",
+               f"sqlite:{tmp_path}"]:
         p = run_keygate("serve", "--db", db, "--admin-listen", "127.0.0.1:0",
                         "--filter-listen", "127.0.0.1:0", env=env, cwd=tmp_path)
         assert p.returncode != 0, db
         lines = p.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("keygate: serve: "), p.stderr
+        if db == dead:
+            assert "Connection refused" in lines[0], lines
+        if "no_such_db" in db:
+            assert 'database "no_such_db" does not exist' in lines[0], lines
 
 
 def test_the_default_database_is_a_sqlite_file_in_the_working_directory(tmp_path):

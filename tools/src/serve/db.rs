@@ -18,7 +18,7 @@
 use crate::serve::error::{one_line, ApiError};
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
-use sqlx::{Any, AnyPool, Row, Transaction};
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 use std::time::Duration;
 use tokio::sync::{Mutex, MutexGuard};
 
@@ -97,6 +97,12 @@ impl Db {
         let fail = |what: &str, e: &dyn std::fmt::Display| {
             format!("{what} {}: {}", redact(url), one_line(&e.to_string()))
         };
+        // One connection first: the pool would retry until its timeout and then report only
+        // that it timed out, where this says why (refused, no such database, no such file).
+        let probe = sqlx::AnyConnection::connect(&connect)
+            .await
+            .map_err(|e| fail("cannot open database", &e))?;
+        let _ = probe.close().await;
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 16 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
