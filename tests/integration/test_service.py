@@ -601,6 +601,9 @@ def test_concurrent_writers_and_an_exact_feed(services, any_db):
         assert r["keys"] == list(dict.fromkeys(expected)), (cursor, r["cursor"])
         seen += r["keys"]
     assert number(answers[-1][1]["cursor"]) == 200
+    busy = sum(1 for _, r in answers if r["keys"])
+    assert busy >= 2, "the reader polled while the writers wrote"
+    print(f"{len(answers)} answers, {busy} with changes")
     assert set(seen) == set(digest_of.values()) and len(digest_of) == 8 * 17
 
 
