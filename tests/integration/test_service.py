@@ -9,6 +9,7 @@ Needs `cargo build -p keygate-tools` (target/debug/keygate) and Debian's postgre
 from __future__ import annotations
 
 import calendar
+import http.client
 import json
 import re
 import threading
@@ -190,6 +191,14 @@ def test_create_refuses_bad_input_of_every_kind(svc):
     post = lambda body, **kw: svc.admin("POST", "/v1/keys", body, **kw)  # noqa: E731
     big = json.dumps({"id": "big", "owner": "x" * (1 << 20)}).encode()
     error(post(big, headers={"content-type": "application/json"}), 413, "request body over 1 MiB")
+    # Without a content-length (chunked), the limit holds all the same.
+    conn = http.client.HTTPConnection("127.0.0.1", svc.admin_port, timeout=30)
+    conn.request("POST", "/v1/keys", body=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
+                 headers={"authorization": f"Bearer {svc.token}", "content-type": "application/json"},
+                 encode_chunked=True)
+    r = conn.getresponse()
+    assert r.status == 413 and json.loads(r.read())["message"] == "request body over 1 MiB"
+    conn.close()
     error(post(b'{"id": "a"}', headers={"content-type": "text/plain"}), 415,
           "expected content-type: application/json")
     error(post(b'{"id": "a"}'), 415)
