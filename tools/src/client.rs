@@ -92,6 +92,7 @@ pub struct ListArgs {
 pub struct IdArgs {
     #[command(flatten)]
     conn: Connection,
+    /// The key's id.
     id: String,
 }
 
@@ -99,21 +100,27 @@ pub struct IdArgs {
 pub struct UpdateArgs {
     #[command(flatten)]
     conn: Connection,
+    /// The key's id.
     id: String,
     /// A JSON merge patch (RFC 7396) of the entry; the options below are added to it.
     #[arg(long, value_name = "JSON")]
     patch: Option<String>,
+    /// New name (free text, 1-200 characters).
     #[arg(long)]
     name: Option<String>,
+    /// New owner.
     #[arg(long)]
     owner: Option<String>,
     /// Refuse the key (the filter answers denied_disabled).
     #[arg(long, conflicts_with = "enable")]
     disable: bool,
+    /// Accept the key again.
     #[arg(long)]
     enable: bool,
+    /// RFC 3339 time from which the key is valid.
     #[arg(long, value_name = "TIME")]
     not_before: Option<String>,
+    /// RFC 3339 time at which the key stops being valid.
     #[arg(long, value_name = "TIME")]
     expires_at: Option<String>,
     /// Replace the key's CORS origins (repeatable).
@@ -125,6 +132,7 @@ pub struct UpdateArgs {
 pub struct RotateArgs {
     #[command(flatten)]
     conn: Connection,
+    /// The key's id.
     id: String,
     /// How long the old key keeps working, in seconds.
     #[arg(long, value_name = "SECONDS")]
