@@ -21,6 +21,8 @@ fi
 
 apt_missing=()
 command -v wasm-opt >/dev/null 2>&1 || apt_missing+=(binaryen)
+# The key service's tests start a throwaway PostgreSQL with Debian's initdb and pg_ctl.
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_missing+=(postgresql)
 if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
   apt_missing+=(chromium)
 fi

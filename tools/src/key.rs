@@ -51,15 +51,20 @@ pub fn run(cmd: KeyCommand) -> Result<ExitCode, String> {
     }
 }
 
-fn hex(digest: &[u8]) -> String {
+pub fn hex(digest: &[u8]) -> String {
     digest.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn new(args: &NewArgs) -> Result<ExitCode, String> {
+/// A new key: 256 bits from the OS random source, as `kg_<43 base64url characters>`.
+/// `keygate key new` and the key service both make keys here.
+pub fn new_secret() -> Result<String, String> {
     let mut secret = [0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| format!("OS random source: {e}"))?;
-    let key =
-        format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret));
+    Ok(format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)))
+}
+
+fn new(args: &NewArgs) -> Result<ExitCode, String> {
+    let key = new_secret()?;
 
     let mut entry = Map::new();
     entry.insert("id".into(), json!(args.id));

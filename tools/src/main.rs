@@ -6,8 +6,10 @@ compile_error!(
     "the keygate CLI is native only; build the filter with ./wasm-build.sh (cargo build -p keygate --lib)"
 );
 
+mod client;
 mod explain;
 mod key;
+mod serve;
 mod source;
 
 use clap::{Parser, Subcommand};
@@ -37,6 +39,16 @@ enum Command {
     },
     /// Print the verdict the filter would return for one request (never the key).
     Explain(explain::ExplainArgs),
+    /// Run the key service: the admin API, the filter's remote-keys protocol, and
+    /// optionally an ECDS file, over SQLite or PostgreSQL.
+    ///
+    /// Admin tokens: KEYGATE_ADMIN_TOKEN_SHA256 holds the SHA-256 of each (comma-separated).
+    Serve(serve::ServeArgs),
+    /// Manage keys in a key service (`keygate serve`) through its admin API.
+    #[command(subcommand)]
+    Keys(client::KeysCommand),
+    /// Print a key service's whole table as a plugin configuration (with digests).
+    Export(client::ExportArgs),
 }
 
 fn main() -> ExitCode {
@@ -45,6 +57,9 @@ fn main() -> ExitCode {
         Command::Key(k) => key::run(k),
         Command::Check { file } => check(&file),
         Command::Explain(args) => explain::run(&args),
+        Command::Serve(args) => serve::run(args),
+        Command::Keys(cmd) => client::keys(cmd),
+        Command::Export(args) => client::export(&args),
     };
     match result {
         Ok(code) => code,

@@ -1,0 +1,395 @@
+//! `keygate keys ...` and `keygate export`: the key service's admin API from the command
+//! line. The admin token comes from `KEYGATE_ADMIN_TOKEN` or standard input, never argv
+//! (which every user of the machine can read). `--json` prints the API's own answer.
+
+use clap::{Args, Subcommand};
+use serde_json::{json, Map, Value};
+use std::io::Read as _;
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Args)]
+pub struct Connection {
+    /// The key service's admin API.
+    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9100")]
+    server: String,
+    /// Read the admin token from standard input (else from KEYGATE_ADMIN_TOKEN).
+    #[arg(long)]
+    token_stdin: bool,
+    /// Print the admin API's own JSON response.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Create a key; its secret is printed once.
+    Create(CreateArgs),
+    /// List keys (one page; --after continues).
+    List(ListArgs),
+    /// Show one key.
+    Show(IdArgs),
+    /// Change a key (a JSON merge patch of its entry, or the options below).
+    Update(UpdateArgs),
+    /// Delete a key: the filter refuses it within the feed's delay.
+    Revoke(IdArgs),
+    /// Make a successor with the same settings; the old key keeps working for the grace period.
+    Rotate(RotateArgs),
+}
+
+#[derive(Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// The key's id (generated when absent): 1-64 of A-Z a-z 0-9 . _ -
+    #[arg(long)]
+    id: Option<String>,
+    /// Free text for people (1-200 characters).
+    #[arg(long)]
+    name: Option<String>,
+    /// Owner, forwarded upstream in the owner header.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Make it a CORS-enabled key usable from this origin (repeatable).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+    /// With --cors-origin: allow every endpoint, not only cors_endpoints.
+    #[arg(long)]
+    full_access: bool,
+    /// Scope the key to this resource id (repeatable).
+    #[arg(long = "resource", value_name = "ID")]
+    resources: Vec<String>,
+    /// RFC 3339 time from which the key is valid.
+    #[arg(long, value_name = "TIME")]
+    not_before: Option<String>,
+    /// RFC 3339 time at which the key stops being valid.
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+    /// Create it disabled.
+    #[arg(long)]
+    disabled: bool,
+    /// A whole entry as JSON (e.g. with "rules"); the options above override its fields.
+    #[arg(long, value_name = "JSON")]
+    entry: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ListArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// Only keys of this owner.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Keys per page (1-1000, default 100).
+    #[arg(long)]
+    limit: Option<u32>,
+    /// Continue after this id (the `next` of the previous page).
+    #[arg(long)]
+    after: Option<String>,
+}
+
+#[derive(Args)]
+pub struct IdArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// The key's id.
+    id: String,
+}
+
+#[derive(Args)]
+pub struct UpdateArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// The key's id.
+    id: String,
+    /// A JSON merge patch (RFC 7396) of the entry; the options below are added to it.
+    #[arg(long, value_name = "JSON")]
+    patch: Option<String>,
+    /// New name (free text, 1-200 characters).
+    #[arg(long)]
+    name: Option<String>,
+    /// New owner.
+    #[arg(long)]
+    owner: Option<String>,
+    /// Refuse the key (the filter answers denied_disabled).
+    #[arg(long, conflicts_with = "enable")]
+    disable: bool,
+    /// Accept the key again.
+    #[arg(long)]
+    enable: bool,
+    /// RFC 3339 time from which the key is valid.
+    #[arg(long, value_name = "TIME")]
+    not_before: Option<String>,
+    /// RFC 3339 time at which the key stops being valid.
+    #[arg(long, value_name = "TIME")]
+    expires_at: Option<String>,
+    /// Replace the key's CORS origins (repeatable).
+    #[arg(long = "cors-origin", value_name = "ORIGIN")]
+    cors_origins: Vec<String>,
+}
+
+#[derive(Args)]
+pub struct RotateArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// The key's id.
+    id: String,
+    /// How long the old key keeps working, in seconds.
+    #[arg(long, value_name = "SECONDS")]
+    grace_seconds: u64,
+    /// The successor's id (generated when absent).
+    #[arg(long)]
+    new_id: Option<String>,
+}
+
+#[derive(Args)]
+pub struct ExportArgs {
+    #[command(flatten)]
+    conn: Connection,
+}
+
+pub fn keys(cmd: KeysCommand) -> Result<ExitCode, String> {
+    match cmd {
+        KeysCommand::Create(a) => create(&a),
+        KeysCommand::List(a) => list(&a),
+        KeysCommand::Show(a) => {
+            let answer = call(&a.conn, "GET", &format!("/v1/keys/{}", segment(&a.id)), None)?;
+            print_entry(&a.conn, &answer, "");
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Update(a) => update(&a),
+        KeysCommand::Revoke(a) => {
+            call(&a.conn, "DELETE", &format!("/v1/keys/{}", segment(&a.id)), None)?;
+            if !a.conn.json {
+                println!("revoked {}", a.id);
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        KeysCommand::Rotate(a) => rotate(&a),
+    }
+}
+
+pub fn export(a: &ExportArgs) -> Result<ExitCode, String> {
+    let answer = call(&a.conn, "GET", "/v1/export", None)?;
+    print!("{}", answer.text);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn create(a: &CreateArgs) -> Result<ExitCode, String> {
+    let mut entry = match &a.entry {
+        Some(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err("--entry: expected a JSON object".into()),
+        },
+        None => Map::new(),
+    };
+    let mut set = |field: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            entry.insert(field.into(), v);
+        }
+    };
+    set("id", a.id.clone().map(Value::from));
+    set("name", a.name.clone().map(Value::from));
+    set("owner", a.owner.clone().map(Value::from));
+    set("not_before", a.not_before.clone().map(Value::from));
+    set("expires_at", a.expires_at.clone().map(Value::from));
+    set("disabled", a.disabled.then_some(Value::Bool(true)));
+    set(
+        "cors",
+        (!a.cors_origins.is_empty())
+            .then(|| json!({ "allowed_origins": a.cors_origins, "full_access": a.full_access })),
+    );
+    set("resources", (!a.resources.is_empty()).then(|| json!(a.resources)));
+    let answer = call(&a.conn, "POST", "/v1/keys", Some(Value::Object(entry)))?;
+    print_secret(&a.conn, &answer, "created")
+}
+
+fn list(a: &ListArgs) -> Result<ExitCode, String> {
+    let mut query = Vec::new();
+    if let Some(owner) = &a.owner {
+        query.push(format!("owner={}", segment(owner)));
+    }
+    if let Some(limit) = a.limit {
+        query.push(format!("limit={limit}"));
+    }
+    if let Some(after) = &a.after {
+        query.push(format!("after={}", segment(after)));
+    }
+    let path =
+        if query.is_empty() { "/v1/keys".into() } else { format!("/v1/keys?{}", query.join("&")) };
+    let answer = call(&a.conn, "GET", &path, None)?;
+    if a.conn.json {
+        println!("{}", answer.text.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let entries = answer.json.get("entries").and_then(Value::as_array).cloned().unwrap_or_default();
+    for e in &entries {
+        println!("{}", summary(e));
+    }
+    if entries.is_empty() {
+        println!("no keys");
+    }
+    if let Some(next) = answer.json.get("next").and_then(Value::as_str) {
+        println!("more: keygate keys list --after {next}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// One line a key: id, then what sets it apart.
+fn summary(e: &Value) -> String {
+    let field = |name: &str| e.get(name).and_then(Value::as_str);
+    let mut line = field("id").unwrap_or("?").to_string();
+    if let Some(name) = field("name") {
+        line.push_str(&format!("  {name:?}"));
+    }
+    if let Some(owner) = field("owner") {
+        line.push_str(&format!("  owner {owner}"));
+    }
+    if let Some(origins) = e.pointer("/cors/allowed_origins").and_then(Value::as_array) {
+        let list: Vec<&str> = origins.iter().filter_map(Value::as_str).collect();
+        line.push_str(&format!("  cors {}", list.join(" ")));
+    }
+    if let Some(t) = field("expires_at") {
+        line.push_str(&format!("  expires {t}"));
+    }
+    if e.get("disabled").and_then(Value::as_bool) == Some(true) {
+        line.push_str("  DISABLED");
+    }
+    line
+}
+
+fn update(a: &UpdateArgs) -> Result<ExitCode, String> {
+    let mut patch = match &a.patch {
+        Some(text) => match serde_json::from_str(text) {
+            Ok(Value::Object(map)) => map,
+            _ => return Err("--patch: expected a JSON object (a merge patch)".into()),
+        },
+        None => Map::new(),
+    };
+    let mut set = |field: &str, value: Option<Value>| {
+        if let Some(v) = value {
+            patch.insert(field.into(), v);
+        }
+    };
+    set("name", a.name.clone().map(Value::from));
+    set("owner", a.owner.clone().map(Value::from));
+    set("not_before", a.not_before.clone().map(Value::from));
+    set("expires_at", a.expires_at.clone().map(Value::from));
+    set("disabled", a.disable.then_some(Value::Bool(true)));
+    set("disabled", a.enable.then_some(Value::Null));
+    set("cors", (!a.cors_origins.is_empty()).then(|| json!({ "allowed_origins": a.cors_origins })));
+    if patch.is_empty() {
+        return Err("nothing to change: give --patch JSON or an option such as --disable".into());
+    }
+    let path = format!("/v1/keys/{}", segment(&a.id));
+    let answer = call(&a.conn, "PATCH", &path, Some(Value::Object(patch)))?;
+    print_entry(&a.conn, &answer, "updated ");
+    Ok(ExitCode::SUCCESS)
+}
+
+fn rotate(a: &RotateArgs) -> Result<ExitCode, String> {
+    let mut body = json!({ "grace_seconds": a.grace_seconds });
+    if let (Some(id), Some(map)) = (&a.new_id, body.as_object_mut()) {
+        map.insert("id".into(), Value::from(id.as_str()));
+    }
+    let answer = call(&a.conn, "POST", &format!("/v1/keys/{}/rotate", segment(&a.id)), Some(body))?;
+    let code = print_secret(&a.conn, &answer, "successor")?;
+    if !a.conn.json {
+        println!("{} keeps working for {} s, then expires", a.id, a.grace_seconds);
+    }
+    Ok(code)
+}
+
+/// The one place a secret is printed: once, right after the service made it.
+fn print_secret(conn: &Connection, answer: &Answer, what: &str) -> Result<ExitCode, String> {
+    if conn.json {
+        println!("{}", answer.text.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let key = answer.json.get("key").and_then(Value::as_str).unwrap_or("?");
+    println!("key (shown once, store it now): {key}");
+    print_entry(conn, answer, &format!("{what} "));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_entry(conn: &Connection, answer: &Answer, what: &str) {
+    if conn.json {
+        println!("{}", answer.text.trim_end());
+        return;
+    }
+    let entry = answer.json.get("entry").cloned().unwrap_or(Value::Null);
+    println!("{what}{}", summary(&entry));
+    println!("{entry}");
+}
+
+struct Answer {
+    text: String,
+    json: Value,
+}
+
+/// One admin API call; a non-2xx answer is an error naming the API's message and path.
+fn call(
+    conn: &Connection,
+    method: &str,
+    path: &str,
+    body: Option<Value>,
+) -> Result<Answer, String> {
+    let token = token(conn)?;
+    let url = format!("{}{path}", conn.server.trim_end_matches('/'));
+    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
+    let request = agent.request(method, &url).set("authorization", &format!("Bearer {token}"));
+    let result = match body {
+        Some(b) => request.set("content-type", "application/json").send_string(&b.to_string()),
+        None => request.call(),
+    };
+    let (status, text) = match result {
+        Ok(r) => (r.status(), r.into_string().map_err(|e| format!("{}: {e}", conn.server))?),
+        Err(ureq::Error::Status(status, r)) => (status, r.into_string().unwrap_or_default()),
+        Err(ureq::Error::Transport(t)) => return Err(format!("{}: {t}", conn.server)),
+    };
+    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
+    if (200..300).contains(&status) {
+        return Ok(Answer { text, json });
+    }
+    if conn.json {
+        println!("{}", text.trim_end());
+    }
+    let field = |name: &str| json.get(name).and_then(Value::as_str);
+    let mut message = format!("{status} {}", field("error").unwrap_or("error"));
+    if let Some(m) = field("message") {
+        message.push_str(&format!(": {m}"));
+    }
+    if let Some(p) = field("path").filter(|p| !p.is_empty()) {
+        message.push_str(&format!(" (at {p})"));
+    }
+    Err(message)
+}
+
+fn token(conn: &Connection) -> Result<String, String> {
+    let token = if conn.token_stdin {
+        let mut input = String::new();
+        std::io::stdin().read_to_string(&mut input).map_err(|e| format!("standard input: {e}"))?;
+        input.trim_end_matches(['\n', '\r']).to_string()
+    } else {
+        std::env::var("KEYGATE_ADMIN_TOKEN").unwrap_or_default()
+    };
+    if token.is_empty() {
+        return Err("no admin token: set KEYGATE_ADMIN_TOKEN or pass --token-stdin".into());
+    }
+    if token.bytes().any(|c| c.is_ascii_control() || c == b' ') {
+        return Err("the admin token holds spaces or control characters".into());
+    }
+    Ok(token)
+}
+
+/// Percent-encodes one path segment or query value.
+fn segment(s: &str) -> String {
+    s.bytes()
+        .map(|c| match c {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
+                (c as char).to_string()
+            }
+            _ => format!("%{c:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,405 @@
+//! The key store, on SQLite or PostgreSQL through sqlx's `Any` driver: the same SQL for
+//! both (numbered `$1` parameters work in each), with the schema in `tools/migrations/`.
+//!
+//! # Why the change feed is exact
+//! Every write runs in one transaction opened by [`Db::begin_write`], which first takes a
+//! write lock and then the next change number (`UPDATE feed SET last = last + 1`). Writers
+//! are therefore serialized: in one process by a mutex, across replicas on one PostgreSQL
+//! by `pg_advisory_xact_lock` (held until commit or rollback) and, on SQLite, by SQLite's
+//! single writer. A writer takes its number only after the previous writer committed, so
+//! numbers commit in increasing order with no gaps (a rolled-back writer also rolls back
+//! its number). A sequence would not do: its values are handed out at once and can commit
+//! in any order, so a reader could pass number 7 before number 6 became visible.
+//!
+//! A reader first reads `feed.last` (committed, so every change up to it is committed and
+//! visible to the next statement) and then the change rows up to that number. Nothing can
+//! later appear below a cursor the service has answered.
+
+use crate::serve::error::{one_line, ApiError};
+use sqlx::any::AnyPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+use std::time::Duration;
+use tokio::sync::{Mutex, MutexGuard};
+
+static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
+static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
+
+/// The advisory lock every write transaction holds on PostgreSQL ("keygate" in ASCII).
+const WRITE_LOCK: i64 = 0x006b_6579_6761_7465;
+
+pub struct Db {
+    pool: AnyPool,
+    postgres: bool,
+    /// Made by the first migration; every feed cursor carries it.
+    pub database_id: String,
+    /// Serializes this process's writers (the database serializes them across processes).
+    writer: Mutex<()>,
+}
+
+/// A key as stored: the entry JSON exactly as the filter receives it (no name, no digest).
+pub struct StoredKey {
+    pub id: String,
+    pub sha256: String,
+    pub name: Option<String>,
+    pub entry: String,
+}
+
+/// What one key contributes to a change: its digest and every origin it listed before or
+/// after (normalised, or `*`), so the filter drops all of them from its cache.
+pub struct Touched {
+    pub sha256: String,
+    pub origins: Vec<String>,
+}
+
+pub struct ChangeRow {
+    pub seq: i64,
+    pub sha256: String,
+    pub origins: Vec<String>,
+}
+
+pub struct AuditRow {
+    pub seq: i64,
+    pub at: String,
+    pub admin: String,
+    pub action: String,
+    pub key_id: String,
+    pub successor: Option<String>,
+}
+
+/// A key to insert or the new state of one: what `keys` and `key_origins` hold.
+pub struct KeyRow<'a> {
+    pub id: &'a str,
+    pub sha256: &'a str,
+    pub name: Option<&'a str>,
+    pub owner: Option<&'a str>,
+    pub entry: &'a str,
+    pub origins: &'a [String],
+}
+
+impl Db {
+    /// Opens (creating a SQLite file if missing) and migrates; the error is one line.
+    pub async fn open(url: &str) -> Result<Db, String> {
+        sqlx::any::install_default_drivers();
+        let (connect, postgres) = if let Some(path) = url.strip_prefix("sqlite:") {
+            if path.is_empty() || path.contains('?') {
+                return Err(format!("--db {url}: expected sqlite:PATH"));
+            }
+            (format!("sqlite:{path}?mode=rwc"), false)
+        } else if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+            (url.to_string(), true)
+        } else {
+            return Err(format!(
+                "--db {}: expected sqlite:PATH or postgres://USER@HOST:PORT/DB",
+                redact(url)
+            ));
+        };
+        let fail = |what: &str, e: &dyn std::fmt::Display| {
+            format!("{what} {}: {}", redact(url), one_line(&e.to_string()))
+        };
+        // One connection first: the pool would retry until its timeout and then report only
+        // that it timed out, where this says why (refused, no such database, no such file).
+        let probe = sqlx::AnyConnection::connect(&connect)
+            .await
+            .map_err(|e| fail("cannot open database", &e))?;
+        let _ = probe.close().await;
+        let pool = AnyPoolOptions::new()
+            .max_connections(if postgres { 16 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |conn, _| {
+                Box::pin(async move {
+                    if !postgres {
+                        // WAL: readers never wait for the writer; busy_timeout: a second
+                        // process on the same file waits instead of failing.
+                        for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000"] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .connect(&connect)
+            .await
+            .map_err(|e| fail("cannot open database", &e))?;
+        let migrator = if postgres { &POSTGRES } else { &SQLITE };
+        migrator.run(&pool).await.map_err(|e| fail("cannot migrate database", &e))?;
+        let database_id: String =
+            sqlx::query_scalar("SELECT value FROM meta WHERE name = 'database_id'")
+                .fetch_one(&pool)
+                .await
+                .map_err(|e| fail("cannot read database", &e))?;
+        Ok(Db { pool, postgres, database_id, writer: Mutex::new(()) })
+    }
+
+    /// Starts a write: serialized against every other writer, holding the next change number.
+    pub async fn begin_write(&self, now: String) -> Result<Write<'_>, ApiError> {
+        let serial = self.writer.lock().await;
+        let mut tx = self.pool.begin().await?;
+        if self.postgres {
+            // Wrapped in a SELECT of an integer: the Any driver cannot read `void`.
+            sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
+                .bind(WRITE_LOCK)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let seq: i64 =
+            sqlx::query_scalar("UPDATE feed SET last = last + 1 WHERE id = 1 RETURNING last")
+                .fetch_one(&mut *tx)
+                .await?;
+        Ok(Write { tx, _serial: serial, seq, now })
+    }
+
+    pub async fn get(&self, id: &str) -> Result<Option<StoredKey>, ApiError> {
+        let row = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| stored(&r)).transpose()
+    }
+
+    /// Up to `limit` keys with ids after `after`, in id order.
+    pub async fn list(
+        &self,
+        owner: Option<&str>,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<StoredKey>, ApiError> {
+        let sql = match owner {
+            Some(_) => "SELECT id, sha256, name, entry FROM keys WHERE id > $1 AND owner = $3 ORDER BY id LIMIT $2",
+            None => "SELECT id, sha256, name, entry FROM keys WHERE id > $1 ORDER BY id LIMIT $2",
+        };
+        let mut query = sqlx::query(sql).bind(after).bind(limit);
+        if let Some(owner) = owner {
+            query = query.bind(owner);
+        }
+        query.fetch_all(&self.pool).await?.iter().map(stored).collect()
+    }
+
+    /// Every key, in id order (the export and the ECDS file).
+    pub async fn all(&self) -> Result<Vec<StoredKey>, ApiError> {
+        let rows = sqlx::query("SELECT id, sha256, name, entry FROM keys ORDER BY id")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    /// The entry JSON of the key with this digest.
+    pub async fn by_digest(&self, sha256: &str) -> Result<Option<String>, ApiError> {
+        Ok(sqlx::query_scalar("SELECT entry FROM keys WHERE sha256 = $1")
+            .bind(sha256)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+
+    /// The entry JSON of every key listing this (normalised) origin or `*`, in id order.
+    pub async fn by_origin(&self, origin: &str) -> Result<Vec<String>, ApiError> {
+        Ok(sqlx::query_scalar(
+            "SELECT k.entry FROM key_origins o JOIN keys k ON k.id = o.key_id \
+             WHERE o.origin = $1 OR o.origin = '*' ORDER BY k.id",
+        )
+        .bind(origin)
+        .fetch_all(&self.pool)
+        .await?)
+    }
+
+    /// The newest committed change number and the oldest one a cursor may still name.
+    pub async fn feed_state(&self) -> Result<(i64, i64), ApiError> {
+        let row =
+            sqlx::query("SELECT last, floor FROM feed WHERE id = 1").fetch_one(&self.pool).await?;
+        Ok((row.try_get("last")?, row.try_get("floor")?))
+    }
+
+    /// The rows of changes `after+1 ..= upto`, in order. Call with `upto` at most the
+    /// `last` that [`Db::feed_state`] returned, so that every one of them is committed.
+    pub async fn changes(&self, after: i64, upto: i64) -> Result<Vec<ChangeRow>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT seq, sha256, origins FROM changes WHERE seq > $1 AND seq <= $2 ORDER BY seq",
+        )
+        .bind(after)
+        .bind(upto)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                let origins: String = r.try_get("origins")?;
+                Ok(ChangeRow {
+                    seq: r.try_get("seq")?,
+                    sha256: r.try_get("sha256")?,
+                    origins: serde_json::from_str(&origins).unwrap_or_default(),
+                })
+            })
+            .collect()
+    }
+
+    /// Audit records numbered below `before`, newest first.
+    pub async fn audit(&self, before: i64, limit: i64) -> Result<Vec<AuditRow>, ApiError> {
+        let rows = sqlx::query(
+            "SELECT seq, at, admin, action, key_id, successor FROM audit \
+             WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
+        )
+        .bind(before)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(AuditRow {
+                    seq: r.try_get("seq")?,
+                    at: r.try_get("at")?,
+                    admin: r.try_get("admin")?,
+                    action: r.try_get("action")?,
+                    key_id: r.try_get("key_id")?,
+                    successor: r.try_get("successor")?,
+                })
+            })
+            .collect()
+    }
+}
+
+fn stored(r: &sqlx::any::AnyRow) -> Result<StoredKey, ApiError> {
+    Ok(StoredKey {
+        id: r.try_get("id")?,
+        sha256: r.try_get("sha256")?,
+        name: r.try_get("name")?,
+        entry: r.try_get("entry")?,
+    })
+}
+
+/// The database URL without a password, for messages.
+pub fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let user_info = &url[scheme + 3..at];
+            match user_info.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// One write transaction, holding change number `seq`. Dropped without [`Write::commit`],
+/// it rolls back, number included.
+pub struct Write<'a> {
+    tx: Transaction<'static, Any>,
+    _serial: MutexGuard<'a, ()>,
+    pub seq: i64,
+    /// RFC 3339 UTC, for `created_at`, `updated_at` and the audit record.
+    pub now: String,
+}
+
+impl Write<'_> {
+    pub async fn get(&mut self, id: &str) -> Result<Option<StoredKey>, ApiError> {
+        let row = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *self.tx)
+            .await?;
+        row.map(|r| stored(&r)).transpose()
+    }
+
+    pub async fn insert(&mut self, key: &KeyRow<'_>) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO keys (id, sha256, name, owner, entry, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+        )
+        .bind(key.id)
+        .bind(key.sha256)
+        .bind(key.name)
+        .bind(key.owner)
+        .bind(key.entry)
+        .bind(&self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        self.set_origins(key.id, key.origins).await
+    }
+
+    /// The new state of an existing key (its digest never changes).
+    pub async fn update(&mut self, key: &KeyRow<'_>) -> Result<(), ApiError> {
+        sqlx::query(
+            "UPDATE keys SET name = $2, owner = $3, entry = $4, updated_at = $5 WHERE id = $1",
+        )
+        .bind(key.id)
+        .bind(key.name)
+        .bind(key.owner)
+        .bind(key.entry)
+        .bind(&self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        self.set_origins(key.id, key.origins).await
+    }
+
+    pub async fn delete(&mut self, id: &str) -> Result<(), ApiError> {
+        self.set_origins(id, &[]).await?;
+        sqlx::query("DELETE FROM keys WHERE id = $1").bind(id).execute(&mut *self.tx).await?;
+        Ok(())
+    }
+
+    async fn set_origins(&mut self, id: &str, origins: &[String]) -> Result<(), ApiError> {
+        sqlx::query("DELETE FROM key_origins WHERE key_id = $1")
+            .bind(id)
+            .execute(&mut *self.tx)
+            .await?;
+        for origin in origins {
+            sqlx::query("INSERT INTO key_origins (origin, key_id) VALUES ($1, $2)")
+                .bind(origin)
+                .bind(id)
+                .execute(&mut *self.tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    /// Records what this change touched, for the feed.
+    pub async fn touched(&mut self, t: &Touched) -> Result<(), ApiError> {
+        let origins = serde_json::Value::from(t.origins.clone()).to_string();
+        sqlx::query("INSERT INTO changes (seq, sha256, origins) VALUES ($1, $2, $3)")
+            .bind(self.seq)
+            .bind(&t.sha256)
+            .bind(origins)
+            .execute(&mut *self.tx)
+            .await?;
+        Ok(())
+    }
+
+    pub async fn audit(
+        &mut self,
+        admin: &str,
+        action: &str,
+        key_id: &str,
+        successor: Option<&str>,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO audit (seq, at, admin, action, key_id, successor) VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(self.seq)
+        .bind(&self.now)
+        .bind(admin)
+        .bind(action)
+        .bind(key_id)
+        .bind(successor)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    pub async fn commit(self) -> Result<(), ApiError> {
+        self.tx.commit().await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::redact;
+
+    #[test]
+    fn passwords_stay_out_of_messages() {
+        assert_eq!(
+            redact("postgres://kg:s3cret@127.0.0.1:5432/kg"),
+            "postgres://kg:***@127.0.0.1:5432/kg"
+        );
+        assert_eq!(redact("postgres://kg@127.0.0.1:5432/kg"), "postgres://kg@127.0.0.1:5432/kg");
+        assert_eq!(redact("sqlite:keygate.db"), "sqlite:keygate.db");
+    }
+}

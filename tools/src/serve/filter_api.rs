@@ -1,0 +1,105 @@
+//! The protocol the filter speaks (see the remote-keys issue): read-only, unauthenticated,
+//! meant for the cluster network. Every answer is `application/json`; the filter treats
+//! anything but 200 (and 404 for a key) as an error.
+
+use crate::serve::error::{json, ApiError};
+use crate::serve::{feed, now_ms, AppState};
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use axum::Router;
+use keygate::core::cors::normalize_origin;
+use keygate::core::timestamp::parse_rfc3339;
+use serde_json::Value;
+use std::collections::HashMap;
+
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/v1/filter/keys/{sha256}", get(key))
+        .route("/v1/filter/origins/{origin}", get(origin))
+        .route("/v1/filter/changes", get(changes))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such resource")
+}
+
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
+/// `200 {"key": <entry>}` for a known digest (disabled ones too: the filter answers
+/// `denied_disabled`), else 404.
+async fn key(
+    State(s): State<AppState>,
+    sha256: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let unknown = || ApiError::not_found("no such key");
+    let Path(sha256) = sha256.map_err(|_| unknown())?;
+    if sha256.len() != 64 || !sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+        return Err(unknown());
+    }
+    let entry = s.db.by_digest(&sha256.to_ascii_lowercase()).await?.ok_or_else(unknown)?;
+    Ok(json(StatusCode::OK, format!("{{\"key\": {entry}}}")))
+}
+
+/// `200 {"keys": [...]}`: every CORS key listing this origin or `*` that is not disabled
+/// and not expired (scheduled keys included: the filter checks `not_before` itself).
+async fn origin(
+    State(s): State<AppState>,
+    origin: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let Path(origin) = origin.map_err(|_| ApiError::bad_request("not a percent-encoded origin"))?;
+    // An origin no configuration could list (a path, `null`, another scheme) has no keys.
+    let Ok(origin) = normalize_origin(&origin) else {
+        return Ok(json(StatusCode::OK, "{\"keys\": []}".into()));
+    };
+    let now = now_ms();
+    let entries = s.db.by_origin(&origin).await?;
+    let live: Vec<String> = entries.into_iter().filter(|e| is_live(e, now)).collect();
+    Ok(json(StatusCode::OK, format!("{{\"keys\": [{}]}}", live.join(", "))))
+}
+
+fn is_live(entry: &str, now_ms: i64) -> bool {
+    let Ok(v) = serde_json::from_str::<Value>(entry) else { return false };
+    if v.get("disabled").and_then(Value::as_bool) == Some(true) {
+        return false;
+    }
+    match v.get("expires_at").and_then(Value::as_str).map(parse_rfc3339) {
+        Some(Ok(expires)) => expires > now_ms,
+        Some(Err(_)) => false,
+        None => true,
+    }
+}
+
+async fn changes(
+    State(s): State<AppState>,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(query) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
+    if let Some(other) = query.keys().find(|k| *k != "after") {
+        return Err(ApiError::bad_request(format!("unknown query parameter {other:?}")));
+    }
+    let body = feed::changes(&s.db, query.get("after").map(String::as_str)).await?;
+    Ok(json(StatusCode::OK, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_live;
+
+    #[test]
+    fn disabled_and_expired_keys_are_not_live() {
+        let now = 1_800_000_000_000;
+        assert!(is_live(r#"{"id": "a"}"#, now));
+        assert!(is_live(r#"{"id": "a", "not_before": "2100-01-01T00:00:00Z"}"#, now));
+        assert!(!is_live(r#"{"id": "a", "disabled": true}"#, now));
+        assert!(!is_live(r#"{"id": "a", "expires_at": "2020-01-01T00:00:00Z"}"#, now));
+        assert!(is_live(r#"{"id": "a", "expires_at": "2100-01-01T00:00:00Z"}"#, now));
+    }
+}

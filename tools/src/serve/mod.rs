@@ -1,0 +1,214 @@
+//! `keygate serve`: the key service. It keeps the keys (SQLite or PostgreSQL), serves the
+//! admin API on one listener and the filter's read-only protocol on another, and can write
+//! the whole table as an Envoy ECDS file.
+//!
+//! One file per job: `db` (the store and why the feed is exact), `admin` (the admin API),
+//! `filter_api` (the filter protocol), `feed` (the change feed and its cursors), `ecds`
+//! (the ECDS file), `error` (the one error type and its JSON).
+
+mod admin;
+mod db;
+mod ecds;
+mod error;
+mod feed;
+mod filter_api;
+
+use clap::Args;
+use keygate::core::keytable::Digest;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::net::TcpListener;
+use tokio::sync::Notify;
+
+#[derive(Args)]
+pub struct ServeArgs {
+    /// The database: sqlite:PATH (the file is created if missing) or
+    /// postgres://USER@HOST:PORT/DB (replicas may share one).
+    #[arg(long, value_name = "URL", default_value = "sqlite:keygate.db")]
+    db: String,
+    /// Where the admin API listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
+    admin_listen: SocketAddr,
+    /// Where the filter's protocol (/v1/filter/...) listens; no authentication.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
+    filter_listen: SocketAddr,
+    /// After every change, write the whole table here as an Envoy ECDS file.
+    #[arg(long, value_name = "PATH")]
+    ecds_file: Option<PathBuf>,
+    /// The plugin configuration (JSON, without keys) the ECDS file carries beside the keys.
+    #[arg(long, value_name = "FILE", requires = "ecds_file")]
+    ecds_base: Option<PathBuf>,
+    /// The .wasm path the ECDS file tells Envoy to load.
+    #[arg(long, value_name = "PATH", default_value = "dist/keygate.wasm")]
+    ecds_wasm: String,
+}
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    db: Arc<db::Db>,
+    /// SHA-256 of every admin token.
+    admins: Arc<[Digest]>,
+    /// Woken after each change this replica commits (for the ECDS file).
+    changed: Arc<Notify>,
+}
+
+pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
+    let admins = admin_digests(std::env::var("KEYGATE_ADMIN_TOKEN_SHA256").ok().as_deref())
+        .map_err(|e| format!("serve: {e}"))?;
+    let ecds = match &args.ecds_file {
+        Some(path) => Some(
+            ecds::Ecds::new(path.clone(), args.ecds_base.as_deref(), args.ecds_wasm.clone())
+                .map_err(|e| format!("serve: {e}"))?,
+        ),
+        None => None,
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("serve: cannot start: {e}"))?;
+    runtime.block_on(serve(args, admins, ecds)).map_err(|e| format!("serve: {e}"))
+}
+
+async fn serve(
+    args: ServeArgs,
+    admins: Vec<Digest>,
+    ecds: Option<ecds::Ecds>,
+) -> Result<ExitCode, String> {
+    let db = Arc::new(db::Db::open(&args.db).await?);
+    let state =
+        AppState { db: db.clone(), admins: admins.into(), changed: Arc::new(Notify::new()) };
+    let bind = |addr: SocketAddr, flag: &'static str| async move {
+        TcpListener::bind(addr).await.map_err(|e| format!("--{flag} {addr}: {e}"))
+    };
+    let admin_listener = bind(args.admin_listen, "admin-listen").await?;
+    let filter_listener = bind(args.filter_listen, "filter-listen").await?;
+    if let Some(ecds) = ecds {
+        tokio::spawn(ecds::run(ecds, db.clone(), state.changed.clone()));
+    }
+    let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    println!(
+        "keygate serve: admin http://{}, filter http://{}, db {}",
+        local(&admin_listener, args.admin_listen),
+        local(&filter_listener, args.filter_listen),
+        db::redact(&args.db)
+    );
+    let admin = axum::serve(admin_listener, admin::router(state.clone()));
+    let filter = axum::serve(filter_listener, filter_api::router(state));
+    tokio::select! {
+        r = admin => r.map_err(|e| format!("admin listener: {e}"))?,
+        r = filter => r.map_err(|e| format!("filter listener: {e}"))?,
+        () = stopped() => {}
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Ctrl-C or SIGTERM.
+async fn stopped() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => {
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `KEYGATE_ADMIN_TOKEN_SHA256`: comma-separated lower- or upper-case hex SHA-256 digests.
+fn admin_digests(value: Option<&str>) -> Result<Vec<Digest>, String> {
+    const HOW: &str = "the SHA-256 of each admin token (`keygate key new` makes a token, \
+                       `keygate key hash` prints its digest), comma-separated";
+    let value = value
+        .filter(|v| !v.trim().is_empty())
+        .ok_or_else(|| format!("KEYGATE_ADMIN_TOKEN_SHA256 is not set: set it to {HOW}"))?;
+    value
+        .split(',')
+        .enumerate()
+        .map(|(i, item)| {
+            parse_digest(item.trim()).ok_or_else(|| {
+                format!(
+                    "KEYGATE_ADMIN_TOKEN_SHA256: item {} is not 64 hex characters; expected {HOW}",
+                    i + 1
+                )
+            })
+        })
+        .collect()
+}
+
+fn parse_digest(hex: &str) -> Option<Digest> {
+    if hex.len() != 64 || !hex.is_ascii() {
+        return None;
+    }
+    let mut digest = [0u8; 32];
+    for (out, i) in digest.iter_mut().zip((0..64).step_by(2)) {
+        *out = u8::from_str_radix(&hex[i..i + 2], 16).ok()?;
+    }
+    Some(digest)
+}
+
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Unix milliseconds as RFC 3339 UTC to the second (`2026-12-01T15:00:00Z`).
+pub fn rfc3339(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (days, of_day) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Howard Hinnant's days-to-civil, in the proleptic Gregorian calendar.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+        of_day / 3600,
+        of_day % 3600 / 60,
+        of_day % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keygate::core::timestamp::parse_rfc3339;
+
+    #[test]
+    fn rfc3339_round_trips_through_the_filters_parser() {
+        for text in [
+            "1970-01-01T00:00:00Z",
+            "2000-02-29T23:59:59Z",
+            "2026-12-01T15:00:00Z",
+            "2100-03-01T00:00:01Z",
+            "2400-12-31T12:30:45Z",
+        ] {
+            let ms = parse_rfc3339(text).unwrap_or(-1);
+            assert_eq!(rfc3339(ms), text);
+            assert_eq!(rfc3339(ms + 999), text, "milliseconds are dropped");
+        }
+    }
+
+    #[test]
+    fn admin_digests_are_hex_and_comma_separated() {
+        let a = "a".repeat(64);
+        let b = "0123456789ABCDEF".repeat(4);
+        let parsed = admin_digests(Some(&format!("{a}, {b}"))).unwrap_or_default();
+        assert_eq!(parsed.len(), 2);
+        assert_eq!(parsed[1][..2], [0x01, 0x23]);
+        assert!(admin_digests(None).is_err_and(|e| e.contains("is not set")));
+        assert!(admin_digests(Some(" ")).is_err());
+        assert!(admin_digests(Some(&format!("{a},"))).is_err_and(|e| e.contains("item 2")));
+        assert!(admin_digests(Some(&"g".repeat(64))).is_err());
+    }
+}
