@@ -642,6 +642,30 @@ def test_a_table_pushed_while_a_lookup_is_held():
             assert set(statuses(many(e, 10, "pushed-key"))) == {200}
             assert set(statuses(many(e, 10, key))) == {200}
 
+            # New key_service settings (a new cache) while a lookup is held.
+            changed = base_config(timeout_ms=2500, cache={"ttl_seconds": 30})
+            changed["keys"] = second["keys"]
+            third = new_key()
+            server.add(third, {"id": "r-held-3"})
+            server.fault("hold", on="keys")
+            held = []
+            t = threading.Thread(target=lambda: held.append(call(e, third)))
+            t.start()
+            assert until(lambda: server.lookups(third) >= 1, 3.0)[0]
+            ecds.push(changed)
+            time.sleep(0.1)
+            server.release()
+            server.clear_faults()
+            t.join(10)
+            assert held, "no answer"
+            assert held[0].status in (200, 503), (held[0].status, held[0].body)
+            if held[0].status == 503:
+                assert_unavailable(held[0])
+            else:
+                assert held[0].upstream_all("x-api-key-id") == ["r-held-3"]
+            assert set(statuses(many(e, 10, third))) == {200}
+            second = changed
+
             # The key service taken out of the configuration while a lookup is held.
             other = new_key()
             server.add(other, {"id": "r-held-2"})
