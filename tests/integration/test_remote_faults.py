@@ -325,6 +325,11 @@ def test_max_entries_bounds_the_cache():
             assert call(e, keys[-1]).status == 200 and server.lookups(keys[-1]) == 1
             assert call(e, keys[0]).upstream_all("x-api-key-id") == ["r-many-0"]
             assert server.lookups(keys[0]) == 2
+            # A reset empties every VM's cache: the gauge goes back to 0.
+            server.force_reset(times=1000)
+            time.sleep(1.5)
+            server.clear_faults()
+            assert e.stats().get("wasmcustom.keygate.remote.cache_entries") == 0
             assert_no_trap(e)
         finally:
             e.stop()

@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import re
 import secrets
+import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import UNAUTHORIZED, Envoy, Response, bearer, forbidden, http1, sha256_hex
+from harness import UNAUTHORIZED, Envoy, Response, _complete, bearer, forbidden, http1, parse_http1, sha256_hex
 from keyserver import KeyServer, digest
 
 AUTHORITY = "keygate-keys.internal"
@@ -337,6 +338,45 @@ def test_revocation_reaches_every_worker_within_2s(envoy, server, how):
     rs = many(envoy, 40, key)
     for r in rs:
         assert_unauthorized(r)
+
+
+def test_revocation_p99_over_repeated_revocations(envoy, server):
+    """Five keys revoked one after another at arbitrary points of the poll cycle: every one is
+    refused on both workers within 2 s."""
+    took_all = []
+    for i in range(5):
+        key = new_key()
+        server.add(key, {"id": f"r-rev-{i}"})
+        assert set(statuses(warm(envoy, key))) == {200}
+        time.sleep(0.17 * i)  # a different phase of the 1 s poll cycle each time
+        server.remove(key)
+        ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, key)), timeout=4.0)
+        assert ok, f"revocation {i} never seen"
+        took_all.append(round(took, 2))
+        assert set(statuses(many(envoy, 20, key))) == {401}
+    assert max(took_all) <= 2.0, took_all
+
+
+def test_keep_alive_connection_with_lookups_in_turn(envoy, server):
+    keys = [new_key() for _ in range(4)]
+    for i, k in enumerate(keys):
+        server.add(k, {"id": f"r-ka-{i}"})
+    server.fault("slow", on="keys", delay=0.05)
+    with socket.create_connection(("127.0.0.1", envoy.port), timeout=10) as s:
+        for i, k in enumerate(keys + [new_key(), keys[0]]):
+            s.sendall(f"GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {k}\r\n\r\n".encode())
+            data = b""
+            while not _complete(data, False):
+                chunk = s.recv(65536)
+                assert chunk, "connection closed"
+                data += chunk
+            r = parse_http1(data)
+            if i < 4:
+                assert r.status == 200 and r.upstream_all("x-api-key-id") == [f"r-ka-{i}"]
+            elif i == 4:
+                assert_unauthorized(r)
+            else:
+                assert r.upstream_all("x-api-key-id") == ["r-ka-0"]
 
 
 def test_feed_reset_drops_everything(envoy, server):
