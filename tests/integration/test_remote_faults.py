@@ -826,3 +826,70 @@ def test_a_503_is_readable_by_an_origin_only_a_remote_key_allows(origin_cached):
             assert_no_trap(e, web)
         finally:
             e.stop()
+
+
+def h2_exchange(port: int, key: str, body: bytes, trailers: bool, on_sent=None, timeout: float = 10):
+    """One h2 request with a body (and trailers); on_sent() runs once it is all sent.
+    Returns (status, headers, body)."""
+    conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=True, header_encoding=None))
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        conn.initiate_connection()
+        hdrs = h2_request_headers(key)
+        hdrs[0] = (b":method", b"POST")
+        conn.send_headers(1, hdrs, end_stream=False)
+        conn.send_data(1, body, end_stream=not trailers)
+        if trailers:
+            conn.send_headers(1, [(b"x-trailer", b"t")], end_stream=True)
+        s.sendall(conn.data_to_send())
+        if on_sent:
+            on_sent()
+        status, headers, data, ended = 0, [], b"", False
+        while not ended:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            for ev in conn.receive_data(chunk):
+                if isinstance(ev, h2.events.ResponseReceived):
+                    headers = ev.headers
+                    status = int(dict(ev.headers)[b":status"])
+                elif isinstance(ev, h2.events.DataReceived):
+                    conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                    data += ev.data
+                elif isinstance(ev, (h2.events.StreamEnded, h2.events.StreamReset)):
+                    ended = True
+            s.sendall(conn.data_to_send())
+    return status, headers, data
+
+
+@pytest.mark.parametrize("trailers", [False, True], ids=["body", "body and trailers"])
+def test_a_paused_request_cannot_slip_through_while_its_body_arrives(trailers):
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(timeout_ms=3000), concurrency=1)
+        try:
+            unknown, known = new_key("unknown"), new_key("known")
+            server.add(known, {"id": "r-known"})
+            for key, want in ((unknown, 401), (known, 200)):
+                server.fault("hold", on="keys")
+                upstream_before = e.stats(filter="cluster.echo.upstream_rq_total").get("cluster.echo.upstream_rq_total", 0)
+                seen = []
+
+                def after_sent():
+                    assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
+                    time.sleep(0.3)  # body (and trailers) delivered while the lookup is held
+                    seen.append(e.stats(filter="cluster.echo.upstream_rq_total").get("cluster.echo.upstream_rq_total", 0))
+                    server.release()
+
+                status, _, data = h2_exchange(e.port, key, b"b" * 4000, trailers, on_sent=after_sent)
+                server.clear_faults()
+                assert seen == [upstream_before], "the request reached the upstream before its key was decided"
+                assert status == want, (status, data[:200])
+                if want == 401:
+                    assert data == b'{"error": "Unauthorized", "message": "Invalid API key"}'
+                else:
+                    assert b'"x-api-key-id", "r-known"' in data
+                    after = e.stats(filter="cluster.echo.upstream_rq_total")["cluster.echo.upstream_rq_total"]
+                    assert after == upstream_before + 1  # (the counter does count upstream requests)
+            assert_no_trap(e, unknown, known)
+        finally:
+            server.clear_faults()
+            e.stop()
