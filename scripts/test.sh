@@ -17,5 +17,6 @@ cargo test --locked --workspace
 echo "== fuzzing, short bounded run (scripts/fuzz.sh SECONDS for longer)"
 scripts/fuzz.sh 10
 
-echo "== integration tests (real Envoy)"
+echo "== integration tests (real Envoy, the real key service on SQLite and PostgreSQL, Chromium)"
+cargo build --locked -p keygate-tools --bin keygate
 .venv/bin/python -m pytest tests/integration -q -p no:cacheprovider "$@"

@@ -1,13 +1,21 @@
-"""envoy/envoy.yaml, the config users run, and the demo keys the README lists."""
+"""envoy/envoy.yaml, the config users run, and the demo keys the README lists: the filter
+with its static table, and beside it the real key service (as scripts/demo.sh runs them),
+end to end: a key created in the service works at once, stops within the feed's delay,
+and rotates without downtime."""
 
+import json
 import subprocess
+import time
 
 import pytest
 import yaml
 
 from harness import ROOT, UNAUTHORIZED, Envoy, bearer, envoy_command, forbidden, free_port
+from service import Service, run_keygate
 
 DEMO = ROOT / "envoy" / "envoy.yaml"
+DEMO_SERVICE_KEYS = ROOT / "envoy" / "demo-service-keys.json"
+ADMIN = "kg_demo_admin_0c5e2f7a91"
 
 
 def test_envoy_validates_the_shipped_config():
@@ -17,21 +25,98 @@ def test_envoy_validates_the_shipped_config():
     assert "OK" in r.stdout + r.stderr
 
 
-def on_free_ports(doc: dict) -> tuple[dict, int, int]:
+def on_free_ports(doc: dict, key_service_port: int | None = None) -> tuple[dict, int, int]:
     """The demo bootstrap with its fixed ports replaced, so it can run beside anything."""
     api, admin, echo = free_port(), free_port(), free_port()
     text = yaml.safe_dump(doc)
-    for old, new in ((10000, api), (9901, admin), (10001, echo)):
+    for old, new in ((10000, api), (9901, admin), (10001, echo), (9101, key_service_port or free_port())):
         text = text.replace(f"port_value: {old}", f"port_value: {new}")
     return yaml.safe_load(text), api, admin
 
 
 @pytest.fixture(scope="module")
-def demo():
-    doc, api, admin = on_free_ports(yaml.safe_load(DEMO.read_text()))
-    e = Envoy(bootstrap=doc, port=api, admin_port=admin).start()
+def service(tmp_path_factory):
+    s = Service("sqlite:keygate.db", tmp_path_factory.mktemp("demo-service"), tokens=[ADMIN],
+                args=["--import", str(DEMO_SERVICE_KEYS)]).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def demo(service):
+    """The demo Envoy with two workers (each its own VM and cache), its key service the real one."""
+    doc, api, admin = on_free_ports(yaml.safe_load(DEMO.read_text()), service.filter_port)
+    e = Envoy(bootstrap=doc, port=api, admin_port=admin, concurrency=2).start()
     yield e
     e.stop()
+
+
+def on_every_worker(demo, key: str, expect: int, within: float) -> float:
+    """Seconds until `expect` answers on fresh connections (spread over both workers) agree."""
+    start = time.monotonic()
+    while True:
+        statuses = [demo.get("/api/stream/1", [bearer(key)]).status for _ in range(6)]
+        if all(s == expect for s in statuses):
+            return time.monotonic() - start
+        assert time.monotonic() - start < within, f"still {statuses} after {within} s"
+        time.sleep(0.05)
+
+
+def cli(service, *args) -> dict:
+    r = run_keygate("keys", *args, "--server", f"http://127.0.0.1:{service.admin_port}", "--json",
+                    env={"KEYGATE_ADMIN_TOKEN": ADMIN})
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout) if r.stdout.strip() else {}
+
+
+def test_the_service_seeded_key_works_through_the_demo(demo):
+    r = demo.get("/api/stream/1", [bearer("kg_demo_remote_5d2a8c1e4b")])
+    assert r.status == 200
+    assert r.upstream_all("x-api-key-id") == ["demo-remote"]
+    assert r.upstream_all("x-api-key-owner") == ["team-remote"]
+
+
+def test_created_works_at_once_and_revoked_is_refused_within_two_seconds(demo, service):
+    created = cli(service, "create", "--owner", "acme")
+    key, key_id = created["key"], created["entry"]["id"]
+    r = demo.get("/api/stream/1", [bearer(key)])
+    assert r.status == 200 and r.upstream_all("x-api-key-id") == [key_id]
+    on_every_worker(demo, key, 200, within=2)
+    assert service.admin("PATCH", f"/v1/keys/{key_id}", {"disabled": True}).status == 200
+    assert on_every_worker(demo, key, 401, within=2) < 2
+    assert service.admin("PATCH", f"/v1/keys/{key_id}", {"disabled": False}).status == 200
+    on_every_worker(demo, key, 200, within=2)
+    cli(service, "revoke", key_id)
+    assert on_every_worker(demo, key, 401, within=2) < 2
+    assert demo.get("/api/stream/1", [bearer(key)]).body == UNAUTHORIZED
+
+
+def test_a_key_refused_before_it_existed_works_once_created(demo, service):
+    # The service answers 404 and the filter caches that; creating the key lists its digest
+    # in the feed, which drops the negative answer on every worker.
+    created = cli(service, "create")
+    key = created["key"]
+    cli(service, "revoke", created["entry"]["id"])
+    on_every_worker(demo, key, 401, within=2)
+    # A new key with a new secret: only its own digest was ever refused.
+    fresh = cli(service, "create")
+    on_every_worker(demo, fresh["key"], 200, within=2)
+
+
+def test_rotation_keeps_both_keys_during_the_grace_period_then_only_the_new(demo, service):
+    old = cli(service, "create", "--owner", "rotating")
+    old_key, old_id = old["key"], old["entry"]["id"]
+    on_every_worker(demo, old_key, 200, within=2)
+    rotated = service.admin("POST", f"/v1/keys/{old_id}/rotate", {"grace_seconds": 3})
+    assert rotated.status == 201, rotated
+    new_key, new_id = rotated.json()["key"], rotated.json()["entry"]["id"]
+    assert new_id != old_id
+    assert demo.get("/api/stream/1", [bearer(new_key)]).upstream_all("x-api-key-id") == [new_id]
+    on_every_worker(demo, old_key, 200, within=2)
+    on_every_worker(demo, new_key, 200, within=2)
+    # After the grace period the old key is expired: refused, and the new one still works.
+    on_every_worker(demo, old_key, 401, within=6)
+    on_every_worker(demo, new_key, 200, within=1)
 
 
 def test_demo_backend_key(demo):

@@ -123,18 +123,18 @@ fn duplicate(id: &str) -> ApiError {
 }
 
 /// An entry the filter's compiler accepted, ready to store.
-struct Checked {
-    id: String,
-    name: Option<String>,
-    owner: Option<String>,
+pub(super) struct Checked {
+    pub id: String,
+    pub name: Option<String>,
+    pub owner: Option<String>,
     /// Normalised origins, or `*`.
-    origins: Vec<String>,
+    pub origins: Vec<String>,
     /// The entry as the filter receives it.
-    json: String,
+    pub json: String,
 }
 
 /// Takes `name` out of an admin's entry and compiles the rest as the filter would.
-fn check(doc: Value) -> Result<Checked, ApiError> {
+pub(super) fn check(doc: Value) -> Result<Checked, ApiError> {
     let Value::Object(mut entry) = doc else {
         return Err(ApiError::at("entry", "expected a JSON object"));
     };

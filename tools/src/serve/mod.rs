@@ -12,6 +12,7 @@ mod ecds;
 mod error;
 mod feed;
 mod filter_api;
+mod import;
 
 use clap::Args;
 use keygate::core::keytable::Digest;
@@ -44,6 +45,10 @@ pub struct ServeArgs {
     /// The .wasm path the ECDS file tells Envoy to load.
     #[arg(long, value_name = "PATH", default_value = "dist/keygate.wasm")]
     ecds_wasm: String,
+    /// At start, add the keys of this plugin configuration (JSON, with sha256 digests) whose
+    /// ids the database does not hold yet: a static table moved into the service.
+    #[arg(long, value_name = "FILE")]
+    import: Option<PathBuf>,
 }
 
 /// What every handler shares.
@@ -79,6 +84,15 @@ async fn serve(
     ecds: Option<ecds::Ecds>,
 ) -> Result<ExitCode, String> {
     let db = Arc::new(db::Db::open(&args.db).await?);
+    if let Some(path) = &args.import {
+        let done = import::import(&db, path, rfc3339(now_ms())).await?;
+        println!(
+            "keygate serve: imported {} keys from {} ({} already held)",
+            done.added,
+            path.display(),
+            done.kept
+        );
+    }
     let state =
         AppState { db: db.clone(), admins: admins.into(), changed: Arc::new(Notify::new()) };
     let bind = |addr: SocketAddr, flag: &'static str| async move {

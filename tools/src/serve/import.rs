@@ -1,0 +1,61 @@
+//! `keygate serve --import FILE`: the keys of a plugin configuration, added at start when
+//! their id is not in the database yet. It moves a static table into the service (digests
+//! stay digests), and seeds the demo. The whole file is compiled first with the filter's
+//! compiler, so a refused entry stops the service before anything is imported.
+
+use super::admin::check;
+use super::db::{Db, KeyRow, Touched};
+use keygate::core::keytable::sha256;
+use keygate::core::policy::Policy;
+use serde_json::Value;
+use std::path::Path;
+
+/// What was added and what was already there.
+pub struct Imported {
+    pub added: usize,
+    pub kept: usize,
+}
+
+pub async fn import(db: &Db, path: &Path, now: String) -> Result<Imported, String> {
+    let text = std::fs::read(path).map_err(|e| format!("--import {}: {e}", path.display()))?;
+    let at = |e: String| format!("--import {}: {e}", path.display());
+    Policy::from_json(&text).map_err(|e| at(e.to_string()))?;
+    let doc: Value = serde_json::from_slice(&text).map_err(|e| at(e.to_string()))?;
+    let keys = doc.get("keys").and_then(Value::as_array).cloned().unwrap_or_default();
+    let mut result = Imported { added: 0, kept: 0 };
+    for (i, mut entry) in keys.into_iter().enumerate() {
+        let Some(object) = entry.as_object_mut() else { continue };
+        // The compiler above accepted the file, so each entry has exactly one of the two.
+        let digest = match (object.shift_remove("sha256"), object.shift_remove("key")) {
+            (Some(Value::String(hex)), _) => hex.to_ascii_lowercase(),
+            (_, Some(Value::String(plain))) => {
+                sha256(plain.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+            }
+            _ => return Err(at(format!("keys[{i}]: expected sha256 or key"))),
+        };
+        let key = check(entry).map_err(|e| at(format!("keys[{i}]: {}", e.message)))?;
+        // One change (and one audit record) per key, as if an admin had created it.
+        let mut w = db.begin_write(now.clone()).await.map_err(|e| at(e.message))?;
+        if w.get(&key.id).await.map_err(|e| at(e.message))?.is_some() {
+            result.kept += 1;
+            continue;
+        }
+        w.insert(&KeyRow {
+            id: &key.id,
+            sha256: &digest,
+            name: key.name.as_deref(),
+            owner: key.owner.as_deref(),
+            entry: &key.json,
+            origins: &key.origins,
+        })
+        .await
+        .map_err(|e| at(format!("keys[{i}]: {}", e.message)))?;
+        w.touched(&Touched { sha256: digest, origins: key.origins.clone() })
+            .await
+            .map_err(|e| at(e.message))?;
+        w.audit("import", "create", &key.id, None).await.map_err(|e| at(e.message))?;
+        w.commit().await.map_err(|e| at(e.message))?;
+        result.added += 1;
+    }
+    Ok(result)
+}
