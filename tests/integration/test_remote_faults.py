@@ -450,7 +450,7 @@ def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded(service):
         try:
             valid = new_key("valid")
             server.add(valid, {"id": "r-valid"})
-            assert set(statuses(warm(e, valid))) == {200}
+            assert set(statuses(settle(e, server, valid))) == {200}
             asked = server.lookups(valid)
             if service == "down":
                 server.kill()
