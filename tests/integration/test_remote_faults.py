@@ -771,13 +771,10 @@ def test_a_feed_answer_near_64_kib_is_read_whole():
             server.add(key, {"id": "r-big-feed"})
             assert set(statuses(settle(e, server, key))) == {200}
             errors, invalidations = e.counter("remote.feed_errors"), e.counter("remote.invalidations")
-            server.fault("hold", on="changes")  # gather the whole batch into one answer
-            time.sleep(0.3)
-            for _ in range(900):
-                server.feed_key(new_key("noise"))
-            server.set_disabled(key)
-            server.release()
-            server.clear_faults()
+            with server._lock:  # one batch: the next poll answers all of it (about 61 KB)
+                for _ in range(900):
+                    server.feed_key(new_key("noise"))
+                server.set_disabled(key)
             ok, took = until(lambda: call(e, key).status == 401, timeout=3.0)
             assert ok and took <= 1.0, f"{ok} after {took:.2f}s"
             assert e.counter("remote.feed_errors") == errors
