@@ -603,7 +603,7 @@ def test_a_table_pushed_while_a_lookup_is_held():
     """ECDS replaces the plugin configuration while requests wait on a lookup (the root they
     paused under is replaced): they are still answered, and the new configuration serves."""
     with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
-        first = base_config(timeout_ms=2000)
+        first = base_config(timeout_ms=5000)
         ecds = EcdsEnvoy(first)
         ecds.envoy.concurrency = 2
         ecds.envoy.bootstrap["static_resources"]["clusters"].append(static_cluster(CLUSTER, server.port))
@@ -617,7 +617,7 @@ def test_a_table_pushed_while_a_lookup_is_held():
             t = threading.Thread(target=lambda: held.append(call(e, key)))
             t.start()
             assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
-            second = base_config(timeout_ms=2000)
+            second = base_config(timeout_ms=5000)
             second["keys"].append({"id": "pushed", "sha256": sha256_hex("pushed-key")})
             ecds.push(second)
             time.sleep(0.1)
@@ -630,7 +630,7 @@ def test_a_table_pushed_while_a_lookup_is_held():
             assert set(statuses(many(e, 10, key))) == {200}
 
             # New key_service settings (a new cache) while a lookup is held.
-            changed = base_config(timeout_ms=2500, cache={"ttl_seconds": 30})
+            changed = base_config(timeout_ms=6000, cache={"ttl_seconds": 30})
             changed["keys"] = second["keys"]
             third = new_key()
             server.add(third, {"id": "r-held-3"})
