@@ -4,7 +4,7 @@
 mod common;
 
 use common::{hex, policy, req};
-use keygate::core::decide::{Ask, Decision, Remote};
+use keygate::core::decide::{Ask, Decision, Failed, Remote};
 use keygate::core::keytable::sha256;
 use keygate::core::parse;
 use keygate::core::policy::Policy;
@@ -54,7 +54,7 @@ fn a_cached_remote_key_is_decided_like_the_same_static_key() {
         r#"{{"keys": [{}]}}"#,
         ENTRY.replacen("{", &format!(r#"{{"sha256": "{}", "#, hex("remote-key")), 1)
     ));
-    let view = Some(Remote { cache: &c, failed: false });
+    let view = Some(Remote { cache: &c, failed: Failed::NONE });
     let cases = [
         ("GET", "/v1/streams/s1", Some("https://app.example")),
         ("GET", "/v1/streams/s2", Some("https://app.example")),
@@ -79,7 +79,7 @@ fn a_cached_remote_key_is_decided_like_the_same_static_key() {
 fn static_keys_never_ask_and_misses_ask_for_the_digest() {
     let p = remote_policy();
     let c = cache(&p);
-    let view = Some(Remote { cache: &c, failed: false });
+    let view = Some(Remote { cache: &c, failed: Failed::NONE });
     let r = req("GET", "/x").auth("Bearer static-key");
     assert_eq!(outcome(p.decide_with(&r.0, NOW, view)).0, Outcome::Allowed);
     let r = req("GET", "/x").auth("Bearer new-key");
@@ -102,7 +102,7 @@ fn failures_serve_stale_answers_then_the_503_and_404s_stay_401s() {
     answer(&mut c, "remote-key", Some(r#"{"id": "r"}"#), NOW);
     answer(&mut c, "gone-key", None, NOW);
     let expired = NOW + 61_000;
-    let failed = Some(Remote { cache: &c, failed: true });
+    let failed = Some(Remote { cache: &c, failed: Failed::BOTH });
     let r = req("GET", "/x").auth("Bearer remote-key");
     assert_eq!(
         outcome(p.decide_with(&r.0, expired, failed)),
@@ -133,7 +133,7 @@ fn preflights_and_readable_401s_ask_for_the_origin_once() {
     let mut c = cache(&p);
     let pre = req("OPTIONS", "/v1/streams/s1").origin("https://app.example").preflight("GET");
     assert!(matches!(
-        p.decide_with(&pre.0, NOW, Some(Remote { cache: &c, failed: false })),
+        p.decide_with(&pre.0, NOW, Some(Remote { cache: &c, failed: Failed::NONE })),
         Decision::Ask(Ask::Origin)
     ));
     let entry = match parse::entry(ENTRY.as_bytes(), "keys[0]") {
@@ -141,7 +141,7 @@ fn preflights_and_readable_401s_ask_for_the_origin_once() {
         Err(e) => unreachable!("{e}"),
     };
     c.insert_origin(b"https://app.example", vec![entry], NOW);
-    let view = Some(Remote { cache: &c, failed: false });
+    let view = Some(Remote { cache: &c, failed: Failed::NONE });
     assert_eq!(outcome(p.decide_with(&pre.0, NOW, view)).0, Outcome::PreflightAllowed);
     let other_method =
         req("OPTIONS", "/v1/streams/s1").origin("https://app.example").preflight("DELETE");
@@ -152,7 +152,7 @@ fn preflights_and_readable_401s_ask_for_the_origin_once() {
     }
     // The origin's keys could not be learnt: the preflight gets the 503, a 401 stays unreadable.
     let c2 = cache(&p);
-    let failed = Some(Remote { cache: &c2, failed: true });
+    let failed = Some(Remote { cache: &c2, failed: Failed::BOTH });
     assert_eq!(outcome(p.decide_with(&pre.0, NOW, failed)).0, Outcome::Unavailable);
     match p.decide_with(&req("GET", "/x").origin("https://app.example").0, NOW, failed) {
         Decision::Done(v) => assert!(v.outcome == Outcome::DeniedMissing && !v.allow_origin),

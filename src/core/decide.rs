@@ -71,9 +71,24 @@ impl<'a> Request<'a> {
 #[derive(Clone, Copy)]
 pub struct Remote<'c> {
     pub cache: &'c RemoteCache,
-    /// The lookup this request waited for failed: answer from stale entries or with a 503
-    /// (a 401 only stays unreadable) instead of asking again.
-    pub failed: bool,
+    /// Lookups this request already waited for and that failed: decide without them
+    /// instead of asking again.
+    pub failed: Failed,
+}
+
+/// Which lookups failed for a request.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Failed {
+    /// The key's: serve a stale answer, or the 503.
+    pub key: bool,
+    /// The origin's: remote CORS keys grant nothing (a preflight gets the 503, a 401 or 503
+    /// stays unreadable).
+    pub origin: bool,
+}
+
+impl Failed {
+    pub const NONE: Failed = Failed { key: false, origin: false };
+    pub const BOTH: Failed = Failed { key: true, origin: true };
 }
 
 /// The decision, or what must be asked first.
@@ -218,7 +233,7 @@ impl Policy {
         match remote.cache.get(tag, now_ms) {
             Cached::Fresh(entry) => Ok(Ok(found(entry, RemoteUse::Hit))),
             Cached::Absent => Ok(Err(Outcome::DeniedUnknown)),
-            Cached::Miss if remote.failed => Ok(remote
+            Cached::Miss if remote.failed.key => Ok(remote
                 .cache
                 .stale(tag, now_ms)
                 .map(|e| found(e, RemoteUse::Stale))
@@ -277,13 +292,7 @@ impl Policy {
             Some(o) if is_real_origin(o) => {
                 public
                     || self.cors_index.grants(o).any(|g| g.window.at(now_ms) == Validity::Active)
-                    || self.remote_grants(
-                        o,
-                        now_ms,
-                        remote,
-                        outcome == Outcome::Unavailable,
-                        |_| true,
-                    )?
+                    || self.remote_grants(o, now_ms, remote, |_| true)?
             }
             _ => false,
         };
@@ -291,14 +300,13 @@ impl Policy {
     }
 
     /// Whether a remote CORS key active now for `origin` passes `allows`. Asks for the
-    /// origin's answer when it is not cached, unless `no_ask` or the last lookup failed
-    /// (then remote keys grant nothing).
+    /// origin's answer when it is not cached, unless its lookup failed (then remote keys
+    /// grant nothing).
     fn remote_grants<'a>(
         &'a self,
         origin: &[u8],
         now_ms: i64,
         remote: Option<Remote<'a>>,
-        no_ask: bool,
         allows: impl Fn(&Entry) -> bool,
     ) -> Step<'a, bool> {
         let Some(r) = remote else { return Ok(false) };
@@ -309,7 +317,7 @@ impl Policy {
                     && e.key.origins.as_deref().is_some_and(|o| o.allows(origin))
                     && allows(e)
             })),
-            None if r.failed || no_ask => Ok(false),
+            None if r.failed.origin => Ok(false),
             None => Err(Ask::Origin),
         }
     }
@@ -336,7 +344,7 @@ impl Policy {
                     }
             });
         let allowed = static_allowed
-            || self.remote_grants(origin, now_ms, remote, false, |e| {
+            || self.remote_grants(origin, now_ms, remote, |e| {
                 let rules = match e.key.endpoints {
                     Endpoints::All => return true,
                     Endpoints::Rules(n) => self.rule_set(n),
@@ -344,7 +352,7 @@ impl Policy {
                 };
                 rules.is_some_and(|r| r.allows(method, p))
             })?;
-        if !allowed && remote.is_some_and(|r| r.failed) {
+        if !allowed && remote.is_some_and(|r| r.failed.origin) {
             // The origin's keys could not be learnt: say so instead of a 403.
             return Ok(verdict(Outcome::Unavailable, None, false));
         }

@@ -2,7 +2,7 @@
 //! `Policy::decide`; this file only reads the request and carries out the verdict.
 
 use crate::core::config::Mode;
-use crate::core::decide::{Decision, Header, Remote, Request};
+use crate::core::decide::{Decision, Failed, Header, Remote, Request};
 use crate::core::policy::Policy;
 use crate::core::verdict::{Outcome, RemoteUse, Reply, Verdict};
 use crate::filter::contexts::Contexts;
@@ -179,12 +179,12 @@ pub struct Pass {
     /// After the key service answered what the stream waited for, outside its headers
     /// callback: continuing is then a host call.
     pub resumed: bool,
-    /// The lookup failed (or could not start): decide from stale answers, or 503.
-    pub failed: bool,
+    /// Lookups that failed (or could not start): decide without them.
+    pub failed: Failed,
 }
 
 impl Pass {
-    pub const FIRST: Pass = Pass { resumed: false, failed: false };
+    pub const FIRST: Pass = Pass { resumed: false, failed: Failed::NONE };
 }
 
 /// Decides the stream's request and carries out the verdict, or starts the lookup it

@@ -7,7 +7,7 @@
 //! cached. Calls are issued on the root context, so an answer may arrive for a stream that
 //! is gone: `set_effective_context` says so, and that stream is skipped.
 
-use crate::core::decide::Ask;
+use crate::core::decide::{Ask, Failed};
 use crate::core::keytable::Digest;
 use crate::core::policy::Policy;
 use crate::core::remote::cache::RemoteCache;
@@ -17,7 +17,7 @@ use crate::core::verdict::RemoteUse;
 use crate::filter::handlers::{self, Action, Pass};
 use crate::filter::headers;
 use crate::filter::host;
-use hashbrown::HashMap;
+use hashbrown::{HashMap, HashSet};
 use log::{info, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -36,9 +36,9 @@ struct Root {
     /// Lookups in flight: what each is about → the streams waiting on it.
     pending: HashMap<Subject, Vec<u32>>,
     feed: Feed,
-    /// Feed answers applied so far. A lookup answered after the feed moved on may predate a
-    /// change the feed already listed: it decides its waiting streams but is not kept.
-    feed_epoch: u64,
+    /// Lookups in flight that the feed listed (or reset) meanwhile: their answers may predate
+    /// the change, so they decide their waiting streams but are not kept.
+    overtaken: HashSet<Subject>,
     /// Cache entries last added to the gauge, so each VM adds only its change.
     reported_entries: i64,
 }
@@ -53,7 +53,7 @@ struct Feed {
 }
 
 enum CallKind {
-    Lookup { subject: Subject, tag: u128, epoch: u64 },
+    Lookup { subject: Subject, tag: u128 },
     Feed,
 }
 
@@ -62,6 +62,8 @@ struct Waiter {
     policy: Rc<Policy>,
     /// Lookups this stream has waited for: a decision asks at most a key and an origin.
     asks: u8,
+    /// Which of them failed.
+    failed: Failed,
 }
 
 #[derive(Default)]
@@ -118,7 +120,7 @@ pub fn configured(root: u32, service: Option<&KeyService>) -> bool {
                         cache,
                         pending,
                         feed: Feed::default(),
-                        feed_epoch: 0,
+                        overtaken: HashSet::new(),
                         reported_entries: 0,
                     },
                 );
@@ -148,9 +150,16 @@ pub fn ask(
         Ask::Key { tag, digest } => (Subject::Key(digest), tag),
         Ask::Origin => (Subject::Origin(origin.into()), 0),
     };
+    let as_failed = |mut failed: Failed| {
+        match subject {
+            Subject::Key(_) => failed.key = true,
+            Subject::Origin(_) => failed.origin = true,
+        }
+        failed
+    };
     let started = with_state(|s| {
         let asks = s.waiting.get(&stream).map_or(0, |w| w.asks);
-        if asks >= 2 || pass.failed {
+        if asks >= 2 {
             return false;
         }
         let Some(r) = s.roots.get_mut(&root) else { return false };
@@ -171,17 +180,19 @@ pub fn ask(
             };
             s.counts[Counter::Lookups as usize] += 1;
             r.pending.insert(subject.clone(), vec![stream]);
-            let epoch = r.feed_epoch;
-            s.calls.insert(token, (root, CallKind::Lookup { subject, tag, epoch }));
+            s.calls.insert(token, (root, CallKind::Lookup { subject: subject.clone(), tag }));
         }
-        s.waiting.insert(stream, Waiter { root, policy: Rc::clone(&policy), asks: asks + 1 });
+        let waiter =
+            Waiter { root, policy: Rc::clone(&policy), asks: asks + 1, failed: pass.failed };
+        s.waiting.insert(stream, waiter);
         true
     })
     .unwrap_or(false);
     if started {
         return Action::Pause;
     }
-    handlers::serve(stream, root, policy, Pass { failed: true, ..pass })
+    let failed = as_failed(pass.failed);
+    handlers::serve(stream, root, policy, Pass { failed, ..pass })
 }
 
 /// A GET to the key service; its token, or `None` when the host refused it.
@@ -201,10 +212,12 @@ pub fn call_response(_root: u32, token: u32, body_size: usize) {
     let answer = read_answer(body_size);
     match kind {
         CallKind::Feed => feed_answer(root, answer),
-        CallKind::Lookup { subject, tag, epoch } => {
+        CallKind::Lookup { subject, tag } => {
             lookup_answer(root, subject.clone(), tag, answer);
-            let moved = with_state(|s| s.roots.get(&root).is_some_and(|r| r.feed_epoch != epoch));
-            if moved == Some(true) {
+            let overtaken = with_state(|s| {
+                s.roots.get_mut(&root).is_some_and(|r| r.overtaken.remove(&subject))
+            });
+            if overtaken == Some(true) {
                 forget(root, &subject);
             }
         }
@@ -285,17 +298,25 @@ fn lookup_answer(root: u32, subject: Subject, tag: u128, answer: Answer) {
             .collect::<Vec<_>>()
     })
     .unwrap_or_default();
+    let failed = Failed {
+        key: failed && matches!(subject, Subject::Key(_)),
+        origin: failed && matches!(subject, Subject::Origin(_)),
+    };
     resume(resumed, failed);
 }
 
 /// Decides streams that waited for a lookup again, with its answer now cached (or failed).
-fn resume(streams: Vec<(u32, Waiter)>, failed: bool) {
+fn resume(streams: Vec<(u32, Waiter)>, failed: Failed) {
     for (stream, waiter) in streams {
         // A stream reset while it waited is gone: nothing to answer.
         if !host::set_effective_context(stream) {
             continue;
         }
         let asks = waiter.asks;
+        let failed = Failed {
+            key: failed.key || waiter.failed.key,
+            origin: failed.origin || waiter.failed.origin,
+        };
         let pass = Pass { resumed: true, failed };
         let action = handlers::serve(stream, waiter.root, waiter.policy, pass);
         // A second lookup keeps the count of the first.
@@ -309,7 +330,7 @@ fn resume(streams: Vec<(u32, Waiter)>, failed: bool) {
     }
 }
 
-/// Drops a lookup's answer again (see `Root::feed_epoch`).
+/// Drops a lookup's answer again (see `Root::overtaken`).
 fn forget(root: u32, subject: &Subject) {
     with_state(|s| {
         if let Some(r) = s.roots.get_mut(&root) {
@@ -370,7 +391,7 @@ pub fn tick(root: u32, gone: &[u32]) {
     });
     let Some((counts, entries_delta, orphans)) = flush else { return };
     // Streams that waited on a root the host deleted: their answers will not come.
-    resume(orphans, true);
+    resume(orphans, Failed::BOTH);
     let m = metrics();
     for (n, id) in counts.iter().zip(m.counters.iter()) {
         if let (true, Some(id)) = (*n > 0, id) {
@@ -411,19 +432,34 @@ fn feed_answer(root: u32, answer: Answer) {
         let mut dropped = 0u32;
         if r.feed.cursor.is_none() || changes.reset {
             // The first poll learns where the feed is: answers cached before it may predate
-            // changes it will never list, so they go too.
+            // changes it will never list, so they go too, and so do those in flight.
             dropped += r.cache.len() as u32;
             r.cache.clear();
+            r.overtaken.extend(r.pending.keys().cloned());
         } else {
             for digest in &changes.keys {
                 dropped += u32::from(r.cache.invalidate(digest));
+                let subject = Subject::Key(*digest);
+                if r.pending.contains_key(&subject) {
+                    r.overtaken.insert(subject);
+                }
             }
             for origin in &changes.origins {
                 dropped += u32::from(r.cache.invalidate_origin(origin.as_deref()));
+                match origin {
+                    Some(o) => {
+                        let subject = Subject::Origin(o.clone());
+                        if r.pending.contains_key(&subject) {
+                            r.overtaken.insert(subject);
+                        }
+                    }
+                    None => r.overtaken.extend(
+                        r.pending.keys().filter(|s| matches!(s, Subject::Origin(_))).cloned(),
+                    ),
+                }
             }
         }
         r.feed.cursor = Some(changes.cursor);
-        r.feed_epoch += 1;
         s.counts[Counter::Invalidations as usize] += dropped;
     });
 }

@@ -162,7 +162,11 @@ def test_demo_normalises_paths_before_keygate(demo):
 
 def test_demo_access_log_names_the_key(demo):
     demo.get("/api/stream/1", [bearer("kg_demo_backend_4f9a1c2e7b")])
-    assert "key_id=demo-backend owner=team-backend" in demo.log()
+    # The demo logs to stdout, which each worker flushes on its own (every 100 ms here).
+    deadline = time.monotonic() + 5
+    while "key_id=demo-backend owner=team-backend" not in demo.log():
+        assert time.monotonic() < deadline, "no access log line names the key"
+        time.sleep(0.1)
 
 
 def test_ecds_variant_validates_and_serves_the_demo_table():

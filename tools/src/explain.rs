@@ -3,7 +3,7 @@
 use crate::source;
 use clap::Args;
 use keygate::core::config::Mode;
-use keygate::core::decide::{Ask, Decision, Remote, Request};
+use keygate::core::decide::{Ask, Decision, Failed, Remote, Request};
 use keygate::core::policy::Policy;
 use keygate::core::remote::cache::RemoteCache;
 use keygate::core::remote::protocol;
@@ -80,7 +80,7 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
 
     // With a key service, an empty cache shows where the filter would ask instead.
     let cache = policy.remote.as_ref().and_then(|s| RemoteCache::new(s.cache));
-    let remote = cache.as_ref().map(|cache| Remote { cache, failed: false });
+    let remote = cache.as_ref().map(|cache| Remote { cache, failed: Failed::NONE });
     let verdict = match policy.decide_with(&req, now, remote) {
         Decision::Done(verdict) => verdict,
         Decision::Ask(ask) => {
