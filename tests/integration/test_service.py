@@ -544,6 +544,14 @@ def test_two_replicas_share_one_postgresql(services, pg):
     b.admin("DELETE", "/v1/keys/via-a")
     error(a.filter(f"/v1/filter/keys/{sha256_hex(k)}"), 404)
     assert a.changes(b.changes(cursor)["cursor"])["keys"] == []
+    # A rotation through B: both keys in A's feed, in one change.
+    k2, _ = b.create({"id": "r"})
+    before = a.cursor()
+    rotated = b.admin("POST", "/v1/keys/r/rotate", {"grace_seconds": 5}).json()
+    assert sorted(a.changes(before)["keys"]) == sorted([sha256_hex(k2), sha256_hex(rotated["key"])])
+    # Another database on the same server: its cursors answer reset here.
+    other = services(db=pg.createdb(f"kg{next(_databases)}"))
+    assert a.changes(other.cursor()) == {"cursor": a.cursor(), "reset": True}
 
 
 def test_concurrent_writers_and_an_exact_feed(services, any_db):
