@@ -247,6 +247,9 @@ def test_get_and_list_with_owner_and_paging(svc):
     assert [e["id"] for e in page["entries"]] == ["k4"] and page["next"] is None
     page = svc.admin("GET", "/v1/keys?owner=acme").json()
     assert [e["id"] for e in page["entries"]] == ["k1", "k3"] and page["next"] is None
+    # Empty parameters, as a form sends them, are absent ones.
+    assert len(svc.admin("GET", "/v1/keys?owner=&limit=&after=").json()["entries"]) == 5
+    assert len(svc.admin("GET", "/v1/audit?after=&limit=").json()["entries"]) == 5
     for query in ["limit=0", "limit=1001", "limit=x", "colour=red"]:
         error(svc.admin("GET", f"/v1/keys?{query}"), 400)
     # Never a secret or a digest in a listing.
