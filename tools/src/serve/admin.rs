@@ -107,10 +107,12 @@ fn id_of(path: IdPath) -> Result<String, ApiError> {
 }
 
 fn params(query: Params, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
-    let Query(query) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
+    let Query(mut query) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
     if let Some(other) = query.keys().find(|k| !allowed.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("unknown query parameter {other:?}")));
     }
+    // `?owner=&limit=&after=` as a form sends it: an empty value is no value.
+    query.retain(|_, v| !v.is_empty());
     Ok(query)
 }
 

@@ -99,12 +99,18 @@ impl Ecds {
         std::fs::rename(&tmp, &self.path).map_err(|e| format!("{}: {e}", self.path.display()))
     }
 
-    async fn refresh(&self, db: &Db) -> Result<i64, String> {
+    async fn refresh(self: &Arc<Self>, db: &Db) -> Result<i64, String> {
         let (last, _) = db.feed_state().await.map_err(|e| e.message)?;
         // Read after the change number: the file is at least as new as its version.
         let keys = db.all().await.map_err(|e| e.message)?;
-        let text = self.render(keys.iter().map(with_digest).collect(), last)?;
-        self.write(&text)?;
+        // Compiling a large table takes a while: off the threads that answer requests.
+        let ecds = self.clone();
+        tokio::task::spawn_blocking(move || {
+            let text = ecds.render(keys.iter().map(with_digest).collect(), last)?;
+            ecds.write(&text)
+        })
+        .await
+        .map_err(|e| e.to_string())??;
         Ok(last)
     }
 }
@@ -112,6 +118,7 @@ impl Ecds {
 /// Writes the file at start, then whenever this replica changed something or the feed moved
 /// (another replica's change), checked every second.
 pub async fn run(ecds: Ecds, db: Arc<Db>, changed: Arc<Notify>) {
+    let ecds = Arc::new(ecds);
     let mut written = None;
     loop {
         let moved = match db.feed_state().await {
