@@ -558,6 +558,24 @@ def test_a_stream_reset_while_its_lookup_is_in_flight():
             for i, k in enumerate(keys):
                 r = call(e, k)
                 assert r.status == 200 and r.upstream_all("x-api-key-id") == [f"r-gone-{i}"], (r.status, r.body)
+            # Failed answers (500 after 0.3 s) for streams that are gone.
+            failing = [new_key("gone-500") for _ in range(10)]
+            server.fault("status", on="keys", status=500, delay=0.3)
+            base = server.count("keys")
+            socks = []
+            for k in failing:
+                s = socket.create_connection(("127.0.0.1", e.port), timeout=10)
+                s.sendall(f"GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {k}\r\n\r\n".encode())
+                socks.append(s)
+            assert server.wait_for("keys", base + 10, timeout=3.0)
+            for s in socks:
+                s.close()
+            time.sleep(0.5)
+            server.clear_faults()
+            fine = new_key("fine")
+            server.add(fine, {"id": "r-fine"})
+            assert set(statuses(many(e, 10, fine))) == {200}
+
             # A lookup that times out after its stream is gone.
             late = new_key("late")
             server.add(late, {"id": "r-late"})
