@@ -22,7 +22,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
+sys.path.insert(0, str(ROOT / "bench"))
 from harness import Envoy  # noqa: E402
+from remote import rss_kib  # noqa: E402  (bench/remote.py)
 
 ETCD_LIMIT = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
 
@@ -52,13 +54,6 @@ def largest_wasmplugin() -> int:
         else:
             hi = mid - 1
     return lo
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def measure(n: int) -> tuple[int, int, float, float]:

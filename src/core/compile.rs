@@ -5,7 +5,7 @@ use crate::core::config::{
     ConfigError, RawCors, RawForward, RawKey, RawKeyService, RawRest, RawRule,
 };
 use crate::core::cors::{normalize_origin, CorsIndex, CorsIndexBuilder, Grant, Origins};
-use crate::core::keytable::{sha256, Digest, Endpoints, Key, KeyTable};
+use crate::core::keytable::{parse_hex, sha256, Digest, Endpoints, Key, KeyTable};
 use crate::core::policy::{Compiled, CorsHeaders, Forward, Policy, CORS_ENDPOINTS};
 use crate::core::remote::{CacheSettings, KeyService};
 use crate::core::rules::{Resources, RuleSet};
@@ -190,7 +190,7 @@ fn key_digest(
     warnings: &mut Vec<String>,
 ) -> Result<(Digest, &'static str), ConfigError> {
     match (&rk.sha256, &rk.key) {
-        (Some(hex), None) => parse_hex_digest(hex)
+        (Some(hex), None) => parse_hex(hex)
             .map(|d| (d, "sha256"))
             .ok_or_else(|| ConfigError::new(format!("{at}.sha256"), "expected 64 hex characters")),
         (None, Some(plain)) => {
@@ -211,20 +211,6 @@ fn key_digest(
             Err(ConfigError::new(at, "expected sha256 (or key, for local development only)"))
         }
     }
-}
-
-fn parse_hex_digest(hex: &str) -> Option<Digest> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        *out = (hi * 16 + lo) as u8;
-    }
-    Some(digest)
 }
 
 fn window(rk: &RawKey, at: &str) -> Result<Window, ConfigError> {

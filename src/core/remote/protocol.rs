@@ -12,7 +12,7 @@
 use crate::core::compile::Entry;
 use crate::core::config::RawKey;
 use crate::core::cors::normalize_origin;
-use crate::core::keytable::Digest;
+use crate::core::keytable::{parse_hex, Digest};
 use crate::core::parse;
 use serde::Deserialize;
 
@@ -205,20 +205,6 @@ fn json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtocolError> {
         })?;
     de.end().map_err(|e| error(format!("answer does not fit the protocol: {e}")))?;
     Ok(value)
-}
-
-pub fn parse_hex(hex: &str) -> Option<Digest> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        *out = (hi * 16 + lo) as u8;
-    }
-    Some(digest)
 }
 
 #[cfg(test)]

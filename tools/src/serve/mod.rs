@@ -15,7 +15,7 @@ mod filter_api;
 mod import;
 
 use clap::Args;
-use keygate::core::keytable::Digest;
+use keygate::core::keytable::{parse_hex, Digest};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -146,7 +146,7 @@ fn admin_digests(value: Option<&str>) -> Result<Vec<Digest>, String> {
         .split(',')
         .enumerate()
         .map(|(i, item)| {
-            parse_digest(item.trim()).ok_or_else(|| {
+            parse_hex(item.trim()).ok_or_else(|| {
                 format!(
                     "KEYGATE_ADMIN_TOKEN_SHA256: item {} is not 64 hex characters; expected {HOW}",
                     i + 1
@@ -154,17 +154,6 @@ fn admin_digests(value: Option<&str>) -> Result<Vec<Digest>, String> {
             })
         })
         .collect()
-}
-
-fn parse_digest(hex: &str) -> Option<Digest> {
-    if hex.len() != 64 || !hex.is_ascii() {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (out, i) in digest.iter_mut().zip((0..64).step_by(2)) {
-        *out = u8::from_str_radix(&hex[i..i + 2], 16).ok()?;
-    }
-    Some(digest)
 }
 
 pub fn now_ms() -> i64 {
