@@ -749,6 +749,36 @@ def test_a_change_listed_while_its_lookup_is_in_flight_wins(change):
             e.stop()
 
 
+@pytest.mark.parametrize("listed", ["the origin", "*"])
+def test_an_origin_listed_while_its_lookup_is_in_flight_wins(listed):
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(timeout_ms=3000, changes_poll_ms=200), concurrency=1)
+        try:
+            origin = f"https://race-{secrets.token_hex(4)}.example"
+            web = new_key("web")
+            server.add(web, {"id": "r-race-web", "cors": {"allowed_origins": [origin if listed != "*" else "*"]}})
+            time.sleep(0.5)  # the creation has gone through the feed
+            server.fault("hold", on="origins", snapshot=True)
+            held = []
+            t = threading.Thread(target=lambda: held.append(preflight(e, "/api/stream/s1", origin, "GET")))
+            t.start()
+            assert until(lambda: server.count("origins") >= 1, 3.0)[0]
+            polls = server.count("changes")
+            server.remove(web)  # the feed lists the origin (or "*")
+            assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]
+            server.release()
+            t.join(10)
+            assert held and held[0].status in (204, 403), held
+            server.clear_faults()
+            ok, took = until(lambda: preflight(e, "/api/stream/s1", origin, "GET").status == 403, timeout=3.0)
+            assert ok, "the origin answer in flight outlived the change"
+            assert took <= 0.5, f"{took:.2f}s after the change had been listed"
+            assert_no_trap(e, web)
+        finally:
+            server.clear_faults()
+            e.stop()
+
+
 def test_max_pending_exceeded_serves_an_expired_entry_stale():
     with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
         e = start_remote(server, base_config(max_pending=1, timeout_ms=3000, cache={
