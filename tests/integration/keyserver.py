@@ -473,7 +473,9 @@ class KeyServer:
                     return 404, b'{"error": "not found"}'
                 return 200, json.dumps({"key": e}).encode()
             if kind == "origins":
-                want = normalise_origin(arg)
+                # The asked origin as sent (browsers send it normalised; keygate compares it
+                # exactly), the keys' allowed origins normalised as keygate compiles them.
+                want = arg
                 found = []
                 for e in self._entries.values():
                     cors = e.get("cors")

@@ -579,6 +579,27 @@ def test_remote_cors_key_and_preflight_via_the_origins_endpoint():
             e.stop()
 
 
+def test_origins_are_compared_exactly_as_for_static_keys():
+    """allowed_origins are normalised (case, default port); the request's Origin is compared as
+    sent, like static CORS keys: a non-browser spelling is refused, never a 503."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        web = new_key("web")
+        server.add(web, {"id": "r-norm", "cors": {"allowed_origins": ["HTTPS://Norm.Example.com:443"]}})
+        e = start_remote(server, base_config(), concurrency=1)
+        try:
+            r = preflight(e, "/api/stream/s1", "https://norm.example.com", "GET")
+            assert r.status == 204 and r.header("access-control-allow-origin") == "https://norm.example.com"
+            assert call(e, web, "/api/stream/s1", origin="https://norm.example.com").status == 200
+            for odd in ("https://NORM.example.com", "https://norm.example.com:443"):
+                r = preflight(e, "/api/stream/s1", odd, "GET")
+                assert (r.status, r.body) == (403, forbidden("CORS preflight not allowed")), (odd, r.status, r.body)
+                r = call(e, web, "/api/stream/s1", origin=odd)
+                assert (r.status, r.body) == (403, forbidden("Origin not allowed")), (odd, r.status, r.body)
+            assert server.violations == []
+        finally:
+            e.stop()
+
+
 def test_a_remote_star_key_and_the_feed_listing_star():
     with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
         anywhere = new_key("any")
