@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs everything keygate's build, demo and tests need, into the project where it can:
 # the wasm target, a Python venv (.venv) with the pinned Envoy and test tools, and from
-# Debian: binaryen (wasm-opt) and, with --browser, chromium for the real-browser test.
+# Debian: binaryen (wasm-opt) and, with --browser, chromium and chromium-driver for the
+# real-browser tests.
 # Idempotent: a second run only checks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,8 +24,10 @@ apt_missing=()
 command -v wasm-opt >/dev/null 2>&1 || apt_missing+=(binaryen)
 # The key service's tests start a throwaway PostgreSQL with Debian's initdb and pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_missing+=(postgresql)
-if [ "${1:-}" = "--browser" ] && ! command -v chromium >/dev/null 2>&1; then
-  apt_missing+=(chromium)
+if [ "${1:-}" = "--browser" ]; then
+  command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
+  # The key console test drives chromium through Selenium and Debian's chromedriver.
+  command -v chromedriver >/dev/null 2>&1 || apt_missing+=(chromium-driver)
 fi
 if [ ${#apt_missing[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then

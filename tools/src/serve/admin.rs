@@ -1,11 +1,13 @@
 //! The admin API: `/v1/keys`, `/v1/audit` and `/v1/export`, each call authorized by an
-//! admin token whose SHA-256 is in `KEYGATE_ADMIN_TOKEN_SHA256`.
+//! admin token whose SHA-256 is in `KEYGATE_ADMIN_TOKEN_SHA256`. The same listener serves
+//! the key console at `/` (see `console`), which also refuses cross-site calls to the API.
 //!
 //! Handlers read parse → check (with the filter's own compiler) → store → answer. An entry
 //! as an admin sees it is the stored entry with its `name` after the `id`; the digest and
 //! the secret are never part of it (the secret is in the one 201 that creates it).
 
 use crate::key::{hex, new_secret};
+use crate::serve::console;
 use crate::serve::db::{KeyRow, StoredKey, Touched};
 use crate::serve::error::{json, ApiError};
 use crate::serve::filter_api::{method_not_allowed, not_found};
@@ -14,6 +16,7 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
+use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
@@ -38,9 +41,12 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/keys/{id}/rotate", post(rotate))
         .route("/v1/audit", get(audit))
         .route("/v1/export", get(export))
+        .merge(console::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
+        .layer(middleware::from_fn(console::same_origin))
+        .layer(middleware::from_fn(console::headers))
 }
 
 /// The admin who made the call: the first 8 hex characters of their token's digest.

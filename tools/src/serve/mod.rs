@@ -3,10 +3,12 @@
 //! the whole table as an Envoy ECDS file.
 //!
 //! One file per job: `db` (the store and why the feed is exact), `admin` (the admin API),
+//! `console` (the key console page on the admin listener, and the listener's guards),
 //! `filter_api` (the filter protocol), `feed` (the change feed and its cursors), `ecds`
 //! (the ECDS file), `error` (the one error type and its JSON).
 
 mod admin;
+mod console;
 mod db;
 mod ecds;
 mod error;
