@@ -643,6 +643,39 @@ def test_a_remote_key_on_a_public_endpoint(envoy, server):
         server.restart()
 
 
+def test_log_lines_name_the_digest_prefix_or_the_id_never_the_key():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(changes_poll_ms=200), concurrency=1,
+                         component_log_level="wasm:debug")
+        try:
+            good, unknown, failing, slow = (new_key(t) for t in ("good", "unknown", "failing", "slow"))
+            server.add(good, {"id": "r-logged"})
+            server.add(failing, {"id": "r-failing"})
+            server.add(slow, {"id": "r-slow"})
+            assert call(e, good).status == 200
+            assert call(e, unknown).status == 401
+            server.fault("status", on="keys", status=500)
+            assert call(e, failing).status == 503
+            server.fault("slow", on="keys", delay=0.5)
+            assert call(e, slow).status == 503
+            server.clear_faults()
+            server.set_disabled(good)
+            time.sleep(0.6)
+            server.fault("status", on="changes", status=500)
+            time.sleep(0.5)
+            server.clear_faults()
+            time.sleep(0.3)
+            lines = [line for line in e.log().splitlines() if "wasm log keygate" in line]
+            text = "\n".join(lines)
+            for k in (good, unknown, failing, slow):
+                assert k not in text, "a key in the log"
+                assert digest(k) not in text, "a whole digest in the log (the first 8 hex characters name it)"
+            assert digest(failing)[:8] in text, text[-2000:]
+            assert "feed" in text  # the failing feed is logged
+        finally:
+            e.stop()
+
+
 def test_authority_defaults_to_the_cluster_name_and_the_prefix_to_v1_filter():
     with KeyServer(prefix="/v1/filter", authority=CLUSTER) as server:
         key = new_key()
