@@ -8,10 +8,13 @@ Keys live in memory; add/update/remove/set_disabled append the digest (and the k
 origins) to the change feed. `add` of a digest the server neither holds nor was ever asked about
 skips the feed by default: no VM can hold an answer for it, so listing it would change nothing
 for the filter, and a poll landing just after a test warmed the key would drop it from the cache
-and make lookup counts flaky. Pass feed=True to list it anyway. Faults are injected per endpoint ("keys", "origins", "changes")
-with `fault(...)`, and cleared with `clear_faults()`. Every request is counted per endpoint and
-per path, and the server checks what the filter sends (GET, :authority, lower-case digests,
-the origin as one percent-encoded segment): anything else lands in `violations`.
+and make lookup counts flaky. Pass feed=True to list it anyway.
+
+Faults are injected per endpoint ("keys", "origins", "changes") with `fault(...)` (see `Fault`)
+and cleared with `clear_faults()`; `kill()` closes the listener and every connection, and
+`restart()` comes back on the same port. Every request is counted per endpoint and per path,
+and the server checks what the filter sends (GET, :authority, lower-case digests, the origin as
+one percent-encoded segment): anything else lands in `violations`.
 
 Loopback only and bounded: at most `max_connections` connections, 16 KiB request heads,
 socket timeouts everywhere, and any hold or delay is capped at 30 s.
