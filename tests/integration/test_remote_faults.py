@@ -630,6 +630,9 @@ def test_a_table_pushed_while_a_lookup_is_held():
         try:
             key = new_key()
             server.add(key, {"id": "r-held"})
+            promoted = new_key("promoted")  # cached as a remote key, then pushed into the table
+            server.add(promoted, {"id": "r-promoted"})
+            assert set(statuses(settle(e, server, promoted))) == {200}
             server.fault("hold", on="keys")
             held = []
             t = threading.Thread(target=lambda: held.append(call(e, key)))
@@ -637,6 +640,7 @@ def test_a_table_pushed_while_a_lookup_is_held():
             assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
             second = base_config(timeout_ms=5000)
             second["keys"].append({"id": "pushed", "sha256": sha256_hex("pushed-key")})
+            second["keys"].append({"id": "static-promoted", "sha256": sha256_hex(promoted)})
             ecds.push(second)
             time.sleep(0.1)
             server.release()
@@ -646,6 +650,9 @@ def test_a_table_pushed_while_a_lookup_is_held():
             server.clear_faults()
             assert set(statuses(many(e, 10, "pushed-key"))) == {200}
             assert set(statuses(many(e, 10, key))) == {200}
+            # The static table wins over the remote answer cached before the push.
+            for r in many(e, 20, promoted):
+                assert r.upstream_all("x-api-key-id") == ["static-promoted"]
 
             # New key_service settings (a new cache) while a lookup is held.
             changed = base_config(timeout_ms=6000, cache={"ttl_seconds": 30})
