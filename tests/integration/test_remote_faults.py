@@ -237,6 +237,9 @@ FEED_FAULTS = [
     ("not a digest", dict(kind="body", body=b'{"cursor": "c", "keys": ["nothex"]}')),
     ("bad origin", dict(kind="body", body=b'{"cursor": "c", "keys": [], "origins": ["not an origin"]}')),
     ("no cursor", dict(kind="body", body=b'{"keys": []}')),
+    ("nested 10000 deep", dict(kind="body", body=b'{"cursor": "c", "keys": ' + b"[" * 10000 + b"]" * 10000 + b"}")),
+    ("unknown field", dict(kind="body", body=b'{"cursor": "c", "keys": [], "extra": 1}')),
+    ("status 404", dict(kind="status", status=404)),
     ("slower than timeout_ms", dict(kind="slow", delay=1.0)),
 ]
 
