@@ -53,7 +53,7 @@ impl Compiler {
         self.needs_clock |= entry.key.window.is_bounded();
         let key = match entry.own_rules {
             Some(rules) => {
-                self.rule_sets.push(rules);
+                self.rule_sets.push(*rules);
                 Key { endpoints: Endpoints::Rules((self.rule_sets.len() - 1) as u32), ..entry.key }
             }
             None => entry.key,
@@ -108,7 +108,8 @@ impl Compiler {
 pub struct Entry {
     /// `endpoints` is `Own` when the entry has its own `rules` (in `own_rules`).
     pub key: Key,
-    pub own_rules: Option<RuleSet>,
+    /// Boxed: most entries have none, and a VM may cache 100,000 of them.
+    pub own_rules: Option<Box<RuleSet>>,
 }
 
 impl Entry {
@@ -133,7 +134,7 @@ impl Entry {
                     "a key with cors.full_access cannot also have rules",
                 ));
             }
-            Some(rules) => (Endpoints::Own, Some(rule_set(&path("rules"), rules)?)),
+            Some(rules) => (Endpoints::Own, Some(Box::new(rule_set(&path("rules"), rules)?))),
             None if !full_access => (Endpoints::Rules(CORS_ENDPOINTS), None),
             None => (Endpoints::All, None),
         };

@@ -226,7 +226,7 @@ impl Policy {
     ) -> Step<'a, Result<Found<'a>, Outcome>> {
         let found = |entry: &'a Entry, used| Found {
             key: &entry.key,
-            own_rules: entry.own_rules.as_ref(),
+            own_rules: entry.own_rules.as_deref(),
             remote: used,
         };
         let tag = remote.cache.tag(presented);
@@ -348,7 +348,7 @@ impl Policy {
                 let rules = match e.key.endpoints {
                     Endpoints::All => return true,
                     Endpoints::Rules(n) => self.rule_set(n),
-                    Endpoints::Own => e.own_rules.as_ref(),
+                    Endpoints::Own => e.own_rules.as_deref(),
                 };
                 rules.is_some_and(|r| r.allows(method, p))
             })?;

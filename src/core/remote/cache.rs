@@ -5,6 +5,11 @@
 //! instead of SHA-256 on every request. Each entry also holds the digest, so the change feed
 //! (which names digests) can drop it.
 //!
+//! Memory (about 250 bytes per cached key, most of it the compiled entry): the feed's index
+//! holds the digest's first 8 bytes, not all 32. Two cached digests sharing them is no risk
+//! to revocation: the second is simply not cached (and is looked up each time), so the index
+//! always names every cached digest.
+//!
 //! Bounds: `max_entries` positive answers and, apart from them, `max_negative` negative
 //! ones, each evicted oldest first; so a flood of unknown keys only ever evicts other unknown
 //! keys. Origins answers have their own bound. An expired positive entry stays (until
@@ -34,13 +39,12 @@ pub enum Cached<'c> {
 }
 
 struct Slot {
-    digest: Digest,
+    /// The digest's first 8 bytes: its key in `by_digest`.
+    prefix: u64,
     /// When the answer stops being fresh (Unix ms).
     expires: i64,
     /// `None` for a negative answer.
     entry: Option<Box<Entry>>,
-    /// Matches the order queue's record for this slot; older records are skipped.
-    generation: u32,
 }
 
 struct OriginSlot {
@@ -52,14 +56,14 @@ pub struct RemoteCache {
     settings: CacheSettings,
     secret: (u64, u64),
     slots: HashMap<u128, Slot, BuildHasherDefault<PassThrough>>,
-    /// Digest → tag, for the feed. Hashed by the digest's first bytes (uniformly random).
-    by_digest: HashMap<Digest, u128, BuildHasherDefault<PassThrough>>,
-    /// Insertion order of positive and negative slots, for eviction: (tag, generation).
-    positive_order: VecDeque<(u128, u32)>,
-    negative_order: VecDeque<(u128, u32)>,
+    /// Digest prefix → tag, for the feed (see the module comment).
+    by_digest: HashMap<u64, u128, BuildHasherDefault<PassThrough>>,
+    /// Insertion order of positive and negative slots, for eviction. A tag answered twice
+    /// has two records; the older one then evicts it a little early, which costs a lookup.
+    positive_order: VecDeque<u128>,
+    negative_order: VecDeque<u128>,
     positive: usize,
     negative: usize,
-    generation: u32,
     origins: HashMap<Box<[u8]>, OriginSlot>,
     origin_order: VecDeque<Box<[u8]>>,
 }
@@ -83,7 +87,6 @@ impl RemoteCache {
             negative_order: VecDeque::new(),
             positive: 0,
             negative: 0,
-            generation: 0,
             origins: HashMap::new(),
             origin_order: VecDeque::new(),
         })
@@ -121,28 +124,26 @@ impl RemoteCache {
     /// many entries were evicted to make room.
     pub fn insert(&mut self, tag: u128, digest: Digest, entry: Option<Entry>, now_ms: i64) -> u32 {
         self.remove_tag(tag);
-        if let Some(old_tag) = self.by_digest.get(&digest).copied() {
-            self.remove_tag(old_tag);
+        let prefix = prefix(&digest);
+        if let Some(held) = self.by_digest.get(&prefix).copied() {
+            // Another digest with the same first 8 bytes is cached: keep the index exact
+            // by not caching this one (see the module comment).
+            if held != tag {
+                return 0;
+            }
         }
-        self.generation = self.generation.wrapping_add(1);
         let positive = entry.is_some();
         let ttl = if positive { self.settings.ttl_ms } else { self.settings.negative_ttl_ms };
-        let slot = Slot {
-            digest,
-            expires: now_ms.saturating_add(ttl),
-            entry: entry.map(Box::new),
-            generation: self.generation,
-        };
+        let slot = Slot { prefix, expires: now_ms.saturating_add(ttl), entry: entry.map(Box::new) };
         self.slots.insert(tag, slot);
-        self.by_digest.insert(digest, tag);
-        let record = (tag, self.generation);
+        self.by_digest.insert(prefix, tag);
         let evicted = if positive {
             self.positive += 1;
-            self.positive_order.push_back(record);
+            self.positive_order.push_back(tag);
             self.evict(true)
         } else {
             self.negative += 1;
-            self.negative_order.push_back(record);
+            self.negative_order.push_back(tag);
             self.evict(false)
         };
         self.compact();
@@ -151,7 +152,7 @@ impl RemoteCache {
 
     /// Drops whatever is cached for a digest the feed named; whether anything was.
     pub fn invalidate(&mut self, digest: &Digest) -> bool {
-        match self.by_digest.get(digest).copied() {
+        match self.by_digest.get(&prefix(digest)).copied() {
             Some(tag) => self.remove_tag(tag),
             None => false,
         }
@@ -216,8 +217,8 @@ impl RemoteCache {
 
     fn remove_tag(&mut self, tag: u128) -> bool {
         let Some(slot) = self.slots.remove(&tag) else { return false };
-        if self.by_digest.get(&slot.digest) == Some(&tag) {
-            self.by_digest.remove(&slot.digest);
+        if self.by_digest.get(&slot.prefix) == Some(&tag) {
+            self.by_digest.remove(&slot.prefix);
         }
         if slot.entry.is_some() {
             self.positive -= 1;
@@ -238,8 +239,9 @@ impl RemoteCache {
                 return evicted;
             }
             let order = if positive { &mut self.positive_order } else { &mut self.negative_order };
-            let Some((tag, generation)) = order.pop_front() else { return evicted };
-            if self.slots.get(&tag).is_some_and(|s| s.generation == generation) {
+            let Some(tag) = order.pop_front() else { return evicted };
+            // A record of a removed slot, or of a slot now of the other kind, is skipped.
+            if self.slots.get(&tag).is_some_and(|s| s.entry.is_some() == positive) {
                 self.remove_tag(tag);
                 evicted += 1;
             }
@@ -250,19 +252,24 @@ impl RemoteCache {
     /// outgrow what they track, stale records are dropped so memory stays bounded.
     fn compact(&mut self) {
         let slots = &self.slots;
-        for (order, live) in
-            [(&mut self.positive_order, self.positive), (&mut self.negative_order, self.negative)]
-        {
+        for (order, live, positive) in [
+            (&mut self.positive_order, self.positive, true),
+            (&mut self.negative_order, self.negative, false),
+        ] {
             if order.len() > 2 * live + 64 {
-                order.retain(|(tag, generation)| {
-                    slots.get(tag).is_some_and(|s| s.generation == *generation)
-                });
+                order.retain(|tag| slots.get(tag).is_some_and(|s| s.entry.is_some() == positive));
             }
         }
     }
 }
 
-/// Tags and digests are uniformly random: their first eight bytes are the hash.
+/// The digest's first 8 bytes.
+fn prefix(digest: &Digest) -> u64 {
+    let [a, b, c, d, e, f, g, h, ..] = *digest;
+    u64::from_le_bytes([a, b, c, d, e, f, g, h])
+}
+
+/// Tags and digest prefixes are uniformly random: they are their own hash.
 #[derive(Default)]
 struct PassThrough(u64);
 
@@ -279,6 +286,10 @@ impl Hasher for PassThrough {
 
     fn write_u128(&mut self, n: u128) {
         self.0 = n as u64;
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -405,6 +416,22 @@ mod tests {
         assert!(c.origins.len() <= MAX_ORIGINS);
         assert!(c.invalidate_origin(None));
         assert!(c.origins.is_empty());
+    }
+
+    #[test]
+    fn a_digest_sharing_a_cached_ones_first_bytes_is_not_cached_and_revocation_stays_exact() {
+        let mut c = cache(10, 10);
+        let (a, b) = (c.tag(b"a"), c.tag(b"b"));
+        let mut twin = [7u8; 32];
+        twin[31] = 8;
+        c.insert(a, [7u8; 32], Some(entry("a")), 0);
+        assert_eq!(c.insert(b, twin, Some(entry("b")), 0), 0);
+        assert!(matches!(c.get(b, 1), Cached::Miss), "not cached: it would be asked again");
+        assert!(c.invalidate(&[7u8; 32]));
+        assert!(matches!(c.get(a, 1), Cached::Miss));
+        c.insert(b, twin, Some(entry("b")), 0);
+        assert!(matches!(c.get(b, 1), Cached::Fresh(_)), "cached once the prefix is free");
+        assert!(c.invalidate(&twin));
     }
 
     #[test]
