@@ -5,10 +5,11 @@
 //! instead of SHA-256 on every request. Each entry also holds the digest, so the change feed
 //! (which names digests) can drop it.
 //!
-//! Memory (about 250 bytes per cached key, most of it the compiled entry): the feed's index
-//! holds the digest's first 8 bytes, not all 32. Two cached digests sharing them is no risk
-//! to revocation: the second is simply not cached (and is looked up each time), so the index
-//! always names every cached digest.
+//! Memory (about 250 bytes per cached key, most of it the compiled entry): slots are keyed
+//! by the tag's lower 64 bits and keep its upper 64 to check, and the feed's index holds the
+//! digest's first 8 bytes, not all 32. Two cached keys sharing either is no risk: the second
+//! is simply not cached (and is looked up each time), so a slot answers only its own tag and
+//! the index always names every cached digest.
 //!
 //! Bounds: `max_entries` positive answers and, apart from them, `max_negative` negative
 //! ones, each evicted oldest first; so a flood of unknown keys only ever evicts other unknown
@@ -39,6 +40,8 @@ pub enum Cached<'c> {
 }
 
 struct Slot {
+    /// The tag's upper 64 bits; its lower 64 bits are the slot's key. Both must match.
+    check: u64,
     /// The digest's first 8 bytes: its key in `by_digest`.
     prefix: u64,
     /// When the answer stops being fresh (Unix ms).
@@ -55,13 +58,14 @@ struct OriginSlot {
 pub struct RemoteCache {
     settings: CacheSettings,
     secret: (u64, u64),
-    slots: HashMap<u128, Slot, BuildHasherDefault<PassThrough>>,
+    /// By the tag's lower 64 bits; a slot answers only a tag whose upper bits match too.
+    slots: HashMap<u64, Slot, BuildHasherDefault<PassThrough>>,
     /// Digest prefix → tag, for the feed (see the module comment).
-    by_digest: HashMap<u64, u128, BuildHasherDefault<PassThrough>>,
+    by_digest: HashMap<u64, u64, BuildHasherDefault<PassThrough>>,
     /// Insertion order of positive and negative slots, for eviction. A tag answered twice
     /// has two records; the older one then evicts it a little early, which costs a lookup.
-    positive_order: VecDeque<u128>,
-    negative_order: VecDeque<u128>,
+    positive_order: VecDeque<u64>,
+    negative_order: VecDeque<u64>,
     positive: usize,
     negative: usize,
     origins: HashMap<Box<[u8]>, OriginSlot>,
@@ -104,7 +108,7 @@ impl RemoteCache {
     }
 
     pub fn get(&self, tag: u128, now_ms: i64) -> Cached<'_> {
-        match self.slots.get(&tag) {
+        match self.slot(tag) {
             Some(slot) if now_ms < slot.expires => match &slot.entry {
                 Some(entry) => Cached::Fresh(entry),
                 None => Cached::Absent,
@@ -115,7 +119,7 @@ impl RemoteCache {
 
     /// An expired positive answer still within `stale_if_error_ms` of its expiry.
     pub fn stale(&self, tag: u128, now_ms: i64) -> Option<&Entry> {
-        let slot = self.slots.get(&tag)?;
+        let slot = self.slot(tag)?;
         let limit = slot.expires.saturating_add(self.settings.stale_if_error_ms);
         (now_ms < limit).then_some(slot.entry.as_deref()).flatten()
     }
@@ -123,27 +127,26 @@ impl RemoteCache {
     /// Remembers the service's answer for a key: its entry, or `None` for a 404. Returns how
     /// many entries were evicted to make room.
     pub fn insert(&mut self, tag: u128, digest: Digest, entry: Option<Entry>, now_ms: i64) -> u32 {
+        let (key, check) = split(tag);
         self.remove_tag(tag);
         let prefix = prefix(&digest);
-        if let Some(held) = self.by_digest.get(&prefix).copied() {
-            // Another digest with the same first 8 bytes is cached: keep the index exact
-            // by not caching this one (see the module comment).
-            if held != tag {
-                return 0;
-            }
+        // Another key holds this slot, or another digest with the same first 8 bytes is
+        // cached: keep both maps exact by not caching this one (see the module comment).
+        if self.slots.contains_key(&key) || self.by_digest.contains_key(&prefix) {
+            return 0;
         }
         let positive = entry.is_some();
         let ttl = if positive { self.settings.ttl_ms } else { self.settings.negative_ttl_ms };
-        let slot = Slot { prefix, expires: now_ms.saturating_add(ttl), entry: entry.map(Box::new) };
-        self.slots.insert(tag, slot);
-        self.by_digest.insert(prefix, tag);
+        let expires = now_ms.saturating_add(ttl);
+        self.slots.insert(key, Slot { check, prefix, expires, entry: entry.map(Box::new) });
+        self.by_digest.insert(prefix, key);
         let evicted = if positive {
             self.positive += 1;
-            self.positive_order.push_back(tag);
+            self.positive_order.push_back(key);
             self.evict(true)
         } else {
             self.negative += 1;
-            self.negative_order.push_back(tag);
+            self.negative_order.push_back(key);
             self.evict(false)
         };
         self.compact();
@@ -153,7 +156,7 @@ impl RemoteCache {
     /// Drops whatever is cached for a digest the feed named; whether anything was.
     pub fn invalidate(&mut self, digest: &Digest) -> bool {
         match self.by_digest.get(&prefix(digest)).copied() {
-            Some(tag) => self.remove_tag(tag),
+            Some(key) => self.remove_key(key),
             None => false,
         }
     }
@@ -215,9 +218,20 @@ impl RemoteCache {
         self.len() == 0
     }
 
+    fn slot(&self, tag: u128) -> Option<&Slot> {
+        let (key, check) = split(tag);
+        self.slots.get(&key).filter(|s| s.check == check)
+    }
+
+    /// Removes the slot of exactly this tag, if any.
     fn remove_tag(&mut self, tag: u128) -> bool {
-        let Some(slot) = self.slots.remove(&tag) else { return false };
-        if self.by_digest.get(&slot.prefix) == Some(&tag) {
+        let (key, check) = split(tag);
+        self.slots.get(&key).is_some_and(|s| s.check == check) && self.remove_key(key)
+    }
+
+    fn remove_key(&mut self, key: u64) -> bool {
+        let Some(slot) = self.slots.remove(&key) else { return false };
+        if self.by_digest.get(&slot.prefix) == Some(&key) {
             self.by_digest.remove(&slot.prefix);
         }
         if slot.entry.is_some() {
@@ -239,10 +253,10 @@ impl RemoteCache {
                 return evicted;
             }
             let order = if positive { &mut self.positive_order } else { &mut self.negative_order };
-            let Some(tag) = order.pop_front() else { return evicted };
+            let Some(key) = order.pop_front() else { return evicted };
             // A record of a removed slot, or of a slot now of the other kind, is skipped.
-            if self.slots.get(&tag).is_some_and(|s| s.entry.is_some() == positive) {
-                self.remove_tag(tag);
+            if self.slots.get(&key).is_some_and(|s| s.entry.is_some() == positive) {
+                self.remove_key(key);
                 evicted += 1;
             }
         }
@@ -257,10 +271,15 @@ impl RemoteCache {
             (&mut self.negative_order, self.negative, false),
         ] {
             if order.len() > 2 * live + 64 {
-                order.retain(|tag| slots.get(tag).is_some_and(|s| s.entry.is_some() == positive));
+                order.retain(|key| slots.get(key).is_some_and(|s| s.entry.is_some() == positive));
             }
         }
     }
+}
+
+/// A tag as the slot map's key (lower 64 bits) and the check its slot keeps (upper 64).
+fn split(tag: u128) -> (u64, u64) {
+    (tag as u64, (tag >> 64) as u64)
 }
 
 /// The digest's first 8 bytes.
@@ -282,10 +301,6 @@ impl Hasher for PassThrough {
         for &byte in bytes.iter().take(8) {
             self.0 = (self.0 << 8) | u64::from(byte);
         }
-    }
-
-    fn write_u128(&mut self, n: u128) {
-        self.0 = n as u64;
     }
 
     fn write_u64(&mut self, n: u64) {
@@ -432,6 +447,21 @@ mod tests {
         c.insert(b, twin, Some(entry("b")), 0);
         assert!(matches!(c.get(b, 1), Cached::Fresh(_)), "cached once the prefix is free");
         assert!(c.invalidate(&twin));
+    }
+
+    #[test]
+    fn a_tag_sharing_a_slot_key_with_another_is_never_answered_by_it() {
+        let mut c = cache(10, 10);
+        let a: u128 = (1 << 64) | 5;
+        let b: u128 = (2 << 64) | 5;
+        c.insert(a, sha256(b"a"), Some(entry("a")), 0);
+        assert!(matches!(c.get(b, 1), Cached::Miss), "same lower bits, other key");
+        assert!(c.stale(b, 2000).is_none());
+        assert_eq!(c.insert(b, sha256(b"b"), Some(entry("b")), 0), 0);
+        assert_eq!(id(&c.get(a, 1)).as_deref(), Some("a"), "the first keeps its slot");
+        assert!(matches!(c.get(b, 1), Cached::Miss), "the second is not cached");
+        assert!(!c.invalidate(&sha256(b"b")));
+        assert!(c.invalidate(&sha256(b"a")));
     }
 
     #[test]
