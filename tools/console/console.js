@@ -23,6 +23,8 @@
     target: null, // the key id a rotate or delete dialog is about
     sentOrigins: [], // the origin inputs in the order their values were sent
     auditNext: null,
+    keysCall: 0, // the number of the latest key list call
+    auditCall: 0,
   };
 
   class ApiError extends Error {
@@ -235,16 +237,24 @@
     if (state.owner) params.set("owner", state.owner);
     const after = state.cursors[state.page];
     if (after) params.set("after", after);
+    // Paging waits for the page on its way; an answer overtaken by a newer call is dropped.
+    const mine = ++state.keysCall;
+    state.next = null;
+    $("prev-page").disabled = true;
+    $("next-page").disabled = true;
     $("key-table").setAttribute("aria-busy", "true");
     let data;
     try {
       data = await api("GET", `/v1/keys?${params}`);
     } catch (err) {
+      if (mine !== state.keysCall) return;
+      $("prev-page").disabled = state.page === 0;
       if (!unauthorized(err)) status($("keys-status"), `Could not load the keys: ${describe(err)}`, true);
       return;
     } finally {
-      $("key-table").removeAttribute("aria-busy");
+      if (mine === state.keysCall) $("key-table").removeAttribute("aria-busy");
     }
+    if (mine !== state.keysCall) return;
     if (data.entries.length === 0 && state.page > 0) {
       // The last key of a later page went away: show the page before.
       state.page -= 1;
@@ -633,16 +643,21 @@
   async function loadAudit(reset) {
     const params = new URLSearchParams({ limit: "50" });
     if (!reset && state.auditNext) params.set("after", state.auditNext);
+    const mine = ++state.auditCall;
+    $("audit-more").hidden = true;
     $("audit-table").setAttribute("aria-busy", "true");
     let data;
     try {
       data = await api("GET", `/v1/audit?${params}`);
     } catch (err) {
-      if (!unauthorized(err)) status($("audit-status"), `Could not load the audit log: ${describe(err)}`, true);
+      if (mine === state.auditCall && !unauthorized(err)) {
+        status($("audit-status"), `Could not load the audit log: ${describe(err)}`, true);
+      }
       return;
     } finally {
-      $("audit-table").removeAttribute("aria-busy");
+      if (mine === state.auditCall) $("audit-table").removeAttribute("aria-busy");
     }
+    if (mine !== state.auditCall) return;
     const rows = data.entries.map((r) =>
       el("tr", { "data-seq": String(r.seq), "data-action": r.action, "data-key": r.key_id },
         cell("#", String(r.seq)),
