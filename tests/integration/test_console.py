@@ -95,6 +95,7 @@ def browser():
                  "--disable-dev-shm-usage", "--window-size=1280,800", "--force-device-scale-factor=1",
                  "--hide-scrollbars", f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(service=DriverService(driver_binary), options=options)
     set_viewport(driver, 1280, 800)
     try:
@@ -273,6 +274,8 @@ def test_a_wrong_token_is_refused_on_the_page(browser, service):
     assert "401" in text_of(browser, "signin-error")
     assert visible(browser, "signin-view") and not visible(browser, "keys-view")
     assert browser.execute_script("return sessionStorage.length") == 0
+    # The browser log (read by the policy test below) sees what the page met: the 401.
+    assert any("401" in e["message"] for e in browser.get_log("browser"))
     # An empty token is refused without a call.
     fill(browser, "token", "")
     by_id(browser, "signin-button").click()
@@ -494,6 +497,28 @@ def test_create_disable_rotate_delete_through_envoy_and_the_audit_view(browser, 
                                "document.querySelector('.table-wrap').scrollLeft = 0;"
                                "document.activeElement.blur()")
         browser.save_screenshot(str(DOCS / "console.png"))
+
+
+def test_the_page_runs_under_its_policy_without_a_violation_or_an_error(browser, service):
+    seed(service)
+    browser.get_log("browser")  # drop what earlier tests left
+    sign_in(browser, service)
+    wait(browser, lambda d: row(d, "web-player") is not None)
+    for opener, dialog in (("new-key", "key-dialog"),):
+        by_id(browser, opener).click()
+        wait(browser, lambda d: visible(d, dialog))
+        by_id(browser, "f-cors").click()
+        browser.switch_to.active_element.send_keys(Keys.ESCAPE)
+        wait(browser, lambda d: not visible(d, dialog))
+    row_action(browser, "web-player", "rotate")
+    wait(browser, lambda d: visible(d, "rotate-dialog"))
+    by_id(browser, "f-grace").send_keys(Keys.ESCAPE)
+    by_id(browser, "tab-audit").click()
+    wait(browser, lambda d: len(d.find_elements(By.CSS_SELECTOR, "#audit-rows tr[data-seq]")) > 0)
+    by_id(browser, "tab-keys").click()
+    wait(browser, lambda d: row(d, "web-player") is not None)
+    logged = [e for e in browser.get_log("browser") if e["level"] in ("SEVERE", "WARNING")]
+    assert logged == [], logged
 
 
 def test_the_token_stays_in_the_tab_and_signing_out_forgets_it(browser, service):
