@@ -73,6 +73,26 @@ struct State {
     calls: HashMap<u32, (u32, CallKind)>,
     waiting: HashMap<u32, Waiter>,
     counts: [u32; Counter::ALL.len()],
+    failures: FailureLog,
+}
+
+/// Rate-limits the lookup-failure log line.
+#[derive(Default)]
+struct FailureLog {
+    last_ms: i64,
+    unlogged: u32,
+}
+
+impl FailureLog {
+    /// `Some(failures not logged since the last line)` when this one may be logged.
+    fn note(&mut self, now_ms: i64) -> Option<u32> {
+        if self.last_ms != 0 && now_ms - self.last_ms < 1000 {
+            self.unlogged += 1;
+            return None;
+        }
+        self.last_ms = now_ms;
+        Some(std::mem::take(&mut self.unlogged))
+    }
 }
 
 thread_local! {
@@ -280,11 +300,16 @@ fn lookup_answer(root: u32, subject: Subject, tag: u128, answer: Answer) {
     };
     let failed = outcome.is_err();
     if let Err(reason) = &outcome {
-        let what = match &subject {
-            Subject::Key(d) => format!("key {}", &protocol::hex(d)[..8]),
-            Subject::Origin(_) => "origin".to_string(),
-        };
-        warn!("key service lookup of {what} failed: {reason}");
+        // At most one line a second per VM: a flood of keys against a failing service must
+        // not flood the log. The count says what was not logged.
+        let quiet = with_state(|s| s.failures.note(now)).unwrap_or(None);
+        if let Some(unlogged) = quiet {
+            let what = match &subject {
+                Subject::Key(d) => format!("key {}", &protocol::hex(d)[..8]),
+                Subject::Origin(_) => "origin".to_string(),
+            };
+            warn!("key service lookup of {what} failed: {reason} ({unlogged} more failures not logged since the last line)");
+        }
     }
     let resumed = with_state(|s| {
         if failed {
