@@ -30,11 +30,12 @@ pub fn parse(json: &[u8], compiler: &mut Compiler) -> Result<RawRest, ConfigErro
         (Err(e), None) => {
             // serde_path_to_error says `.` for the root, `?` where the JSON did not parse, and
             // nothing at all for a root field named "".
-            let path = match track.path().to_string() {
+            let message = e.to_string();
+            let path = match scrub_path(track.path().to_string(), &message) {
                 p if p.is_empty() || p == "." || p == "?" => "config".to_string(),
                 p => p,
             };
-            return Err(ConfigError::new(path, without_values(&e.to_string())));
+            return Err(ConfigError::new(path, without_values(&message)));
         }
     };
     de.end().map_err(|e| ConfigError::new("config", e.to_string()))?;
@@ -43,7 +44,7 @@ pub fn parse(json: &[u8], compiler: &mut Compiler) -> Result<RawRest, ConfigErro
 
 /// serde quotes the offending value in some messages (`invalid type: string "kg_..."`), and
 /// that value may be a key pasted in the wrong place: only its kind is kept.
-fn without_values(message: &str) -> String {
+pub(crate) fn without_values(message: &str) -> String {
     for prefix in ["invalid type: ", "invalid value: "] {
         if let Some(rest) = message.strip_prefix(prefix) {
             let kind = rest.split([' ', ',']).next().unwrap_or("value");
@@ -55,7 +56,42 @@ fn without_values(message: &str) -> String {
         let expected = rest.rfind("`, expected").map_or("", |i| &rest[i + 1..]);
         return format!("unknown variant{expected}");
     }
+    if let Some((name, expected)) = unknown_field(message) {
+        return if looks_like_a_field(name) {
+            message.to_string()
+        } else {
+            format!("unknown field{expected}")
+        };
+    }
     message.to_string()
+}
+
+/// The name and the rest of serde's "unknown field `name`, expected ..." message.
+fn unknown_field(message: &str) -> Option<(&str, &str)> {
+    let rest = message.strip_prefix("unknown field `")?;
+    // The name may hold backticks itself; the expected list never holds "`, expected".
+    let end = rest.rfind("`, expected").or_else(|| rest.rfind('`'))?;
+    Some((&rest[..end], &rest[end + 1..]))
+}
+
+/// A field name is echoed (in the message and the path) when it looks like a typo of one:
+/// short and lower case. A key pasted as a name (found by the `entry` fuzz target) is not.
+fn looks_like_a_field(name: &str) -> bool {
+    name.len() <= 32
+        && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
+        && !name.contains("kg_")
+}
+
+/// serde_path_to_error's path, without its last segment when that is an unknown field
+/// name that must not be echoed.
+pub(crate) fn scrub_path(path: String, message: &str) -> String {
+    match unknown_field(message) {
+        Some((name, _)) if !looks_like_a_field(name) => match path.strip_suffix(name) {
+            Some(parent) => parent.strip_suffix('.').unwrap_or(parent).to_string(),
+            None => path,
+        },
+        _ => path,
+    }
 }
 
 #[derive(Clone, Copy, Deserialize)]
@@ -173,7 +209,8 @@ pub fn entry(json: &[u8], at: &str) -> Result<Entry, ConfigError> {
     let mut track = serde_path_to_error::Track::new();
     let raw = RawKey::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
         .map_err(|e| {
-            let path = match track.path().to_string() {
+            let message = e.to_string();
+            let path = match scrub_path(track.path().to_string(), &message) {
                 p if p.is_empty() || p == "." || p == "?" => String::new(),
                 p => p,
             };
@@ -183,7 +220,7 @@ pub fn entry(json: &[u8], at: &str) -> Result<Entry, ConfigError> {
                 (true, false) => path,
                 (false, false) => format!("{at}.{path}"),
             };
-            ConfigError::new(path, without_values(&e.to_string()))
+            ConfigError::new(path, without_values(&message))
         })?;
     de.end()
         .map_err(|e| ConfigError::new(if at.is_empty() { "entry" } else { at }, e.to_string()))?;
@@ -251,5 +288,14 @@ mod tests {
         assert!(typo.starts_with("disabled: invalid type: string, expected a boolean"), "{typo}");
         assert_eq!(refused(r#"{"id": "a"} x"#, "key").split(':').next(), Some("key"));
         assert_eq!(refused(r#"[]"#, "").split(':').next(), Some("entry"));
+        let typo = refused(r#"{"id": "a", "ownr": "x"}"#, "");
+        assert!(typo.starts_with("ownr: unknown field `ownr`, expected one of"), "{typo}");
+        for pasted in [
+            r#"{"id": "a", "kg_ethodsabled": 1}"#,
+            r#"{"id": "a", "kg_Zx9Qp-3LrT8vW2nB5mK7cY1dF4gH6jS0aE": 1}"#,
+        ] {
+            let e = refused(pasted, "");
+            assert!(e.contains(": unknown field, expected one of") && !e.contains("kg_"), "{e}");
+        }
     }
 }

@@ -196,12 +196,10 @@ fn json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtocolError> {
     let mut track = serde_path_to_error::Track::new();
     let value = T::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
         .map_err(|e| {
-            let kept = if e.is_data() {
-                e.to_string().split(": ").next().unwrap_or("invalid").to_string()
-            } else {
-                e.to_string()
-            };
-            error(format!("answer does not fit the protocol at {}: {kept}", track.path()))
+            let kept =
+                if e.is_data() { parse::without_values(&e.to_string()) } else { e.to_string() };
+            let path = parse::scrub_path(track.path().to_string(), &e.to_string());
+            error(format!("answer does not fit the protocol at {path}: {kept}"))
         })?;
     de.end().map_err(|e| error(format!("answer does not fit the protocol: {e}")))?;
     Ok(value)
