@@ -47,6 +47,17 @@ SECURITY_HEADERS = {
 }
 
 
+
+def shot(browser, name: str) -> None:
+    """Takes a screenshot into a temporary folder, or into docs/ (the README's pictures) with
+    KEYGATE_SCREENSHOTS=docs, and checks it is a real picture of the page."""
+    folder = DOCS if os.environ.get("KEYGATE_SCREENSHOTS") == "docs" else Path(tempfile.mkdtemp(prefix="keygate-shot-"))
+    folder.mkdir(exist_ok=True)
+    path = folder / name
+    browser.save_screenshot(str(path))
+    data = path.read_bytes()
+    assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
+
 def chromium() -> str | None:
     return os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -406,12 +417,10 @@ def test_create_disable_rotate_delete_through_envoy_and_the_audit_view(browser, 
     wait(browser, lambda d: visible(d, "cors-fields"))
     browser.find_element(By.CSS_SELECTOR, "#origin-list input").send_keys(ORIGIN)
     fill(browser, "f-not-before", "2026-01-01T00:00:00Z")
-    if os.environ.get("KEYGATE_SCREENSHOTS", "1") != "0":
-        DOCS.mkdir(exist_ok=True)
-        # Scrolled to the top, and no blinking caret: the same picture on every run.
-        browser.execute_script("document.querySelector('#key-dialog').scrollTop = 0;"
-                               "document.activeElement.blur()")
-        browser.save_screenshot(str(DOCS / "console-create.png"))
+    # Scrolled to the top, and no blinking caret: the same picture on every run.
+    browser.execute_script("document.querySelector('#key-dialog').scrollTop = 0;"
+                           "document.activeElement.blur()")
+    shot(browser, "console-create.png")
     by_id(browser, "key-submit").click()
     secret = read_secret(browser)
     assert "console-web" in text_of(browser, "secret-for")
@@ -427,11 +436,10 @@ def test_create_disable_rotate_delete_through_envoy_and_the_audit_view(browser, 
                        "not_before": "2026-01-01T00:00:00Z"}
     wait(browser, lambda d: status_of(d, "console-web") == "active")
     # The key list as the README shows it (before the rotation writes today's time into it).
-    if os.environ.get("KEYGATE_SCREENSHOTS", "1") != "0":
-        browser.execute_script("document.getElementById('keys-status').textContent = '';"
-                               "document.querySelector('.table-wrap').scrollLeft = 0;"
-                               "document.activeElement.blur()")
-        browser.save_screenshot(str(DOCS / "console.png"))
+    browser.execute_script("document.getElementById('keys-status').textContent = '';"
+                           "document.querySelector('.table-wrap').scrollLeft = 0;"
+                           "document.activeElement.blur()")
+    shot(browser, "console.png")
 
     # The secret read from the page works through Envoy, from its origin.
     r = demo.get("/api/stream/1", [bearer(secret), ("origin", ORIGIN)])
