@@ -89,6 +89,13 @@ pub struct Failed {
 impl Failed {
     pub const NONE: Failed = Failed { key: false, origin: false };
     pub const BOTH: Failed = Failed { key: true, origin: true };
+    pub const KEY: Failed = Failed { key: true, origin: false };
+    pub const ORIGIN: Failed = Failed { key: false, origin: true };
+
+    /// What failed in either.
+    pub fn and(self, other: Failed) -> Failed {
+        Failed { key: self.key || other.key, origin: self.origin || other.origin }
+    }
 }
 
 /// The decision, or what must be asked first.

@@ -2,7 +2,7 @@
 //! `Policy::decide`; this file only reads the request and carries out the verdict.
 
 use crate::core::config::Mode;
-use crate::core::decide::{Decision, Failed, Header, Remote, Request};
+use crate::core::decide::{Decision, Failed, Remote};
 use crate::core::policy::Policy;
 use crate::core::verdict::{Outcome, RemoteUse, Reply, Verdict};
 use crate::filter::contexts::Contexts;
@@ -181,10 +181,12 @@ pub struct Pass {
     pub resumed: bool,
     /// Lookups that failed (or could not start): decide without them.
     pub failed: Failed,
+    /// Lookups the stream has waited for: a decision asks at most a key and an origin.
+    pub asks: u8,
 }
 
 impl Pass {
-    pub const FIRST: Pass = Pass { resumed: false, failed: Failed::NONE };
+    pub const FIRST: Pass = Pass { resumed: false, failed: Failed::NONE, asks: 0 };
 }
 
 /// Decides the stream's request and carries out the verdict, or starts the lookup it
@@ -215,8 +217,17 @@ pub fn serve(stream: u32, root: u32, policy: Rc<Policy>, pass: Pass) -> Action {
             let origin = req.origin.value().unwrap_or_default();
             return remote::ask(stream, root, policy, ask, origin, pass);
         }
-        // The policy has a key service but this root holds no cache: fail closed.
-        None => deny(&policy, Outcome::Unavailable, req.origin.value()),
+        // The policy has a key service but this root holds no cache: fail closed, as a
+        // failed lookup would.
+        None => {
+            let verdict = Verdict {
+                outcome: Outcome::Unavailable,
+                key: None,
+                allow_origin: false,
+                remote: RemoteUse::None,
+            };
+            carry_out(&policy, &scan, &verdict, stream)
+        }
     };
     if let (Action::Continue, true) = (action, pass.resumed) {
         host::continue_request();
@@ -286,19 +297,6 @@ fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, strea
     let policy = Rc::clone(policy);
     with_vm(|vm| vm.contexts.await_response(stream, Awaiting { policy, response }));
     Action::Continue
-}
-
-/// Sends `outcome`'s reply without a verdict (no key, origin not readable).
-fn deny(policy: &Rc<Policy>, outcome: Outcome, origin: Option<&[u8]>) -> Action {
-    let verdict = Verdict { outcome, key: None, allow_origin: false, remote: Default::default() };
-    let scan = headers::Scan {
-        request: Request {
-            origin: origin.map_or(Header::Absent, Header::One),
-            ..Request::default()
-        },
-        ..Default::default()
-    };
-    carry_out(policy, &scan, &verdict, 0)
 }
 
 pub fn response_headers(stream: u32) -> Action {

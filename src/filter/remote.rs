@@ -30,6 +30,16 @@ enum Subject {
     Origin(Box<[u8]>),
 }
 
+impl Subject {
+    /// What a failed lookup of this subject means for the decision.
+    fn failure(&self) -> Failed {
+        match self {
+            Subject::Key(_) => Failed::KEY,
+            Subject::Origin(_) => Failed::ORIGIN,
+        }
+    }
+}
+
 struct Root {
     service: KeyService,
     cache: RemoteCache,
@@ -60,10 +70,8 @@ enum CallKind {
 struct Waiter {
     root: u32,
     policy: Rc<Policy>,
-    /// Lookups this stream has waited for: a decision asks at most a key and an origin.
-    asks: u8,
-    /// Which of them failed.
-    failed: Failed,
+    /// How the stream was being decided when it asked (lookups so far, and what failed).
+    pass: Pass,
 }
 
 #[derive(Default)]
@@ -170,16 +178,8 @@ pub fn ask(
         Ask::Key { tag, digest } => (Subject::Key(digest), tag),
         Ask::Origin => (Subject::Origin(origin.into()), 0),
     };
-    let as_failed = |mut failed: Failed| {
-        match subject {
-            Subject::Key(_) => failed.key = true,
-            Subject::Origin(_) => failed.origin = true,
-        }
-        failed
-    };
     let started = with_state(|s| {
-        let asks = s.waiting.get(&stream).map_or(0, |w| w.asks);
-        if asks >= 2 {
+        if pass.asks >= 2 {
             return false;
         }
         let Some(r) = s.roots.get_mut(&root) else { return false };
@@ -202,16 +202,15 @@ pub fn ask(
             r.pending.insert(subject.clone(), vec![stream]);
             s.calls.insert(token, (root, CallKind::Lookup { subject: subject.clone(), tag }));
         }
-        let waiter =
-            Waiter { root, policy: Rc::clone(&policy), asks: asks + 1, failed: pass.failed };
-        s.waiting.insert(stream, waiter);
+        let pass = Pass { asks: pass.asks + 1, ..pass };
+        s.waiting.insert(stream, Waiter { root, policy: Rc::clone(&policy), pass });
         true
     })
     .unwrap_or(false);
     if started {
         return Action::Pause;
     }
-    let failed = as_failed(pass.failed);
+    let failed = pass.failed.and(subject.failure());
     handlers::serve(stream, root, policy, Pass { failed, ..pass })
 }
 
@@ -323,11 +322,7 @@ fn lookup_answer(root: u32, subject: Subject, tag: u128, answer: Answer) {
             .collect::<Vec<_>>()
     })
     .unwrap_or_default();
-    let failed = Failed {
-        key: failed && matches!(subject, Subject::Key(_)),
-        origin: failed && matches!(subject, Subject::Origin(_)),
-    };
-    resume(resumed, failed);
+    resume(resumed, if failed { subject.failure() } else { Failed::NONE });
 }
 
 /// Decides streams that waited for a lookup again, with its answer now cached (or failed).
@@ -337,21 +332,8 @@ fn resume(streams: Vec<(u32, Waiter)>, failed: Failed) {
         if !host::set_effective_context(stream) {
             continue;
         }
-        let asks = waiter.asks;
-        let failed = Failed {
-            key: failed.key || waiter.failed.key,
-            origin: failed.origin || waiter.failed.origin,
-        };
-        let pass = Pass { resumed: true, failed };
-        let action = handlers::serve(stream, waiter.root, waiter.policy, pass);
-        // A second lookup keeps the count of the first.
-        if let Action::Pause = action {
-            with_state(|s| {
-                if let Some(w) = s.waiting.get_mut(&stream) {
-                    w.asks = w.asks.max(asks + 1);
-                }
-            });
-        }
+        let pass = Pass { resumed: true, failed: failed.and(waiter.pass.failed), ..waiter.pass };
+        handlers::serve(stream, waiter.root, waiter.policy, pass);
     }
 }
 
