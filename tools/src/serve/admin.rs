@@ -8,7 +8,7 @@
 
 use crate::key::{hex, new_secret};
 use crate::serve::console;
-use crate::serve::db::{KeyRow, StoredKey, Touched};
+use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
 use crate::serve::error::{json, ApiError};
 use crate::serve::filter_api::{method_not_allowed, not_found};
 use crate::serve::{now_ms, rfc3339, AppState};
@@ -228,9 +228,19 @@ fn answer(status: StatusCode, body: Value) -> Response {
     json(status, body.to_string())
 }
 
-fn logged(s: &AppState, action: &str, id: &str, admin: &Admin, seq: i64) {
+/// Commits an admin's change, then wakes the ECDS writer and logs it (never a secret).
+async fn commit(
+    s: &AppState,
+    w: Write<'_>,
+    action: &str,
+    id: &str,
+    admin: &Admin,
+) -> Result<(), ApiError> {
+    let seq = w.seq;
+    w.commit().await?;
     s.changed.notify_one();
     eprintln!("keygate serve: {action} {id} by admin {} (change {seq})", admin.0);
+    Ok(())
 }
 
 /// The generated id goes first, where a person reads it.
@@ -268,9 +278,7 @@ async fn create(
     .await?;
     w.touched(&Touched { sha256: digest, origins: key.origins.clone() }).await?;
     w.audit(&admin.0, "create", &key.id, None).await?;
-    let seq = w.seq;
-    w.commit().await?;
-    logged(&s, "create", &key.id, &admin, seq);
+    commit(&s, w, "create", &key.id, &admin).await?;
     let body = json!({ "key": secret, "entry": view(key.name.as_deref(), &key.json) });
     Ok(answer(StatusCode::CREATED, body))
 }
@@ -338,9 +346,7 @@ async fn update(
     let origins = union(origins_of(&old.entry), key.origins.clone());
     w.touched(&Touched { sha256: old.sha256.clone(), origins }).await?;
     w.audit(&admin.0, "update", &id, None).await?;
-    let seq = w.seq;
-    w.commit().await?;
-    logged(&s, "update", &id, &admin, seq);
+    commit(&s, w, "update", &id, &admin).await?;
     Ok(answer(StatusCode::OK, json!({ "entry": view(key.name.as_deref(), &key.json) })))
 }
 
@@ -351,9 +357,7 @@ async fn remove(State(s): State<AppState>, admin: Admin, id: IdPath) -> Result<R
     w.delete(&id).await?;
     w.touched(&Touched { sha256: old.sha256.clone(), origins: origins_of(&old.entry) }).await?;
     w.audit(&admin.0, "delete", &id, None).await?;
-    let seq = w.seq;
-    w.commit().await?;
-    logged(&s, "delete", &id, &admin, seq);
+    commit(&s, w, "delete", &id, &admin).await?;
     Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
 }
 
@@ -440,9 +444,7 @@ async fn rotate(
     w.touched(&Touched { sha256: old.sha256.clone(), origins: ending.origins.clone() }).await?;
     w.touched(&Touched { sha256: digest, origins: successor.origins.clone() }).await?;
     w.audit(&admin.0, "rotate", &id, Some(&successor.id)).await?;
-    let seq = w.seq;
-    w.commit().await?;
-    logged(&s, "rotate", &id, &admin, seq);
+    commit(&s, w, "rotate", &id, &admin).await?;
     let body = json!({ "key": secret, "entry": view(successor.name.as_deref(), &successor.json) });
     Ok(answer(StatusCode::CREATED, body))
 }
