@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
-import yaml
 
-from harness import ROOT, UNAUTHORIZED, Envoy, bearer, free_port
+from demo import demo_envoy
+from harness import ROOT, UNAUTHORIZED, bearer
 from service import Service, request
 
 # Pinned in tests/requirements.txt; scripts/setup.sh installs it into .venv.
@@ -32,7 +32,6 @@ from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-DEMO = ROOT / "envoy" / "envoy.yaml"
 DOCS = ROOT / "docs"
 ADMIN = "kg_console_admin_7c41d09e2b"
 ORIGIN = "https://app.example"
@@ -47,7 +46,6 @@ SECURITY_HEADERS = {
 }
 
 
-
 def shot(browser, name: str) -> None:
     """Takes a screenshot into a temporary folder, or into docs/ (the README's pictures) with
     KEYGATE_SCREENSHOTS=docs, and checks it is a real picture of the page."""
@@ -58,6 +56,7 @@ def shot(browser, name: str) -> None:
     data = path.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000, path
 
+
 def chromium() -> str | None:
     return os.environ.get("CHROMIUM_BIN") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -65,15 +64,6 @@ def chromium() -> str | None:
 def chromedriver() -> str | None:
     return os.environ.get("CHROMEDRIVER_BIN") or shutil.which("chromedriver") or (
         "/usr/bin/chromedriver" if Path("/usr/bin/chromedriver").exists() else None)
-
-
-def on_free_ports(doc: dict, key_service_port: int) -> tuple[dict, int, int]:
-    """The demo bootstrap with its fixed ports replaced (as test_demo_config.py does)."""
-    api, admin, echo = free_port(), free_port(), free_port()
-    text = yaml.safe_dump(doc)
-    for old, new in ((10000, api), (9901, admin), (10001, echo), (9101, key_service_port)):
-        text = text.replace(f"port_value: {old}", f"port_value: {new}")
-    return yaml.safe_load(text), api, admin
 
 
 @pytest.fixture(scope="module")
@@ -86,8 +76,7 @@ def service(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo(service):
     """The demo Envoy, two workers, its keygate filter's key service the real one."""
-    doc, api, admin = on_free_ports(yaml.safe_load(DEMO.read_text()), service.filter_port)
-    e = Envoy(bootstrap=doc, port=api, admin_port=admin, concurrency=2).start()
+    e = demo_envoy(service.filter_port)
     yield e
     e.stop()
 

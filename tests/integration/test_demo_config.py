@@ -10,10 +10,10 @@ import time
 import pytest
 import yaml
 
-from harness import ROOT, UNAUTHORIZED, Envoy, bearer, envoy_command, forbidden, free_port
+from demo import DEMO, demo_envoy, on_free_ports
+from harness import ROOT, UNAUTHORIZED, Envoy, bearer, envoy_command, forbidden
 from service import Service, run_keygate
 
-DEMO = ROOT / "envoy" / "envoy.yaml"
 DEMO_SERVICE_KEYS = ROOT / "envoy" / "demo-service-keys.json"
 ADMIN = "kg_demo_admin_0c5e2f7a91"
 
@@ -23,15 +23,6 @@ def test_envoy_validates_the_shipped_config():
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "OK" in r.stdout + r.stderr
-
-
-def on_free_ports(doc: dict, key_service_port: int | None = None) -> tuple[dict, int, int]:
-    """The demo bootstrap with its fixed ports replaced, so it can run beside anything."""
-    api, admin, echo = free_port(), free_port(), free_port()
-    text = yaml.safe_dump(doc)
-    for old, new in ((10000, api), (9901, admin), (10001, echo), (9101, key_service_port or free_port())):
-        text = text.replace(f"port_value: {old}", f"port_value: {new}")
-    return yaml.safe_load(text), api, admin
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +36,7 @@ def service(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo(service):
     """The demo Envoy with two workers (each its own VM and cache), its key service the real one."""
-    doc, api, admin = on_free_ports(yaml.safe_load(DEMO.read_text()), service.filter_port)
-    e = Envoy(bootstrap=doc, port=api, admin_port=admin, concurrency=2).start()
+    e = demo_envoy(service.filter_port)
     yield e
     e.stop()
 
