@@ -24,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 from harness import Envoy  # noqa: E402
+from soak import rss_kib  # noqa: E402
 from keyserver import KeyServer  # noqa: E402
 
 
@@ -139,13 +140,6 @@ def revocations(count: int, poll_ms: int = 1000) -> list[str]:
             "Time from the service's change to a 401 on both workers' connections (the later of the two).", "",
             "| p50 ms | p99 ms | max ms | goal |", "|---:|---:|---:|---|",
             f"| {pct(latencies, 50):.0f} | {pct(latencies, 99):.0f} | {max(latencies):.0f} | p99 under 2000 |", ""]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def memory(n: int) -> list[str]:

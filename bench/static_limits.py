@@ -22,9 +22,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
-sys.path.insert(0, str(ROOT / "bench"))
 from harness import Envoy  # noqa: E402
-from remote import rss_kib  # noqa: E402  (bench/remote.py)
+from soak import rss_kib  # noqa: E402
 
 ETCD_LIMIT = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
 

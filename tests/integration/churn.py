@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from harness import Envoy  # noqa: E402
+from soak import rss_kib  # noqa: E402
 from service import Service  # noqa: E402
 
 ADMIN = "kg_churn_admin_token"
@@ -144,13 +145,6 @@ def load(port: int, model: Model, deadline: float, stop: threading.Event, result
             conn.close()
             conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
     conn.close()
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
 
 
 def churn(seconds: float, connections: int = 4) -> dict:
