@@ -142,11 +142,9 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        let seq: i64 =
-            sqlx::query_scalar("UPDATE feed SET last = last + 1 WHERE id = 1 RETURNING last")
-                .fetch_one(&mut *tx)
-                .await?;
-        Ok(Write { tx, _serial: serial, seq, now })
+        let mut write = Write { tx, _serial: serial, seq: 0, now };
+        write.next_change().await?;
+        Ok(write)
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<StoredKey>, ApiError> {
@@ -290,6 +288,17 @@ pub struct Write<'a> {
 }
 
 impl Write<'_> {
+    /// Takes the next change number for the following change in this transaction: an
+    /// import records one change (and one audit record) per key but commits thousands in
+    /// one transaction, as the numbers stay gapless and in commit order all the same.
+    pub async fn next_change(&mut self) -> Result<(), ApiError> {
+        self.seq =
+            sqlx::query_scalar("UPDATE feed SET last = last + 1 WHERE id = 1 RETURNING last")
+                .fetch_one(&mut *self.tx)
+                .await?;
+        Ok(())
+    }
+
     pub async fn get(&mut self, id: &str) -> Result<Option<StoredKey>, ApiError> {
         let row = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE id = $1")
             .bind(id)
