@@ -16,6 +16,7 @@
 //! later appear below a cursor the service has answered.
 
 use crate::serve::error::{one_line, ApiError};
+use crate::serve::sqlite_reader::SqliteReader;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
@@ -35,6 +36,8 @@ pub struct Db {
     pub database_id: String,
     /// Serializes this process's writers (the database serializes them across processes).
     writer: Mutex<()>,
+    /// On SQLite, the filter's key lookups (see `sqlite_reader` for why).
+    reader: Option<SqliteReader>,
 }
 
 /// A key as stored: the entry JSON exactly as the filter receives it (no name, no digest).
@@ -128,7 +131,17 @@ impl Db {
                 .fetch_one(&pool)
                 .await
                 .map_err(|e| fail("cannot read database", &e))?;
-        Ok(Db { pool, postgres, database_id, writer: Mutex::new(()) })
+        let reader = if postgres {
+            None
+        } else {
+            let file: String =
+                sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+                    .fetch_one(&pool)
+                    .await
+                    .map_err(|e| fail("cannot read database", &e))?;
+            Some(SqliteReader::open(&file).map_err(|e| fail("cannot open database", &e))?)
+        };
+        Ok(Db { pool, postgres, database_id, writer: Mutex::new(()), reader })
     }
 
     /// Starts a write: serialized against every other writer, holding the next change number.
@@ -183,6 +196,9 @@ impl Db {
 
     /// The entry JSON of the key with this digest.
     pub async fn by_digest(&self, sha256: &str) -> Result<Option<String>, ApiError> {
+        if let Some(reader) = &self.reader {
+            return Ok(reader.by_digest(sha256)?);
+        }
         Ok(sqlx::query_scalar("SELECT entry FROM keys WHERE sha256 = $1")
             .bind(sha256)
             .fetch_optional(&self.pool)

@@ -5,7 +5,8 @@
 //! One file per job: `db` (the store and why the feed is exact), `admin` (the admin API),
 //! `console` (the key console page on the admin listener, and the listener's guards),
 //! `filter_api` (the filter protocol), `feed` (the change feed and its cursors), `ecds`
-//! (the ECDS file), `error` (the one error type and its JSON).
+//! (the ECDS file), `error` (the one error type and its JSON), `import` (`--import`),
+//! `sqlite_reader` (the filter's key lookups on SQLite, off sqlx's threads).
 
 mod admin;
 mod console;
@@ -15,6 +16,7 @@ mod error;
 mod feed;
 mod filter_api;
 mod import;
+mod sqlite_reader;
 
 use clap::Args;
 use keygate::core::keytable::{parse_hex, Digest};
