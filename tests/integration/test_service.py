@@ -562,6 +562,27 @@ def test_two_replicas_share_one_postgresql(services, pg):
     assert a.changes(other.cursor()) == {"cursor": a.cursor(), "reset": True}
 
 
+def test_a_postgresql_restart_costs_no_lookup_and_no_write(services):
+    """The filter's lookups keep connections of their own (no pool pings): those die with a
+    restart, and the lookup that finds one dead is retried once on a new connection."""
+    server = Postgres().start()
+    try:
+        s = services(db=server.createdb("restart"))
+        k, _ = s.create({"id": "before"})
+        for _ in range(4):
+            assert s.filter(f"/v1/filter/keys/{sha256_hex(k)}").status == 200
+        pg_ctl = (str(server.bin / "pg_ctl"), "-D", str(server.data))
+        server._as_postgres(*pg_ctl, "-m", "fast", "-w", "stop")
+        server._as_postgres(*pg_ctl, "-l", str(server.dir / "log"), "-w", "start", "-o",
+                            f"-p {server.port} -k {server.dir} -c listen_addresses=127.0.0.1")
+        assert [s.filter(f"/v1/filter/keys/{sha256_hex(k)}").status for _ in range(4)] == [200] * 4
+        error(s.filter(f"/v1/filter/keys/{sha256_hex('kg_never_made')}"), 404)
+        k2, _ = s.create({"id": "after"})
+        assert s.filter(f"/v1/filter/keys/{sha256_hex(k2)}").status == 200
+    finally:
+        server.stop()
+
+
 def test_concurrent_writers_and_an_exact_feed(services, any_db):
     """8 threads x 25 writes (creates and patches) across two replicas on one database, while
     a reader polls the feed: every answer (a, b] lists exactly the keys changes a+1..b touched."""

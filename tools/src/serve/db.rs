@@ -16,6 +16,7 @@
 //! later appear below a cursor the service has answered.
 
 use crate::serve::error::{one_line, ApiError};
+use crate::serve::postgres_reader::PostgresReader;
 use crate::serve::sqlite_reader::SqliteReader;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
@@ -36,8 +37,13 @@ pub struct Db {
     pub database_id: String,
     /// Serializes this process's writers (the database serializes them across processes).
     writer: Mutex<()>,
-    /// On SQLite, the filter's key lookups (see `sqlite_reader` for why).
-    reader: Option<SqliteReader>,
+    /// The filter's key lookups, off the pool (see the two modules for why).
+    reader: Reader,
+}
+
+enum Reader {
+    Sqlite(SqliteReader),
+    Postgres(PostgresReader),
 }
 
 /// A key as stored: the entry JSON exactly as the filter receives it (no name, no digest).
@@ -132,14 +138,15 @@ impl Db {
                 .await
                 .map_err(|e| fail("cannot read database", &e))?;
         let reader = if postgres {
-            None
+            Reader::Postgres(PostgresReader::new(&connect))
         } else {
+            // The file SQLite itself opened, however the URL spelled it.
             let file: String =
                 sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
                     .fetch_one(&pool)
                     .await
                     .map_err(|e| fail("cannot read database", &e))?;
-            Some(SqliteReader::open(&file).map_err(|e| fail("cannot open database", &e))?)
+            Reader::Sqlite(SqliteReader::open(&file).map_err(|e| fail("cannot open database", &e))?)
         };
         Ok(Db { pool, postgres, database_id, writer: Mutex::new(()), reader })
     }
@@ -196,13 +203,10 @@ impl Db {
 
     /// The entry JSON of the key with this digest.
     pub async fn by_digest(&self, sha256: &str) -> Result<Option<String>, ApiError> {
-        if let Some(reader) = &self.reader {
-            return Ok(reader.by_digest(sha256)?);
-        }
-        Ok(sqlx::query_scalar("SELECT entry FROM keys WHERE sha256 = $1")
-            .bind(sha256)
-            .fetch_optional(&self.pool)
-            .await?)
+        Ok(match &self.reader {
+            Reader::Sqlite(reader) => reader.by_digest(sha256)?,
+            Reader::Postgres(reader) => reader.by_digest(sha256).await?,
+        })
     }
 
     /// The entry JSON of every key listing this (normalised) origin or `*`, in id order.

@@ -6,7 +6,7 @@
 //! `console` (the key console page on the admin listener, and the listener's guards),
 //! `filter_api` (the filter protocol), `feed` (the change feed and its cursors), `ecds`
 //! (the ECDS file), `error` (the one error type and its JSON), `import` (`--import`),
-//! `sqlite_reader` (the filter's key lookups on SQLite, off sqlx's threads).
+//! `sqlite_reader` and `postgres_reader` (the filter's key lookups, off sqlx's pool).
 
 mod admin;
 mod console;
@@ -16,6 +16,7 @@ mod error;
 mod feed;
 mod filter_api;
 mod import;
+mod postgres_reader;
 mod sqlite_reader;
 
 use clap::Args;
