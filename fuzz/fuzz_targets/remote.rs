@@ -5,8 +5,10 @@ use keygate::core::remote::protocol::{parse_changes, parse_key, parse_origin, MA
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
-    if let Ok(entry) = parse_key(data) {
+    // Only an answer naming the digest asked for is taken.
+    if let Ok(entry) = parse_key(data, &[0xab; 32]) {
         assert!(!entry.key.id.is_empty() && entry.key.id.len() <= 64);
+        assert!(parse_key(data, &[0xcd; 32]).is_err());
     }
     if let Ok(entries) = parse_origin(data, b"https://a.example") {
         assert!(entries.iter().all(|e| e

@@ -276,7 +276,7 @@ fn lookup_answer(root: u32, subject: Subject, tag: u128, answer: Answer) {
     let now = host::now_ms().unwrap_or(0);
     let outcome: Result<(), String> = match (&subject, answer.status, &answer.body) {
         (_, 200, Err(e)) => Err(e.to_string()),
-        (Subject::Key(digest), 200, Ok(body)) => match protocol::parse_key(body) {
+        (Subject::Key(digest), 200, Ok(body)) => match protocol::parse_key(body, digest) {
             Ok(entry) => {
                 cached(root, |c| c.insert(tag, *digest, Some(entry), now));
                 Ok(())

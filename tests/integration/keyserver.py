@@ -1,6 +1,6 @@
 """A small fault-injecting key service that speaks keygate's remote-key protocol (issue 12).
 
-    GET {prefix}/keys/{sha256}        -> 200 {"key": {...}} | 404
+    GET {prefix}/keys/{sha256}        -> 200 {"sha256": sha256, "key": {...}} | 404
     GET {prefix}/origins/{origin}     -> 200 {"keys": [{...}, ...]}
     GET {prefix}/changes[?after=c]    -> 200 {"cursor": c, "keys": [...], "origins": [...]} | {"cursor": c, "reset": true}
 
@@ -68,8 +68,10 @@ class Fault:
       "huge"           200 application/json, a 10 MiB body (JSON padded with spaces)
       "padded"         the normal answer padded with spaces to exactly `size` bytes
       "wrong_type"     the normal answer with content-type `content_type` (default text/plain)
-      "body"           200 application/json with the raw `body` given
-      "other_key"      /keys only: 200 with the entry of `key` (another key) whatever digest was asked
+      "body"           200 application/json with the raw `body` given (`@SHA256@` in it becomes
+                       the digest asked for)
+      "other_key"      /keys only: 200 with the answer for `key` (another key: its digest and entry)
+                       whatever digest was asked
       "backwards"      /changes only: the normal lists with the feed's first cursor (older than asked)
       "hold"           wait until `release()` (or 30 s), then answer normally; with snapshot=True the
                        answer is the one computed when the request arrived (an answer delayed in
@@ -427,11 +429,11 @@ class KeyServer:
                 if f.kind == "huge":
                     return _send_huge(sock)
                 if f.kind == "body":
-                    return _send(sock, 200, f.body)
+                    return _send(sock, 200, f.body.replace(b"@SHA256@", arg.encode()))
                 if f.kind == "other_key" and kind == "keys":
                     with self._lock:
                         other = self._entries.get(digest(f.key))
-                    return _send(sock, 200, json.dumps({"key": other}).encode())
+                    return _send(sock, 200, json.dumps({"sha256": digest(f.key), "key": other}).encode())
             status, body = self._answer(kind, arg, query, f)
             if f is not None:
                 if f.kind == "truncated_json":
@@ -474,7 +476,7 @@ class KeyServer:
                 e = self._entries.get(arg)
                 if e is None:
                     return 404, b'{"error": "not found"}'
-                return 200, json.dumps({"key": e}).encode()
+                return 200, json.dumps({"sha256": arg, "key": e}).encode()
             if kind == "origins":
                 # The asked origin as sent (browsers send it normalised; keygate compares it
                 # exactly), the keys' allowed origins normalised as keygate compiles them.

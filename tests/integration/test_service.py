@@ -178,7 +178,7 @@ def test_create_answers_the_secret_once_and_stores_only_its_digest(svc, tmp_path
     # The filter finds it by the secret's digest, without the name.
     found = svc.filter(f"/v1/filter/keys/{sha256_hex(body['key'])}")
     assert found.status == 200 and found.headers["content-type"] == "application/json"
-    assert found.json() == {"key": {k: v for k, v in entry.items() if k != "name"}}
+    assert found.json() == {"sha256": sha256_hex(body["key"]), "key": {k: v for k, v in entry.items() if k != "name"}}
     # The database holds the digest, never the secret.
     raw = b"".join(p.read_bytes() for p in tmp_path.glob("keys.db*"))
     assert body["key"].encode() not in raw and sha256_hex(body["key"]).encode() in raw

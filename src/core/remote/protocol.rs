@@ -2,7 +2,8 @@
 //! accepts. Every answer is parsed whole and compiled before it is used; anything else is a
 //! [`ProtocolError`], which the filter treats like an unreachable service, never a trap.
 //!
-//! - `GET {prefix}/keys/{sha256}` → `200 {"key": <entry>}` or `404`;
+//! - `GET {prefix}/keys/{sha256}` → `200 {"sha256": <the digest asked for>, "key": <entry>}`
+//!   or `404`;
 //! - `GET {prefix}/origins/{origin}` → `200 {"keys": [<entry>, ...]}`;
 //! - `GET {prefix}/changes[?after=<cursor>]` → `200 {"cursor", "keys", "origins"}` or
 //!   `200 {"cursor", "reset": true}`.
@@ -107,6 +108,9 @@ pub fn check_body(content_type: Option<&[u8]>, body_size: usize) -> Result<(), P
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct KeyAnswer {
+    /// The digest this answer is for. An entry names no key, so without it a service (or a
+    /// cache in front of it) that answered for another key would be believed.
+    sha256: String,
     key: RawKey,
 }
 
@@ -128,9 +132,12 @@ struct ChangesAnswer {
     reset: bool,
 }
 
-/// A `200` answer to `keys/{sha256}`: the entry, compiled.
-pub fn parse_key(body: &[u8]) -> Result<Entry, ProtocolError> {
+/// A `200` answer to `keys/{sha256}` for `asked`: the entry, compiled.
+pub fn parse_key(body: &[u8], asked: &Digest) -> Result<Entry, ProtocolError> {
     let answer: KeyAnswer = json(body)?;
+    if parse_hex(&answer.sha256).as_ref() != Some(asked) {
+        return Err(error("sha256: not the digest asked for"));
+    }
     parse::stored_entry(answer.key, "key").map_err(|e| error(e.to_string()))
 }
 
@@ -236,25 +243,46 @@ mod tests {
 
     #[test]
     fn key_answers_compile_like_static_entries() {
-        let e = parse_key(br#"{"key": {"id": "r1", "owner": "acme"}}"#);
+        let asked = [0xab; 32];
+        let ab = "ab".repeat(32);
+        let answer = |entry: &str| format!(r#"{{"sha256": "{ab}", "key": {entry}}}"#);
+        let e = parse_key(answer(r#"{"id": "r1", "owner": "acme"}"#).as_bytes(), &asked);
         assert!(e.is_ok_and(|e| &*e.key.id == "r1"));
         let refused =
-            |body: &str| parse_key(body.as_bytes()).err().map(|e| e.0).unwrap_or_default();
+            |body: &str| parse_key(body.as_bytes(), &asked).err().map(|e| e.0).unwrap_or_default();
         assert_eq!(
-            refused(r#"{"key": {"id": "r1", "sha256": "ab"}}"#),
+            refused(&answer(r#"{"id": "r1", "sha256": "ab"}"#)),
             "key.sha256: not part of a stored entry: the key service keeps the digest itself"
         );
-        assert!(refused(r#"{"key": {"id": "r1"}, "extra": 1}"#).starts_with("answer does not fit"));
-        assert!(refused(r#"{"key": {"id": "r1""#).starts_with("answer does not fit"));
-        assert!(refused(r#"{"key": {"id": "kg_secret_value", "disabled": "kg_secret_value"}}"#)
+        assert!(refused(&format!(r#"{{"sha256": "{ab}", "key": {{"id": "r1"}}, "extra": 1}}"#))
             .starts_with("answer does not fit"));
-        assert!(!refused(r#"{"key": {"id": "x", "owner": 7}}"#).contains('7'));
+        assert!(refused(&format!(r#"{{"sha256": "{ab}", "key": {{"id": "r1""#))
+            .starts_with("answer does not fit"));
+        assert!(refused(&answer(r#"{"id": "kg_secret_value", "disabled": "kg_secret_value"}"#))
+            .starts_with("answer does not fit"));
+        assert!(!refused(&answer(r#"{"id": "x", "owner": 7}"#)).contains('7'));
         assert_eq!(
-            refused(r#"{"key": {"id": "r1", "cors": {"allowed_origins": ["null"]}}}"#)
+            refused(&answer(r#"{"id": "r1", "cors": {"allowed_origins": ["null"]}}"#))
                 .split(':')
                 .next(),
             Some("key.cors.allowed_origins[0]")
         );
+    }
+
+    #[test]
+    fn a_key_answer_is_for_the_digest_asked_for() {
+        let asked = [0xab; 32];
+        let for_digest = |hex: &str| {
+            let body = format!(r#"{{"sha256": "{hex}", "key": {{"id": "r1"}}}}"#);
+            parse_key(body.as_bytes(), &asked).map(|e| e.key.id.to_string())
+        };
+        assert_eq!(for_digest(&"ab".repeat(32)), Ok("r1".into()));
+        assert_eq!(for_digest(&"AB".repeat(32)), Ok("r1".into()), "hex in either case");
+        for other in ["cd".repeat(32), "ab".repeat(31), String::new(), "zz".repeat(32)] {
+            assert_eq!(for_digest(&other), Err(error("sha256: not the digest asked for")));
+        }
+        let without = parse_key(br#"{"key": {"id": "r1"}}"#, &asked);
+        assert!(without.is_err_and(|e| e.0.starts_with("answer does not fit")));
     }
 
     #[test]

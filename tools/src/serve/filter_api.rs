@@ -33,8 +33,8 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
 }
 
-/// `200 {"key": <entry>}` for a known digest (disabled ones too: the filter answers
-/// `denied_disabled`), else 404.
+/// `200 {"sha256": <digest>, "key": <entry>}` for a known digest (disabled ones too: the
+/// filter answers `denied_disabled`), else 404. The digest binds the answer to the question.
 async fn key(
     State(s): State<AppState>,
     sha256: Result<Path<String>, PathRejection>,
@@ -44,8 +44,9 @@ async fn key(
     if sha256.len() != 64 || !sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
         return Err(unknown());
     }
-    let entry = s.db.by_digest(&sha256.to_ascii_lowercase()).await?.ok_or_else(unknown)?;
-    Ok(json(StatusCode::OK, format!("{{\"key\": {entry}}}")))
+    let sha256 = sha256.to_ascii_lowercase();
+    let entry = s.db.by_digest(&sha256).await?.ok_or_else(unknown)?;
+    Ok(json(StatusCode::OK, format!("{{\"sha256\": \"{sha256}\", \"key\": {entry}}}")))
 }
 
 /// `200 {"keys": [...]}`: every CORS key listing this origin or `*` that is not disabled
