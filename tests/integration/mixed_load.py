@@ -45,6 +45,7 @@ import json
 import random
 import re
 import secrets
+import socket
 import threading
 import time
 import urllib.request
@@ -393,14 +394,46 @@ class MixedLoad:
             self._workers.append(t)
         return self
 
+    def _flooder(self, stop: threading.Event, counter: list) -> None:
+        """Random keys on one keep-alive raw socket: no http.client, so the GIL allows more of them.
+        Every answer is still judged (status, headers and body) and recorded."""
+        sock = None
+        while not stop.is_set():
+            secret = "kg_unknown_" + secrets.token_urlsafe(24)
+            req = f"GET /api/x HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {secret}\r\n\r\n".encode()
+            sent = time.monotonic()
+            try:
+                if sock is None:
+                    sock = socket.create_connection(("127.0.0.1", self.port), timeout=self.timeout)
+                sock.sendall(req)
+                data = b""
+                while not _complete(data):
+                    chunk = sock.recv(65536)
+                    if not chunk:
+                        raise ConnectionError("closed mid-response")
+                    data += chunk
+            except OSError as e:
+                self.record("flood", None, None, sent, time.monotonic(), 0, [], b"", error=type(e).__name__)
+                if sock is not None:
+                    sock.close()
+                sock = None
+                continue
+            status, headers, body = _parse(data)
+            self.record("flood", None, None, sent, time.monotonic(), status, headers, body)
+            counter[0] += 1
+            if any(k == "connection" and v.lower() == "close" for k, v in headers):
+                sock.close()
+                sock = None
+        if sock is not None:
+            sock.close()
+
     def flood(self, threads: int) -> None:
         """Extra threads sending only random keys, as fast as they can, until `stop_flood()`."""
         self._flood_stop.clear()
         self._flood_counts = [[0] for _ in range(threads)]
         self._flood_started = time.monotonic()
         for i in range(threads):
-            t = threading.Thread(target=self._worker, args=(1000 + i, ["flood"], [1], self._flood_stop,
-                                                            self._flood_counts[i]), daemon=True)
+            t = threading.Thread(target=self._flooder, args=(self._flood_stop, self._flood_counts[i]), daemon=True)
             t.start()
             self._flooders.append(t)
 
@@ -436,3 +469,20 @@ def from_upstream(body: bytes) -> list | None:
     except ValueError:
         return None
     return [(k, v) for k, v in doc.get("headers", [])]
+
+
+def _complete(data: bytes) -> bool:
+    """A whole answer to a GET (content-length framed, as Envoy's local replies and the echo are)."""
+    head, sep, rest = data.partition(b"\r\n\r\n")
+    if not sep:
+        return False
+    m = re.search(rb"\r\ncontent-length: *(\d+)", head, re.I)
+    return m is not None and len(rest) >= int(m.group(1))
+
+
+def _parse(data: bytes) -> tuple[int, list, bytes]:
+    head, _, rest = data.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (line.partition(":") for line in lines[1:])]
+    length = int(next(v for k, v in headers if k == "content-length"))
+    return int(lines[0].split()[1]), headers, rest[:length]
