@@ -99,9 +99,13 @@ def test_the_key_service_is_wired_the_same_way_everywhere():
     # Istio: the WasmPlugin names the Service's outbound cluster and authority.
     docs = list(yaml.safe_load_all((ROOT / "examples/istio/keyservice.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"Namespace", "Secret", "Deployment", "Service"}
+    assert set(kinds) == {"Namespace", "Secret", "Deployment", "Service", "DestinationRule"}
     service, deploy = kinds["Service"], kinds["Deployment"]
     host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
+    # A dead replica leaves the rotation on failed lookups (an http_call has no retries).
+    rule = kinds["DestinationRule"]["spec"]
+    assert rule["host"] == host
+    assert rule["trafficPolicy"]["outlierDetection"]["consecutive5xxErrors"] <= 5
     port = next(p["port"] for p in service["spec"]["ports"] if p["name"] == "http-filter")
     plugin = yaml.safe_load((ROOT / "examples/istio/wasmplugin.yaml").read_text())["spec"]["pluginConfig"]
     assert plugin["key_service"]["cluster"] == f"outbound|{port}||{host}"
