@@ -204,7 +204,7 @@ impl Db {
     /// The entry JSON of the key with this digest.
     pub async fn by_digest(&self, sha256: &str) -> Result<Option<String>, ApiError> {
         Ok(match &self.reader {
-            Reader::Sqlite(reader) => reader.by_digest(sha256).await?,
+            Reader::Sqlite(reader) => reader.by_digest(sha256)?,
             Reader::Postgres(reader) => reader.by_digest(sha256).await?,
         })
     }
