@@ -150,7 +150,9 @@ class MixedLoad:
     has never seen, or None when none is ready (the request then goes to another class)."""
 
     MAX_VIOLATIONS = 200
-    MAX_SEEN = 5000
+    # Every answer of a tracked key is kept (a few MB at most): with a bound of 5,000, a key sent
+    # 80 times a second filled it before its TTL ran out and its refusals went unrecorded.
+    MAX_SEEN = 500_000
 
     def __init__(self, port: int, admin_port: int, *, cached: list[Key], static: list[Key] = (),
                  cors: list[Key] = (), supply: Callable[[], Key | None] | None = None,
