@@ -141,6 +141,20 @@ pub(super) struct Checked {
     pub json: String,
 }
 
+impl Checked {
+    /// What `keys` and `key_origins` hold for this entry under `sha256`.
+    pub(super) fn row<'a>(&'a self, sha256: &'a str) -> KeyRow<'a> {
+        KeyRow {
+            id: &self.id,
+            sha256,
+            name: self.name.as_deref(),
+            owner: self.owner.as_deref(),
+            entry: &self.json,
+            origins: &self.origins,
+        }
+    }
+}
+
 /// Takes `name` out of an admin's entry and compiles the rest as the filter would.
 pub(super) fn check(doc: Value) -> Result<Checked, ApiError> {
     let Value::Object(mut entry) = doc else {
@@ -267,15 +281,7 @@ async fn create(
     if w.get(&key.id).await?.is_some() {
         return Err(duplicate(&key.id));
     }
-    w.insert(&KeyRow {
-        id: &key.id,
-        sha256: &digest,
-        name: key.name.as_deref(),
-        owner: key.owner.as_deref(),
-        entry: &key.json,
-        origins: &key.origins,
-    })
-    .await?;
+    w.insert(&key.row(&digest)).await?;
     w.touched(&Touched { sha256: digest, origins: key.origins.clone() }).await?;
     w.audit(&admin.0, "create", &key.id, None).await?;
     commit(&s, w, "create", &key.id, &admin).await?;
@@ -334,15 +340,7 @@ async fn update(
         return Err(ApiError::at("id", "cannot be changed (rotate makes a key with a new id)"));
     }
     let key = check(doc)?;
-    w.update(&KeyRow {
-        id: &id,
-        sha256: &old.sha256,
-        name: key.name.as_deref(),
-        owner: key.owner.as_deref(),
-        entry: &key.json,
-        origins: &key.origins,
-    })
-    .await?;
+    w.update(&key.row(&old.sha256)).await?;
     let origins = union(origins_of(&old.entry), key.origins.clone());
     w.touched(&Touched { sha256: old.sha256.clone(), origins }).await?;
     w.audit(&admin.0, "update", &id, None).await?;
@@ -423,24 +421,8 @@ async fn rotate(
     let ending = check(ending).map_err(|e| ApiError::at("grace_seconds", e.message))?;
 
     let (secret, digest) = secret()?;
-    w.update(&KeyRow {
-        id: &id,
-        sha256: &old.sha256,
-        name: ending.name.as_deref(),
-        owner: ending.owner.as_deref(),
-        entry: &ending.json,
-        origins: &ending.origins,
-    })
-    .await?;
-    w.insert(&KeyRow {
-        id: &successor.id,
-        sha256: &digest,
-        name: successor.name.as_deref(),
-        owner: successor.owner.as_deref(),
-        entry: &successor.json,
-        origins: &successor.origins,
-    })
-    .await?;
+    w.update(&ending.row(&old.sha256)).await?;
+    w.insert(&successor.row(&digest)).await?;
     w.touched(&Touched { sha256: old.sha256.clone(), origins: ending.origins.clone() }).await?;
     w.touched(&Touched { sha256: digest, origins: successor.origins.clone() }).await?;
     w.audit(&admin.0, "rotate", &id, Some(&successor.id)).await?;

@@ -4,7 +4,7 @@
 //! compiler, so a refused entry stops the service before anything is imported.
 
 use super::admin::check;
-use super::db::{Db, KeyRow, Touched};
+use super::db::{Db, Touched};
 use keygate::core::keytable::sha256;
 use keygate::core::policy::Policy;
 use keygate::core::remote::protocol;
@@ -51,16 +51,9 @@ pub async fn import(db: &Db, path: &Path, now: String) -> Result<Imported, Strin
                 w.next_change().await.map_err(|e| at(e.message))?;
             }
             fresh = false;
-            w.insert(&KeyRow {
-                id: &key.id,
-                sha256: &digest,
-                name: key.name.as_deref(),
-                owner: key.owner.as_deref(),
-                entry: &key.json,
-                origins: &key.origins,
-            })
-            .await
-            .map_err(|e| at(format!("keys[{i}]: {}", e.message)))?;
+            w.insert(&key.row(&digest))
+                .await
+                .map_err(|e| at(format!("keys[{i}]: {}", e.message)))?;
             // One change (and one audit record) per key, as if an admin had created it.
             w.touched(&Touched { sha256: digest, origins: key.origins.clone() })
                 .await
