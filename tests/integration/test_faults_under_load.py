@@ -204,18 +204,23 @@ class FakeRig:
         self.server.kill()
 
 
-@pytest.fixture
-def rig_factory():
+def rigs_of(cls):
+    """A fixture body: `make(**kw)` starts a `cls` rig; every rig made is stopped afterwards."""
     rigs = []
 
     def make(**kw):
-        r = FakeRig(**kw)
+        r = cls(**kw)
         rigs.append(r)
         return r
 
     yield make
     for r in rigs:
         r.stop()
+
+
+@pytest.fixture
+def rig_factory():
+    yield from rigs_of(FakeRig)
 
 
 def run(lg: MixedLoad, e: Envoy, name: str, inject, clear, seconds: float, allow=None, expect=None,
@@ -668,16 +673,7 @@ class ServiceRig:
 
 @pytest.fixture
 def service_rig_factory():
-    rigs = []
-
-    def make(**kw):
-        r = ServiceRig(**kw)
-        rigs.append(r)
-        return r
-
-    yield make
-    for r in rigs:
-        r.stop()
+    yield from rigs_of(ServiceRig)
 
 
 def test_postgresql_restarted_under_load(service_rig_factory):
