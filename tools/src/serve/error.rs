@@ -62,18 +62,22 @@ fn quote(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
 
+/// A database error, logged and answered as a 500. Statements and their errors never carry a
+/// secret: only digests, ids and entries.
+fn database(e: &dyn std::fmt::Display) -> ApiError {
+    eprintln!("keygate serve: database error: {}", one_line(&e.to_string()));
+    ApiError::internal()
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
-        // Statements and their errors never carry a secret: only digests, ids and entries.
-        eprintln!("keygate serve: database error: {}", one_line(&e.to_string()));
-        ApiError::internal()
+        database(&e)
     }
 }
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> ApiError {
-        eprintln!("keygate serve: database error: {}", one_line(&e.to_string()));
-        ApiError::internal()
+        database(&e)
     }
 }
 
