@@ -347,6 +347,32 @@ def test_max_entries_bounds_the_cache():
             e.stop()
 
 
+def test_a_refreshed_key_is_evicted_by_its_latest_answer_only():
+    """A key refreshed twice, then evicted, is asked once more and served. Its older answers'
+    places in the eviction order once evicted its new answer twice over, so the request got a
+    503 from a healthy service (seen under load in test_faults_under_load.py)."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(cache={"max_entries": 2, "ttl_seconds": 1}), concurrency=1)
+        try:
+            hot, b, c = new_key("hot"), new_key("b"), new_key("c")
+            for k, i in ((hot, "r-hot"), (b, "r-b"), (c, "r-c")):
+                server.add(k, {"id": i})
+            for _ in range(3):  # three answers for the hot key, each after the last expired
+                assert call(e, hot).status == 200
+                time.sleep(1.1)
+            assert server.lookups(hot) == 3
+            assert call(e, b).status == 200
+            assert call(e, c).status == 200  # the cache holds 2: the hot key's answer is the oldest
+            r = call(e, hot)
+            assert (r.status, r.upstream_all("x-api-key-id")) == (200, ["r-hot"]), r.body
+            assert server.lookups(hot) == 4
+            assert call(e, c).status == 200 and server.lookups(c) == 1, "c is newer than b: b went"
+            assert call(e, b).status == 200 and server.lookups(b) == 2
+            assert_no_trap(e)
+        finally:
+            e.stop()
+
+
 def test_stale_if_error_serves_expired_entries_for_a_while_but_never_invalidated_ones():
     with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
         e = start_remote(server, base_config(changes_poll_ms=200, cache={

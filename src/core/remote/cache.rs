@@ -5,17 +5,21 @@
 //! instead of SHA-256 on every request. Each entry also holds the digest, so the change feed
 //! (which names digests) can drop it.
 //!
-//! Memory (about 250 bytes per cached key, most of it the compiled entry): slots are keyed
+//! Memory (about 265 bytes per cached key, most of it the compiled entry): slots are keyed
 //! by the tag's lower 64 bits and keep its upper 64 to check, and the feed's index holds the
-//! digest's first 8 bytes, not all 32. Two cached keys sharing either is no risk: the second
-//! is simply not cached (and is looked up each time), so a slot answers only its own tag and
-//! the index always names every cached digest.
+//! digest's first 8 bytes, not all 32. Two cached keys sharing either cannot answer for each
+//! other: the second is not cached, so a slot answers only its own tag and the index always
+//! names every cached digest. (That second key's requests, finding no answer after two
+//! lookups, get the documented 503 until the first leaves the cache; the values are random,
+//! so at a million cached entries the chance of any such pair is about 3 in 100 million.)
 //!
 //! Bounds: `max_entries` positive answers and, apart from them, `max_negative` negative
-//! ones, each evicted oldest first; so a flood of unknown keys only ever evicts other unknown
-//! keys. Origins answers have their own bound. An expired positive entry stays (until
-//! evicted) so that it can serve while the service fails, for `stale_if_error_ms`; an entry
-//! the feed names is removed at once, so it can never serve stale.
+//! ones, each evicted oldest answer first; so a flood of unknown keys only ever evicts other
+//! unknown keys. A record in the order queue carries its slot's insertion number, so the
+//! records a refreshed key leaves behind are dead and never evict its newer answer. Origins
+//! answers have their own bound. An expired positive entry stays (until evicted) so that it
+//! can serve while the service fails, for `stale_if_error_ms`; an entry the feed names is
+//! removed at once, so it can never serve stale.
 
 use crate::core::compile::Entry;
 use crate::core::keytable::Digest;
@@ -46,6 +50,8 @@ struct Slot {
     prefix: u64,
     /// When the answer stops being fresh (Unix ms).
     expires: i64,
+    /// Its insertion number: only the order record carrying it may evict the slot.
+    seq: u64,
     /// `None` for a negative answer.
     entry: Option<Box<Entry>>,
 }
@@ -62,10 +68,12 @@ pub struct RemoteCache {
     slots: HashMap<u64, Slot, BuildHasherDefault<PassThrough>>,
     /// Digest prefix → tag, for the feed (see the module comment).
     by_digest: HashMap<u64, u64, BuildHasherDefault<PassThrough>>,
-    /// Insertion order of positive and negative slots, for eviction. A tag answered twice
-    /// has two records; the older one then evicts it a little early, which costs a lookup.
-    positive_order: VecDeque<u64>,
-    negative_order: VecDeque<u64>,
+    /// Insertion order of positive and negative slots, for eviction: (slot key, seq). A
+    /// record whose seq is not its slot's any more (refreshed or removed) is dead.
+    positive_order: VecDeque<(u64, u64)>,
+    negative_order: VecDeque<(u64, u64)>,
+    /// The next insertion number.
+    seq: u64,
     positive: usize,
     negative: usize,
     origins: HashMap<Box<[u8]>, OriginSlot>,
@@ -89,6 +97,7 @@ impl RemoteCache {
             by_digest: HashMap::default(),
             positive_order: VecDeque::new(),
             negative_order: VecDeque::new(),
+            seq: 0,
             positive: 0,
             negative: 0,
             origins: HashMap::new(),
@@ -138,15 +147,17 @@ impl RemoteCache {
         let positive = entry.is_some();
         let ttl = if positive { self.settings.ttl_ms } else { self.settings.negative_ttl_ms };
         let expires = now_ms.saturating_add(ttl);
-        self.slots.insert(key, Slot { check, prefix, expires, entry: entry.map(Box::new) });
+        let seq = self.seq;
+        self.seq += 1;
+        self.slots.insert(key, Slot { check, prefix, expires, seq, entry: entry.map(Box::new) });
         self.by_digest.insert(prefix, key);
         let evicted = if positive {
             self.positive += 1;
-            self.positive_order.push_back(key);
+            self.positive_order.push_back((key, seq));
             self.evict(true)
         } else {
             self.negative += 1;
-            self.negative_order.push_back(key);
+            self.negative_order.push_back((key, seq));
             self.evict(false)
         };
         self.compact();
@@ -253,28 +264,31 @@ impl RemoteCache {
                 return evicted;
             }
             let order = if positive { &mut self.positive_order } else { &mut self.negative_order };
-            let Some(key) = order.pop_front() else { return evicted };
-            // A record of a removed slot, or of a slot now of the other kind, is skipped.
-            if self.slots.get(&key).is_some_and(|s| s.entry.is_some() == positive) {
+            let Some((key, seq)) = order.pop_front() else { return evicted };
+            if live(&self.slots, key, seq) {
                 self.remove_key(key);
                 evicted += 1;
             }
         }
     }
 
-    /// Order queues keep records of removed slots until they reach the front; when they
-    /// outgrow what they track, stale records are dropped so memory stays bounded.
+    /// Order queues keep dead records until they reach the front; when they outgrow what
+    /// they track, dead records are dropped so memory stays bounded.
     fn compact(&mut self) {
         let slots = &self.slots;
-        for (order, live, positive) in [
-            (&mut self.positive_order, self.positive, true),
-            (&mut self.negative_order, self.negative, false),
-        ] {
-            if order.len() > 2 * live + 64 {
-                order.retain(|key| slots.get(key).is_some_and(|s| s.entry.is_some() == positive));
+        for (order, count) in
+            [(&mut self.positive_order, self.positive), (&mut self.negative_order, self.negative)]
+        {
+            if order.len() > 2 * count + 64 {
+                order.retain(|&(key, seq)| live(slots, key, seq));
             }
         }
     }
+}
+
+/// Whether an order record is its slot's latest (a slot is in one queue only, by its kind).
+fn live(slots: &HashMap<u64, Slot, BuildHasherDefault<PassThrough>>, key: u64, seq: u64) -> bool {
+    slots.get(&key).is_some_and(|s| s.seq == seq)
 }
 
 /// A tag as the slot map's key (lower 64 bits) and the check its slot keeps (upper 64).
@@ -411,6 +425,29 @@ mod tests {
         c.insert(tags[4], sha256(&[4]), None, 0);
         assert_eq!(c.len(), 3);
         assert!(matches!(c.get(tags[4], 1), Cached::Absent));
+    }
+
+    #[test]
+    fn only_a_slots_newest_record_evicts_it() {
+        // A refreshed key leaves its older records in the order queue; one reaching the front
+        // used to evict the key's newer slot, even the one just inserted. Under load that left
+        // a valid key, after two lookups that both succeeded, with the 503 of a third it may
+        // not ask, and during an outage with no stale answer to serve.
+        let mut c = cache(2, 2);
+        let [a, b, d] = [c.tag(b"a"), c.tag(b"b"), c.tag(b"d")];
+        let ins = |c: &mut RemoteCache, t, k: &[u8]| c.insert(t, sha256(k), Some(entry("e")), 0);
+        ins(&mut c, a, b"a");
+        ins(&mut c, a, b"a"); // refreshed: records a, a
+        ins(&mut c, b, b"b"); // a, a, b
+        assert_eq!(ins(&mut c, d, b"d"), 1, "a is the oldest live slot");
+        assert!(matches!(c.get(a, 1), Cached::Miss));
+        assert_eq!(ins(&mut c, a, b"a"), 1, "a's old records are dead: b, the oldest, goes");
+        assert!(matches!(c.get(a, 1), Cached::Fresh(_)), "a just answered stays");
+        assert!(matches!(c.get(b, 1), Cached::Miss));
+        ins(&mut c, d, b"d"); // refreshed: d is now newer than a
+        assert_eq!(ins(&mut c, b, b"b"), 1);
+        assert!(matches!(c.get(a, 1), Cached::Miss), "a's slot was the oldest");
+        assert!(matches!(c.get(d, 1), Cached::Fresh(_)) && matches!(c.get(b, 1), Cached::Fresh(_)));
     }
 
     #[test]
