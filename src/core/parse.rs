@@ -76,7 +76,7 @@ fn unknown_field(message: &str) -> Option<(&str, &str)> {
 
 /// A field name is echoed (in the message and the path) when it looks like a typo of one:
 /// short and lower case. A key pasted as a name (found by the `entry` fuzz target) is not.
-fn looks_like_a_field(name: &str) -> bool {
+pub fn looks_like_a_field(name: &str) -> bool {
     name.len() <= 32
         && name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_')
         && !name.contains("kg_")

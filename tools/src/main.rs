@@ -1,16 +1,7 @@
 //! `keygate`: create and hash keys, check configurations and explain verdicts, with the
 //! filter's own core: every rule and message here is the one Envoy applies.
 
-#[cfg(target_arch = "wasm32")]
-compile_error!(
-    "the keygate CLI is native only; build the filter with ./wasm-build.sh (cargo build -p keygate --lib)"
-);
-
-mod client;
-mod explain;
-mod key;
-mod serve;
-mod source;
+use keygate_tools::{client, explain, key, serve, source};
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;

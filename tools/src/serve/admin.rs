@@ -11,6 +11,7 @@ use crate::serve::console;
 use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
 use crate::serve::error::{json, ApiError};
 use crate::serve::filter_api::{method_not_allowed, not_found};
+use crate::serve::request::{check, json_body, patched, rotation, with_id, Checked};
 use crate::serve::{now_ms, rfc3339, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -20,9 +21,8 @@ use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
-use keygate::core::cors::Origins;
 use keygate::core::keytable::sha256;
-use keygate::core::parse;
+use keygate::core::parse::looks_like_a_field;
 use keygate::core::timestamp::parse_rfc3339;
 use keygate::core::token::bearer_key;
 use serde_json::{json, Map, Value};
@@ -30,9 +30,6 @@ use std::collections::HashMap;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1 << 20;
-const NAME_CHARS: std::ops::RangeInclusive<usize> = 1..=200;
-/// The longest rotation grace period: ten years.
-const MAX_GRACE_SECONDS: i64 = 10 * 365 * 86_400;
 
 pub fn router(state: AppState) -> Router {
     Router::new()
@@ -99,9 +96,7 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
         }
         let bytes =
             axum::body::to_bytes(req.into_body(), BODY_LIMIT).await.map_err(|_| too_large())?;
-        let value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))?;
-        Ok(JsonBody(value))
+        Ok(JsonBody(json_body(&bytes)?))
     }
 }
 
@@ -115,7 +110,9 @@ fn id_of(path: IdPath) -> Result<String, ApiError> {
 fn params(query: Params, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
     let Query(mut query) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
     if let Some(other) = query.keys().find(|k| !allowed.contains(&k.as_str())) {
-        return Err(ApiError::bad_request(format!("unknown query parameter {other:?}")));
+        // Named only when it looks like a mistyped one, never a pasted key (as in entries).
+        let named = if looks_like_a_field(other) { format!(" {other:?}") } else { String::new() };
+        return Err(ApiError::bad_request(format!("unknown query parameter{named}")));
     }
     // `?owner=&limit=&after=` as a form sends it: an empty value is no value.
     query.retain(|_, v| !v.is_empty());
@@ -130,17 +127,6 @@ fn duplicate(id: &str) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, format!("a key with id {id:?} already exists"))
 }
 
-/// An entry the filter's compiler accepted, ready to store.
-pub(super) struct Checked {
-    pub id: String,
-    pub name: Option<String>,
-    pub owner: Option<String>,
-    /// Normalised origins, or `*`.
-    pub origins: Vec<String>,
-    /// The entry as the filter receives it.
-    pub json: String,
-}
-
 impl Checked {
     /// What `keys` and `key_origins` hold for this entry under `sha256`.
     pub(super) fn row<'a>(&'a self, sha256: &'a str) -> KeyRow<'a> {
@@ -153,36 +139,6 @@ impl Checked {
             origins: &self.origins,
         }
     }
-}
-
-/// Takes `name` out of an admin's entry and compiles the rest as the filter would.
-pub(super) fn check(doc: Value) -> Result<Checked, ApiError> {
-    let Value::Object(mut entry) = doc else {
-        return Err(ApiError::at("entry", "expected a JSON object"));
-    };
-    let name = match entry.shift_remove("name") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(n)) if NAME_CHARS.contains(&n.chars().count()) => Some(n),
-        Some(_) => return Err(ApiError::at("name", "expected a string of 1-200 characters")),
-    };
-    let json = Value::Object(entry).to_string();
-    let compiled = parse::entry(json.as_bytes(), "").map_err(ApiError::invalid)?;
-    let origins = match &compiled.key.origins {
-        None => Vec::new(),
-        Some(o) => match &**o {
-            Origins::Any => vec!["*".to_string()],
-            Origins::List(list) => {
-                list.iter().map(|o| String::from_utf8_lossy(o).into_owned()).collect()
-            }
-        },
-    };
-    Ok(Checked {
-        id: compiled.key.id.to_string(),
-        name,
-        owner: compiled.key.owner.as_deref().map(str::to_string),
-        origins,
-        json,
-    })
 }
 
 /// The origins a stored entry lists (stored entries always compile).
@@ -257,25 +213,12 @@ async fn commit(
     Ok(())
 }
 
-/// The generated id goes first, where a person reads it.
-fn with_id(doc: Value) -> Result<Value, ApiError> {
-    match doc {
-        Value::Object(map) if !map.contains_key("id") => {
-            let mut out = Map::new();
-            out.insert("id".into(), Value::from(new_id()?));
-            out.extend(map);
-            Ok(Value::Object(out))
-        }
-        other => Ok(other),
-    }
-}
-
 async fn create(
     State(s): State<AppState>,
     admin: Admin,
     JsonBody(doc): JsonBody,
 ) -> Result<Response, ApiError> {
-    let key = check(with_id(doc)?)?;
+    let key = check(with_id(doc, new_id)?)?;
     let (secret, digest) = secret()?;
     let mut w = s.db.begin_write(rfc3339(now_ms())).await?;
     if w.get(&key.id).await?.is_some() {
@@ -328,18 +271,9 @@ async fn update(
     JsonBody(patch): JsonBody,
 ) -> Result<Response, ApiError> {
     let id = id_of(id)?;
-    if !patch.is_object() {
-        // RFC 7396 would replace the whole entry with it, which is never a valid entry.
-        return Err(ApiError::at("entry", "expected a JSON object (a merge patch of the entry)"));
-    }
     let mut w = s.db.begin_write(rfc3339(now_ms())).await?;
     let old = w.get(&id).await?.ok_or_else(|| no_such_key(&id))?;
-    let mut doc = view_of(&old);
-    merge_patch(&mut doc, &patch);
-    if doc.get("id") != Some(&Value::String(id.clone())) {
-        return Err(ApiError::at("id", "cannot be changed (rotate makes a key with a new id)"));
-    }
-    let key = check(doc)?;
+    let key = patched(view_of(&old), &id, &patch)?;
     w.update(&key.row(&old.sha256)).await?;
     let origins = union(origins_of(&old.entry), key.origins.clone());
     w.touched(&Touched { sha256: old.sha256.clone(), origins }).await?;
@@ -357,29 +291,6 @@ async fn remove(State(s): State<AppState>, admin: Admin, id: IdPath) -> Result<R
     w.audit(&admin.0, "delete", &id, None).await?;
     commit(&s, w, "delete", &id, &admin).await?;
     Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
-}
-
-/// `{"grace_seconds": N}` (and optionally the successor's `"id"`).
-fn rotation(body: &Value) -> Result<(i64, Option<String>), ApiError> {
-    let Value::Object(map) = body else {
-        return Err(ApiError::at("", "expected a JSON object such as {\"grace_seconds\": 3600}"));
-    };
-    if let Some(other) = map.keys().find(|k| *k != "grace_seconds" && *k != "id") {
-        return Err(ApiError::at(other, "unknown field, expected grace_seconds or id"));
-    }
-    let grace = map
-        .get("grace_seconds")
-        .and_then(Value::as_i64)
-        .filter(|n| (0..=MAX_GRACE_SECONDS).contains(n))
-        .ok_or_else(|| {
-            ApiError::at("grace_seconds", "expected a whole number of seconds, 0 to 315360000")
-        })?;
-    let id = match map.get("id") {
-        None => None,
-        Some(Value::String(id)) => Some(id.clone()),
-        Some(_) => return Err(ApiError::at("id", "expected a string")),
-    };
-    Ok((grace, id))
 }
 
 async fn rotate(
@@ -496,99 +407,21 @@ pub fn with_digest(k: &StoredKey) -> Value {
     Value::Object(out)
 }
 
-/// RFC 7396 JSON merge patch: objects merge member by member, `null` removes a member,
-/// anything else replaces the target.
-pub fn merge_patch(target: &mut Value, patch: &Value) {
-    let Value::Object(patch) = patch else {
-        *target = patch.clone();
-        return;
-    };
-    if !target.is_object() {
-        *target = Value::Object(Map::new());
-    }
-    if let Value::Object(map) = target {
-        for (k, v) in patch {
-            if v.is_null() {
-                map.shift_remove(k);
-            } else {
-                merge_patch(map.entry(k.clone()).or_insert(Value::Null), v);
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn patched(target: &str, patch: &str) -> String {
-        let mut t: Value = serde_json::from_str(target).unwrap_or(Value::Null);
-        let p: Value = serde_json::from_str(patch).unwrap_or(Value::Null);
-        merge_patch(&mut t, &p);
-        t.to_string()
-    }
-
     #[test]
-    fn merge_patch_follows_rfc_7396() {
-        // The examples of RFC 7396, appendix A.
-        let cases = [
-            (r#"{"a":"b"}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
-            (r#"{"a":"b"}"#, r#"{"b":"c"}"#, r#"{"a":"b","b":"c"}"#),
-            (r#"{"a":"b"}"#, r#"{"a":null}"#, r#"{}"#),
-            (r#"{"a":"b","b":"c"}"#, r#"{"a":null}"#, r#"{"b":"c"}"#),
-            (r#"{"a":["b"]}"#, r#"{"a":"c"}"#, r#"{"a":"c"}"#),
-            (r#"{"a":"c"}"#, r#"{"a":["b"]}"#, r#"{"a":["b"]}"#),
-            (r#"{"a":{"b":"c"}}"#, r#"{"a":{"b":"d","c":null}}"#, r#"{"a":{"b":"d"}}"#),
-            (r#"{"a":[{"b":"c"}]}"#, r#"{"a":[1]}"#, r#"{"a":[1]}"#),
-            (r#"["a","b"]"#, r#"["c","d"]"#, r#"["c","d"]"#),
-            (r#"{"a":"b"}"#, r#"["c"]"#, r#"["c"]"#),
-            (r#"{"a":"foo"}"#, r#"null"#, r#"null"#),
-            (r#"{"a":"foo"}"#, r#""bar""#, r#""bar""#),
-            (r#"{"e":null}"#, r#"{"a":1}"#, r#"{"e":null,"a":1}"#),
-            (r#"[1,2]"#, r#"{"a":"b","c":null}"#, r#"{"a":"b"}"#),
-            (r#"{}"#, r#"{"a":{"bb":{"ccc":null}}}"#, r#"{"a":{"bb":{}}}"#),
-        ];
-        for (target, patch, result) in cases {
-            assert_eq!(patched(target, patch), result, "{target} + {patch}");
-        }
-    }
-
-    #[test]
-    fn names_stay_out_of_the_stored_entry_and_come_back_after_the_id() {
-        let doc = json!({"id": "web", "name": "Web player", "owner": "acme",
-            "cors": {"allowed_origins": ["HTTPS://A.example:443"]}});
+    fn names_come_back_after_the_id() {
+        let doc = json!({"id": "web", "owner": "acme", "name": "Web player"});
         let key = match check(doc) {
             Ok(k) => k,
             Err(e) => unreachable!("{}", e.body()),
         };
-        assert_eq!(key.name.as_deref(), Some("Web player"));
-        assert_eq!(key.origins, ["https://a.example"]);
-        assert_eq!(
-            key.json,
-            r#"{"id":"web","owner":"acme","cors":{"allowed_origins":["HTTPS://A.example:443"]}}"#
-        );
+        assert_eq!(key.json, r#"{"id":"web","owner":"acme"}"#);
         assert_eq!(
             view(key.name.as_deref(), &key.json).to_string(),
-            r#"{"id":"web","name":"Web player","owner":"acme","cors":{"allowed_origins":["HTTPS://A.example:443"]}}"#
+            r#"{"id":"web","name":"Web player","owner":"acme"}"#
         );
-    }
-
-    #[test]
-    fn refused_entries_name_their_path() {
-        let refused = |doc: Value| match check(doc) {
-            Ok(_) => unreachable!("accepted"),
-            Err(e) => (e.path.unwrap_or_default(), e.message),
-        };
-        assert_eq!(refused(json!({"id": "a", "name": ""})).0, "name");
-        assert_eq!(refused(json!({"id": "a", "colour": 1})).0, "colour");
-        assert_eq!(
-            refused(
-                json!({"id": "a", "cors": {"allowed_origins": ["https://a.example", "ftp://x"]}})
-            )
-            .0,
-            "cors.allowed_origins[1]"
-        );
-        assert_eq!(refused(json!({"id": "a", "sha256": "00"})).0, "sha256");
-        assert_eq!(refused(json!(["a"])).0, "entry");
     }
 }

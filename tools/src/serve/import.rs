@@ -3,8 +3,8 @@
 //! stay digests), and seeds the demo. The whole file is compiled first with the filter's
 //! compiler, so a refused entry stops the service before anything is imported.
 
-use super::admin::check;
 use super::db::{Db, Touched};
+use super::request::check;
 use keygate::core::keytable::sha256;
 use keygate::core::policy::Policy;
 use keygate::core::remote::protocol;

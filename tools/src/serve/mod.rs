@@ -12,11 +12,12 @@ mod admin;
 mod console;
 mod db;
 mod ecds;
-mod error;
+pub mod error;
 mod feed;
 mod filter_api;
 mod import;
 mod postgres_reader;
+pub mod request;
 mod sqlite_reader;
 
 use clap::Args;
