@@ -5,7 +5,7 @@
 //! instead of SHA-256 on every request. Each entry also holds the digest, so the change feed
 //! (which names digests) can drop it.
 //!
-//! Memory (about 265 bytes per cached key, most of it the compiled entry): slots are keyed
+//! Memory (about 240 bytes per cached key, most of it the compiled entry): slots are keyed
 //! by the tag's lower 64 bits and keep its upper 64 to check, and the feed's index holds the
 //! digest's first 8 bytes, not all 32. Two cached keys sharing either cannot answer for each
 //! other: the second is not cached, so a slot answers only its own tag and the index always
