@@ -127,6 +127,7 @@ fn duplicate(id: &str) -> ApiError {
     ApiError::new(StatusCode::CONFLICT, format!("a key with id {id:?} already exists"))
 }
 
+// Here, beside the handlers that store it, so that `request` knows nothing of the database.
 impl Checked {
     /// What `keys` and `key_origins` hold for this entry under `sha256`.
     pub(super) fn row<'a>(&'a self, sha256: &'a str) -> KeyRow<'a> {
