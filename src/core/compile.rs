@@ -5,7 +5,8 @@ use crate::core::config::{
     ConfigError, RawCors, RawForward, RawKey, RawKeyService, RawRest, RawRule,
 };
 use crate::core::cors::{normalize_origin, CorsIndex, CorsIndexBuilder, Grant, Origins};
-use crate::core::keytable::{parse_hex, sha256, Digest, Endpoints, Key, KeyTable};
+use crate::core::hex;
+use crate::core::keytable::{sha256, Digest, Endpoints, Key, KeyTable};
 use crate::core::policy::{Compiled, CorsHeaders, Forward, Policy, CORS_ENDPOINTS};
 use crate::core::remote::{CacheSettings, KeyService};
 use crate::core::rules::{Resources, RuleSet};
@@ -191,7 +192,7 @@ fn key_digest(
     warnings: &mut Vec<String>,
 ) -> Result<(Digest, &'static str), ConfigError> {
     match (&rk.sha256, &rk.key) {
-        (Some(hex), None) => parse_hex(hex)
+        (Some(hex), None) => hex::digest(hex)
             .map(|d| (d, "sha256"))
             .ok_or_else(|| ConfigError::new(format!("{at}.sha256"), "expected 64 hex characters")),
         (None, Some(plain)) => {
@@ -356,8 +357,7 @@ fn key_service(raw: &RawKeyService) -> Result<KeyService, ConfigError> {
 }
 
 fn check_header_name(name: &str) -> Result<(), &'static str> {
-    let token = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
-    if !name.is_empty() && name.bytes().all(token) {
+    if token::is_http_token(name.as_bytes()) {
         Ok(())
     } else {
         Err("expected an HTTP header name")

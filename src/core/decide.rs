@@ -339,7 +339,7 @@ impl Policy {
         now_ms: i64,
         remote: Option<Remote<'a>>,
     ) -> Step<'a, Verdict<'a>> {
-        let (Some(p), true) = (path, is_real_origin(origin) && is_method(method)) else {
+        let (Some(p), true) = (path, is_real_origin(origin) && token::is_http_token(method)) else {
             return Ok(verdict(Outcome::PreflightDenied, None, false));
         };
         let static_allowed = self.public.allows(method, p)
@@ -366,12 +366,6 @@ impl Policy {
         let outcome = if allowed { Outcome::PreflightAllowed } else { Outcome::PreflightDenied };
         Ok(verdict(outcome, None, allowed))
     }
-}
-
-/// An HTTP method token: it is echoed in `access-control-allow-methods`.
-fn is_method(method: &[u8]) -> bool {
-    !method.is_empty()
-        && method.iter().all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
 }
 
 fn verdict(outcome: Outcome, key: Option<&Key>, allow_origin: bool) -> Verdict<'_> {

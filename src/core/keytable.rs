@@ -20,21 +20,6 @@ pub fn sha256(bytes: &[u8]) -> Digest {
     Sha256::digest(bytes).into()
 }
 
-/// A digest written as 64 hex characters (either case).
-pub fn parse_hex(hex: &str) -> Option<Digest> {
-    let bytes = hex.as_bytes();
-    if bytes.len() != 64 {
-        return None;
-    }
-    let mut digest = [0u8; 32];
-    for (out, pair) in digest.iter_mut().zip(bytes.chunks_exact(2)) {
-        let hi = (pair[0] as char).to_digit(16)?;
-        let lo = (pair[1] as char).to_digit(16)?;
-        *out = (hi * 16 + lo) as u8;
-    }
-    Some(digest)
-}
-
 /// Which endpoints a key may call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoints {

@@ -5,6 +5,8 @@
 //! any common server could read differently from a plain segment-by-segment reading
 //! matches no rule at all (public or restricted): it needs a key with full access.
 
+use crate::core::hex;
+
 /// The path without its query string, if it is safe to match; `None` otherwise.
 ///
 /// Unsafe: not starting with `/`; an empty segment (`//`, a trailing `/`); a `.` or `..`
@@ -64,12 +66,12 @@ fn is_plain_raw(segment: &[u8]) -> bool {
             return false;
         }
         if c == b'%' {
-            let encoded = segment.get(i + 1..i + 3).and_then(hex_byte);
+            let encoded = segment.get(i + 1..i + 3).and_then(hex::byte);
             match encoded {
                 Some(b'/' | b'\\' | b'.') => return false,
                 Some(b) if b < 0x20 || b == 0x7f => return false,
                 Some(b'%') => {
-                    let twice = segment.get(i + 3..i + 5).and_then(hex_byte);
+                    let twice = segment.get(i + 3..i + 5).and_then(hex::byte);
                     if matches!(twice, Some(b'/' | b'\\' | b'.')) {
                         return false;
                     }
@@ -97,7 +99,7 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
     let mut i = 0;
     while i < input.len() {
         if input[i] == b'%' {
-            if let Some(b) = input.get(i + 1..i + 3).and_then(hex_byte) {
+            if let Some(b) = input.get(i + 1..i + 3).and_then(hex::byte) {
                 out.push(b);
                 i += 3;
                 continue;
@@ -107,14 +109,6 @@ fn percent_decode(input: &[u8]) -> Vec<u8> {
         i += 1;
     }
     out
-}
-
-fn hex_byte(two: &[u8]) -> Option<u8> {
-    let digit = |c: u8| (c as char).to_digit(16);
-    match two {
-        [h, l] => Some((digit(*h)? * 16 + digit(*l)?) as u8),
-        _ => None,
-    }
 }
 
 #[cfg(test)]

@@ -34,6 +34,13 @@ fn is_token_char(c: u8) -> bool {
     c.is_ascii_alphanumeric() || matches!(c, b'-' | b'.' | b'_' | b'~' | b'+' | b'/')
 }
 
+/// An HTTP token (RFC 9110 §5.6.2): a method or a header name. A preflight's requested
+/// method is echoed in `access-control-allow-methods`, so it must be one.
+pub fn is_http_token(bytes: &[u8]) -> bool {
+    !bytes.is_empty()
+        && bytes.iter().all(|&c| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

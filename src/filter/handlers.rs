@@ -1,12 +1,13 @@
 //! The glue: host callbacks in (via `abi`), host calls out. All decisions are made by
 //! `Policy::decide`; this file only reads the request and carries out the verdict.
 
-use crate::core::config::Mode;
 use crate::core::decide::{Decision, Failed, Remote};
+use crate::core::keytable::Key;
 use crate::core::policy::Policy;
-use crate::core::verdict::{Outcome, RemoteUse, Reply, Verdict};
+use crate::core::response::{self, Headers, Response, WOULD_DENY_HEADER};
+use crate::core::verdict::{Outcome, RemoteUse, Verdict};
 use crate::filter::contexts::Contexts;
-use crate::filter::headers::{self, WOULD_DENY_HEADER};
+use crate::filter::headers;
 use crate::filter::host::{self, Map};
 use crate::filter::remote;
 use log::{debug, error, info, warn};
@@ -37,7 +38,9 @@ pub const COUNTER_FLUSH_MS: u32 = 50;
 /// What the response of a forwarded browser request needs, under the policy it started with.
 struct Awaiting {
     policy: Rc<Policy>,
-    response: ResponseCors,
+    origin: Vec<u8>,
+    /// Whether the origin may read the response (`Verdict::allow_origin`).
+    allowed: bool,
 }
 
 thread_local! {
@@ -152,14 +155,6 @@ pub fn configure(root: u32, size: usize) -> bool {
     }
 }
 
-/// What the response of a forwarded browser request needs.
-enum ResponseCors {
-    /// `vary: Origin` only.
-    Vary,
-    /// `vary: Origin` and `access-control-allow-origin: <origin>`.
-    Allow(Vec<u8>),
-}
-
 pub fn request_headers(stream: u32) -> Action {
     let Some((root, policy)) = with_vm(|vm| vm.contexts.serving(stream)).flatten() else {
         // Unreachable with Envoy (a stream's context is created right before its request
@@ -249,81 +244,70 @@ pub fn request_trailers(stream: u32) -> u32 {
 /// Carries out a verdict: a local reply, or the request forwarded with its identity.
 fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, stream: u32) -> Action {
     let req = &scan.request;
-    let origin = req.origin.value();
-    // Preflights are answered in both modes: they carry no key and change nothing.
-    let enforce = policy.mode == Mode::Enforce || req.is_preflight();
-    let denial = verdict.outcome.reply();
-    count(verdict.outcome, denial.is_some() && !enforce);
-
-    if let Some(denial) = denial {
+    let response = response::respond(policy, verdict, req);
+    let denied = verdict.outcome.reply().is_some();
+    let forwarded = matches!(response, Response::Forward { .. });
+    count(verdict.outcome, denied && forwarded);
+    if denied {
         debug!(
             "{} key={}{}",
             verdict.outcome.name(),
             verdict.key.map_or("-", |k| &k.id),
-            if enforce { "" } else { " (report mode: let through)" }
+            if forwarded { " (report mode: let through)" } else { "" }
         );
-        if enforce {
-            match origin {
-                // Most denials: the headers depend on the outcome alone, serialized once.
-                None => host::send_response(
-                    denial.status,
-                    denial_headers(verdict.outcome),
-                    denial.body.as_bytes(),
-                ),
-                Some(_) => {
-                    let mut cors = Vec::with_capacity(4);
-                    cors_reply_headers(policy, verdict, origin, &mut cors);
-                    let map = denial_map(denial, &cors);
-                    host::send_response(denial.status, &map, denial.body.as_bytes())
-                }
-            };
-            return Action::Pause;
-        }
-    } else if verdict.outcome == Outcome::PreflightAllowed {
-        preflight_reply(
-            policy,
-            origin.unwrap_or_default(),
-            req.access_control_request_method.value(),
-        );
-        return Action::Pause;
     }
-
-    forward(policy, scan, verdict);
-    let response = match origin {
-        None => return Action::Continue,
-        Some(o) if verdict.allow_origin => ResponseCors::Allow(o.to_vec()),
-        Some(_) => ResponseCors::Vary,
-    };
-    let policy = Rc::clone(policy);
-    with_vm(|vm| vm.contexts.await_response(stream, Awaiting { policy, response }));
-    Action::Continue
+    match response {
+        Response::Reply { status, headers, body } => {
+            match (req.origin.is_present(), verdict.outcome.reply()) {
+                // Most denials: the headers depend on the outcome alone, serialized once.
+                (false, Some(_)) => {
+                    host::send_response(status, denial_headers(verdict.outcome), body.as_bytes())
+                }
+                _ => host::send_response(
+                    status,
+                    &headers::serialize(headers.as_slice()),
+                    body.as_bytes(),
+                ),
+            };
+            Action::Pause
+        }
+        Response::Forward { identity, would_deny, .. } => {
+            forward(policy, scan, identity, would_deny);
+            let Some(origin) = req.origin.value() else { return Action::Continue };
+            let awaiting = Awaiting {
+                policy: Rc::clone(policy),
+                origin: origin.to_vec(),
+                allowed: verdict.allow_origin,
+            };
+            with_vm(|vm| vm.contexts.await_response(stream, awaiting));
+            Action::Continue
+        }
+    }
 }
 
 pub fn response_headers(stream: u32) -> Action {
     let taken = with_vm(|vm| vm.contexts.response(stream));
-    let Some(Some(Awaiting { policy, response })) = taken else {
+    let Some(Some(Awaiting { policy, origin, allowed })) = taken else {
         return Action::Continue;
     };
-    match response {
-        ResponseCors::Vary => add_vary_origin(),
-        ResponseCors::Allow(origin) => {
+    for &(name, value) in response::cors_headers(&policy, Some(&origin), allowed).as_slice() {
+        if name == b"vary" {
             add_vary_origin();
-            host::set_header(Map::Response, "access-control-allow-origin", &origin);
-            if let Some(expose) = &policy.cors.expose_headers {
-                host::set_header(Map::Response, "access-control-expose-headers", expose.as_bytes());
-            }
-            if policy.cors.allow_credentials {
-                host::set_header(Map::Response, "access-control-allow-credentials", b"true");
-            }
+        } else {
+            host::set_header(Map::Response, name, value);
         }
     }
     Action::Continue
 }
 
 /// Sets the upstream request's identity headers; client-sent copies never survive.
-fn forward(policy: &Policy, scan: &headers::Scan, verdict: &Verdict) {
+fn forward(
+    policy: &Policy,
+    scan: &headers::Scan,
+    identity: Option<&Key>,
+    would_deny: Option<&'static str>,
+) {
     let fwd = &policy.forward;
-    let identity = verdict.key.filter(|_| verdict.outcome == Outcome::Allowed);
     match identity {
         Some(key) => {
             put_header(
@@ -359,9 +343,8 @@ fn forward(policy: &Policy, scan: &headers::Scan, verdict: &Verdict) {
             }
         }
     }
-    if verdict.outcome.reply().is_some() {
-        // Only reached in report mode: say what enforce mode would have done.
-        host::set_header(Map::Request, WOULD_DENY_HEADER, verdict.outcome.name().as_bytes());
+    if let Some(outcome) = would_deny {
+        host::set_header(Map::Request, WOULD_DENY_HEADER, outcome.as_bytes());
     } else if scan.spoofed_would_deny {
         host::remove_header(Map::Request, WOULD_DENY_HEADER);
     }
@@ -380,63 +363,16 @@ fn put_header(name: &str, value: &[u8], client_sent: bool) {
     }
 }
 
-/// `vary` and, when the origin is allowed, the CORS headers of a local reply.
-fn cors_reply_headers<'a>(
-    policy: &'a Policy,
-    verdict: &Verdict,
-    origin: Option<&'a [u8]>,
-    out: &mut Vec<(&'a [u8], &'a [u8])>,
-) {
-    let Some(origin) = origin else { return };
-    out.push((b"vary", b"Origin"));
-    if verdict.allow_origin {
-        out.push((b"access-control-allow-origin", origin));
-        if let Some(expose) = &policy.cors.expose_headers {
-            out.push((b"access-control-expose-headers", expose.as_bytes()));
-        }
-        if policy.cors.allow_credentials {
-            out.push((b"access-control-allow-credentials", b"true"));
-        }
-    }
-}
-
-fn preflight_reply(policy: &Policy, origin: &[u8], method: Option<&[u8]>) {
-    let cors = &policy.cors;
-    let mut h: Vec<(&[u8], &[u8])> = vec![
-        (b"access-control-allow-origin", origin),
-        (b"access-control-allow-methods", method.unwrap_or_default()),
-        (b"access-control-allow-headers", cors.allow_headers.as_bytes()),
-        (b"access-control-max-age", cors.max_age.as_bytes()),
-        (b"vary", b"Origin, Access-Control-Request-Method, Access-Control-Request-Headers"),
-    ];
-    if cors.allow_credentials {
-        h.push((b"access-control-allow-credentials", b"true"));
-    }
-    let map = headers::serialize(&h);
-    host::send_response(204, &map, b"");
-}
-
-/// The serialized headers of a denial: `content-type`, `www-authenticate` on 401s,
-/// `retry-after` on 503s, then `cors`.
-fn denial_map(denial: Reply, cors: &[(&[u8], &[u8])]) -> Vec<u8> {
-    let mut h: Vec<(&[u8], &[u8])> = Vec::with_capacity(cors.len() + 2);
-    h.push((b"content-type", b"application/json"));
-    if let Some(www) = denial.www_authenticate {
-        h.push((b"www-authenticate", www.as_bytes()));
-    }
-    if let Some(after) = denial.retry_after {
-        h.push((b"retry-after", after.as_bytes()));
-    }
-    h.extend_from_slice(cors);
-    headers::serialize(&h)
-}
-
 /// The serialized headers of each denial's reply to a request without `Origin`.
 static DENIAL_HEADERS: OnceLock<[Vec<u8>; Outcome::ALL.len()]> = OnceLock::new();
 
 fn denial_headers(outcome: Outcome) -> &'static [u8] {
     let all = DENIAL_HEADERS.get_or_init(|| {
-        Outcome::ALL.map(|o| o.reply().map_or_else(Vec::new, |r| denial_map(r, &[])))
+        Outcome::ALL.map(|o| {
+            o.reply().map_or_else(Vec::new, |r| {
+                headers::serialize(response::denial_headers(r, &Headers::new()).as_slice())
+            })
+        })
     });
     all.get(outcome as usize).map_or(&[], Vec::as_slice)
 }

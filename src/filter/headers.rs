@@ -7,6 +7,7 @@
 
 use crate::core::decide::Request;
 use crate::core::policy::Forward;
+use crate::core::response::WOULD_DENY_HEADER;
 
 /// Iterates over `(name, value)` pairs. A buffer whose length table does not fit yields
 /// nothing, and a pair that is not where the table says (each string NUL-terminated) ends
@@ -49,8 +50,6 @@ pub struct Scan<'a> {
     /// Every pair the map declares was read. Only then does "not seen" mean "not sent".
     pub complete: bool,
 }
-
-pub const WOULD_DENY_HEADER: &str = "x-keygate-would-deny";
 
 /// One pass over the serialized request headers. Envoy stores names in lower case.
 pub fn scan<'a>(map: &'a [u8], forward: &Forward) -> Scan<'a> {

@@ -177,7 +177,8 @@ impl Map {
     }
 }
 
-pub fn set_header(map: Map, name: &str, value: &[u8]) -> bool {
+pub fn set_header(map: Map, name: impl AsRef<[u8]>, value: &[u8]) -> bool {
+    let name = name.as_ref();
     // SAFETY: pointers and lengths describe live slices.
     let s = unsafe {
         proxy_replace_header_map_value(

@@ -304,7 +304,7 @@ fn lookup_answer(root: u32, subject: Subject, tag: u128, answer: Answer) {
         let quiet = with_state(|s| s.failures.note(now)).unwrap_or(None);
         if let Some(unlogged) = quiet {
             let what = match &subject {
-                Subject::Key(d) => format!("key {}", &protocol::hex(d)[..8]),
+                Subject::Key(d) => format!("key {}", &crate::core::hex::encode(d)[..8]),
                 Subject::Origin(_) => "origin".to_string(),
             };
             warn!("key service lookup of {what} failed: {reason} ({unlogged} more failures not logged since the last line)");

@@ -6,8 +6,9 @@ use keygate::core::keytable::sha256;
 use keygate::core::policy::Policy;
 use keygate::core::verdict::Verdict;
 
+/// The SHA-256 of `key` in hex, as a configuration entry holds it.
 pub fn hex(key: &str) -> String {
-    sha256(key.as_bytes()).iter().map(|b| format!("{b:02x}")).collect()
+    keygate::core::hex::encode(&sha256(key.as_bytes()))
 }
 
 pub fn policy(json: &str) -> Policy {

@@ -13,7 +13,8 @@
 use crate::core::compile::Entry;
 use crate::core::config::RawKey;
 use crate::core::cors::normalize_origin;
-use crate::core::keytable::{parse_hex, Digest};
+use crate::core::hex;
+use crate::core::keytable::Digest;
 use crate::core::parse;
 use serde::Deserialize;
 
@@ -41,7 +42,7 @@ pub fn key_path(prefix: &str, digest: &Digest) -> String {
     let mut path = String::with_capacity(prefix.len() + 6 + 64);
     path.push_str(prefix);
     path.push_str("/keys/");
-    push_hex(&mut path, digest);
+    hex::push(&mut path, digest);
     path
 }
 
@@ -62,20 +63,6 @@ pub fn changes_path(prefix: &str, cursor: Option<&str>) -> String {
     path
 }
 
-pub fn hex(digest: &Digest) -> String {
-    let mut s = String::with_capacity(64);
-    push_hex(&mut s, digest);
-    s
-}
-
-fn push_hex(out: &mut String, bytes: &[u8]) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for b in bytes {
-        out.push(HEX[usize::from(b >> 4)] as char);
-        out.push(HEX[usize::from(b & 15)] as char);
-    }
-}
-
 /// Percent-encodes everything but RFC 3986 unreserved characters, so the value is one
 /// path segment (or one query value).
 fn push_encoded(out: &mut String, bytes: &[u8]) {
@@ -84,7 +71,7 @@ fn push_encoded(out: &mut String, bytes: &[u8]) {
             out.push(b as char);
         } else {
             out.push('%');
-            push_hex(out, &[b]);
+            hex::push(out, &[b]);
         }
     }
 }
@@ -135,7 +122,7 @@ struct ChangesAnswer {
 /// A `200` answer to `keys/{sha256}` for `asked`: the entry, compiled.
 pub fn parse_key(body: &[u8], asked: &Digest) -> Result<Entry, ProtocolError> {
     let answer: KeyAnswer = json(body)?;
-    if parse_hex(&answer.sha256).as_ref() != Some(asked) {
+    if hex::digest(&answer.sha256).as_ref() != Some(asked) {
         return Err(error("sha256: not the digest asked for"));
     }
     parse::stored_entry(answer.key, "key").map_err(|e| error(e.to_string()))
@@ -179,7 +166,7 @@ pub fn parse_changes(body: &[u8]) -> Result<Changes, ProtocolError> {
     let mut keys = Vec::with_capacity(answer.keys.len());
     for (i, hex) in answer.keys.iter().enumerate() {
         keys.push(
-            parse_hex(hex)
+            hex::digest(hex)
                 .ok_or_else(|| error(format!("keys[{i}]: expected a SHA-256 hex digest")))?,
         );
     }
@@ -296,7 +283,7 @@ mod tests {
 
     #[test]
     fn changes_list_digests_and_normalised_origins() {
-        let d = hex(&sha256(b"k"));
+        let d = hex::encode(&sha256(b"k"));
         let body = format!(
             r#"{{"cursor": "c2", "keys": ["{d}"], "origins": ["https://A.example:443", "*"]}}"#
         );

@@ -7,7 +7,6 @@ use super::db::{Db, Touched};
 use super::request::check;
 use keygate::core::keytable::sha256;
 use keygate::core::policy::Policy;
-use keygate::core::remote::protocol;
 use serde_json::Value;
 use std::path::Path;
 
@@ -39,7 +38,9 @@ pub async fn import(db: &Db, path: &Path, now: String) -> Result<Imported, Strin
             // The compiler above accepted the file, so each entry has exactly one of the two.
             let digest = match (object.shift_remove("sha256"), object.shift_remove("key")) {
                 (Some(Value::String(hex)), _) => hex.to_ascii_lowercase(),
-                (_, Some(Value::String(plain))) => protocol::hex(&sha256(plain.as_bytes())),
+                (_, Some(Value::String(plain))) => {
+                    keygate::core::hex::encode(&sha256(plain.as_bytes()))
+                }
                 _ => return Err(at(format!("keys[{i}]: expected sha256 or key"))),
             };
             let key = check(entry).map_err(|e| at(format!("keys[{i}]: {}", e.message)))?;

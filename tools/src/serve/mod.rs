@@ -21,7 +21,8 @@ pub mod request;
 mod sqlite_reader;
 
 use clap::Args;
-use keygate::core::keytable::{parse_hex, Digest};
+use keygate::core::hex;
+use keygate::core::keytable::Digest;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -152,7 +153,7 @@ fn admin_digests(value: Option<&str>) -> Result<Vec<Digest>, String> {
         .split(',')
         .enumerate()
         .map(|(i, item)| {
-            parse_hex(item.trim()).ok_or_else(|| {
+            hex::digest(item.trim()).ok_or_else(|| {
                 format!(
                     "KEYGATE_ADMIN_TOKEN_SHA256: item {} is not 64 hex characters; expected {HOW}",
                     i + 1
