@@ -21,6 +21,7 @@ pub mod policy;
 pub mod remote;
 pub mod response;
 pub mod rules;
+pub mod tag;
 pub mod timestamp;
 pub mod token;
 pub mod verdict;

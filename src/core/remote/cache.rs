@@ -1,7 +1,7 @@
 //! What one VM remembers of the key service's answers.
 //!
 //! Entries are found by a tag of the presented key, not by its digest: SipHash-2-4-128 under
-//! a secret drawn for each cache, as in `verified`, so a cached remote key costs a short MAC
+//! a secret drawn for each cache (`tag`), so a cached remote key costs a short MAC
 //! instead of SHA-256 on every request. Each entry also holds the digest, so the change feed
 //! (which names digests) can drop it.
 //!
@@ -24,8 +24,8 @@
 use crate::core::compile::Entry;
 use crate::core::keytable::Digest;
 use crate::core::remote::CacheSettings;
+use crate::core::tag::TagKey;
 use hashbrown::HashMap;
-use siphasher::sip128::{Hasher128, SipHasher24};
 use std::collections::VecDeque;
 use std::hash::{BuildHasherDefault, Hasher};
 
@@ -63,7 +63,7 @@ struct OriginSlot {
 
 pub struct RemoteCache {
     settings: CacheSettings,
-    secret: (u64, u64),
+    secret: TagKey,
     /// By the tag's lower 64 bits; a slot answers only a tag whose upper bits match too.
     slots: HashMap<u64, Slot, BuildHasherDefault<PassThrough>>,
     /// Digest prefix → tag, for the feed (see the module comment).
@@ -84,15 +84,9 @@ impl RemoteCache {
     /// A cache with its own secret; `None` without an OS random source (then the filter
     /// cannot use the key service safely and refuses remote keys with 503s).
     pub fn new(settings: CacheSettings) -> Option<RemoteCache> {
-        let mut seed = [0u8; 16];
-        getrandom::fill(&mut seed).ok()?;
-        let [a, b, c, d, e, f, g, h, i, j, k, l, m, n, o, p] = seed;
         Some(RemoteCache {
             settings,
-            secret: (
-                u64::from_le_bytes([a, b, c, d, e, f, g, h]),
-                u64::from_le_bytes([i, j, k, l, m, n, o, p]),
-            ),
+            secret: TagKey::random()?,
             slots: HashMap::default(),
             by_digest: HashMap::default(),
             positive_order: VecDeque::new(),
@@ -111,9 +105,7 @@ impl RemoteCache {
 
     /// The tag of a presented key under this cache's secret.
     pub fn tag(&self, presented: &[u8]) -> u128 {
-        let mut h = SipHasher24::new_with_keys(self.secret.0, self.secret.1);
-        h.write(presented);
-        h.finish128().as_u128()
+        self.secret.tag(presented)
     }
 
     pub fn get(&self, tag: u128, now_ms: i64) -> Cached<'_> {
