@@ -4,8 +4,8 @@
 //! Pure: the filter hands in the headers it read and the clock, and turns the verdict
 //! into host calls. Every rule lives in exactly one place below.
 
-use crate::core::compile::Entry;
 use crate::core::cors::is_real_origin;
+use crate::core::entry::Entry;
 use crate::core::keytable::{sha256, Digest, Endpoints, Key};
 use crate::core::path;
 use crate::core::policy::Policy;

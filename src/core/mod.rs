@@ -13,6 +13,7 @@ pub mod compile;
 pub mod config;
 pub mod cors;
 pub mod decide;
+pub mod entry;
 pub mod hex;
 pub mod keytable;
 pub mod parse;

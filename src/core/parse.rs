@@ -2,15 +2,20 @@
 //! `keys` goes to the compiler as soon as it is parsed and a large table never exists twice
 //! in memory. Errors carry the JSON path where serde stopped, or the compiler's own error.
 
-use crate::core::compile::{check_id, Compiler, Entry};
 use crate::core::config::{ConfigError, RawKey, RawRest};
+use crate::core::entry::{check_id, Entry};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
 
+/// Where [`parse`] hands each entry of `keys` as soon as it is read: the compiler.
+pub trait KeySink {
+    fn add_key(&mut self, key: RawKey) -> Result<(), ConfigError>;
+}
+
 /// Reads the JSON, handing each key to `compiler` as soon as it is parsed, and returns the
 /// rest. Errors carry the JSON path where serde stopped, or the compiler's own error.
-pub fn parse(json: &[u8], compiler: &mut Compiler) -> Result<RawRest, ConfigError> {
+pub fn parse(json: &[u8], compiler: &mut dyn KeySink) -> Result<RawRest, ConfigError> {
     // serde would also read a struct written as a JSON array; the operator writes an object.
     match json.iter().find(|c| !c.is_ascii_whitespace()) {
         Some(b'{') => {}
@@ -122,7 +127,7 @@ impl Field {
 
 /// The top-level object, read by hand so `keys` can stream into the compiler.
 struct ConfigSeed<'c> {
-    compiler: &'c mut Compiler,
+    compiler: &'c mut dyn KeySink,
     failure: &'c mut Option<ConfigError>,
 }
 
@@ -170,7 +175,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
 
 /// The `keys` list: each entry goes to the compiler and is dropped before the next is read.
 struct KeysSeed<'c> {
-    compiler: &'c mut Compiler,
+    compiler: &'c mut dyn KeySink,
     failure: &'c mut Option<ConfigError>,
 }
 

@@ -4,7 +4,6 @@
 use crate::core::config::Mode;
 use crate::core::cors::CorsIndex;
 use crate::core::keytable::KeyTable;
-use crate::core::remote::KeyService;
 use crate::core::rules::RuleSet;
 
 #[derive(Debug)]
@@ -55,4 +54,30 @@ impl Policy {
     pub fn rule_set(&self, index: u32) -> Option<&RuleSet> {
         self.rule_sets.get(index as usize)
     }
+}
+
+/// The compiled `key_service` object of the plugin configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyService {
+    pub cluster: Box<str>,
+    pub authority: Box<str>,
+    /// Starts with `/`, no trailing `/`.
+    pub path_prefix: Box<str>,
+    pub timeout_ms: u32,
+    pub changes_poll_ms: u32,
+    /// Most lookups one VM has in flight at once.
+    pub max_pending: u32,
+    pub cache: CacheSettings,
+}
+
+/// Cache bounds and lifetimes, in entries and milliseconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_entries: u32,
+    /// Room for negative answers, apart from `max_entries`: a flood of unknown keys can only
+    /// evict other unknown keys.
+    pub max_negative: u32,
+    pub ttl_ms: i64,
+    pub negative_ttl_ms: i64,
+    pub stale_if_error_ms: i64,
 }

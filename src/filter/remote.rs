@@ -9,10 +9,10 @@
 
 use crate::core::decide::{Ask, Failed};
 use crate::core::keytable::Digest;
+use crate::core::policy::KeyService;
 use crate::core::policy::Policy;
 use crate::core::remote::cache::RemoteCache;
 use crate::core::remote::protocol::{self, ProtocolError};
-use crate::core::remote::KeyService;
 use crate::core::verdict::RemoteUse;
 use crate::filter::handlers::{self, Action, Pass};
 use crate::filter::headers;

@@ -21,9 +21,9 @@
 //! can serve while the service fails, for `stale_if_error_ms`; an entry the feed names is
 //! removed at once, so it can never serve stale.
 
-use crate::core::compile::Entry;
+use crate::core::entry::Entry;
 use crate::core::keytable::Digest;
-use crate::core::remote::CacheSettings;
+use crate::core::policy::CacheSettings;
 use crate::core::tag::TagKey;
 use hashbrown::HashMap;
 use std::collections::VecDeque;

@@ -10,9 +10,9 @@
 //!
 //! An entry is a key entry of the plugin configuration without `sha256`/`key`.
 
-use crate::core::compile::Entry;
 use crate::core::config::RawKey;
 use crate::core::cors::normalize_origin;
+use crate::core::entry::Entry;
 use crate::core::hex;
 use crate::core::keytable::Digest;
 use crate::core::parse;
