@@ -1,7 +1,8 @@
 //! `keygate key new` and `keygate key hash`.
 
-use base64::Engine as _;
+use crate::secret::new_secret;
 use clap::{Args, Subcommand};
+use keygate::core::hex;
 use keygate::core::keytable::sha256;
 use keygate::core::policy::Policy;
 use keygate::core::token::bearer_key;
@@ -42,8 +43,6 @@ pub struct NewArgs {
     expires_at: Option<String>,
 }
 
-pub const PREFIX: &str = "kg_";
-
 pub fn run(cmd: KeyCommand) -> Result<ExitCode, String> {
     match cmd {
         KeyCommand::New(args) => new(&args),
@@ -51,24 +50,12 @@ pub fn run(cmd: KeyCommand) -> Result<ExitCode, String> {
     }
 }
 
-pub fn hex(digest: &[u8]) -> String {
-    digest.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// A new key: 256 bits from the OS random source, as `kg_<43 base64url characters>`.
-/// `keygate key new` and the key service both make keys here.
-pub fn new_secret() -> Result<String, String> {
-    let mut secret = [0u8; 32];
-    getrandom::fill(&mut secret).map_err(|e| format!("OS random source: {e}"))?;
-    Ok(format!("{PREFIX}{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(secret)))
-}
-
 fn new(args: &NewArgs) -> Result<ExitCode, String> {
     let key = new_secret()?;
 
     let mut entry = Map::new();
     entry.insert("id".into(), json!(args.id));
-    entry.insert("sha256".into(), json!(hex(&sha256(key.as_bytes()))));
+    entry.insert("sha256".into(), json!(hex::encode(&sha256(key.as_bytes()))));
     if let Some(owner) = &args.owner {
         entry.insert("owner".into(), json!(owner));
     }
@@ -108,6 +95,6 @@ fn hash() -> Result<ExitCode, String> {
     if bearer_key(&[b"Bearer ", key].concat()).is_none() {
         return Err("not a valid bearer token: 1-1024 characters of A-Z a-z 0-9 - . _ ~ + / then optional =".into());
     }
-    println!("{}", hex(&sha256(key)));
+    println!("{}", hex::encode(&sha256(key)));
     Ok(ExitCode::SUCCESS)
 }

@@ -6,11 +6,10 @@
 //! as an admin sees it is the stored entry with its `name` after the `id`; the digest and
 //! the secret are never part of it (the secret is in the one 201 that creates it).
 
-use crate::key::{hex, new_secret};
+use crate::secret::new_secret;
 use crate::serve::console;
 use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
-use crate::serve::error::{json, ApiError};
-use crate::serve::filter_api::{method_not_allowed, not_found};
+use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::request::{check, json_body, patched, rotation, with_id, Checked};
 use crate::serve::{now_ms, rfc3339, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -21,6 +20,7 @@ use axum::middleware;
 use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
+use keygate::core::hex;
 use keygate::core::keytable::sha256;
 use keygate::core::parse::looks_like_a_field;
 use keygate::core::timestamp::parse_rfc3339;
@@ -61,7 +61,7 @@ impl FromRequestParts<AppState> for Admin {
             found | (d.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
         });
         if known {
-            Ok(Admin(hex(&digest[..4])))
+            Ok(Admin(hex::encode(&digest[..4])))
         } else {
             Err(ApiError::unauthorized())
         }
@@ -165,7 +165,7 @@ fn new_id() -> Result<String, ApiError> {
         eprintln!("keygate serve: OS random source: {e}");
         ApiError::internal()
     })?;
-    Ok(format!("key_{}", hex(&bytes)))
+    Ok(format!("key_{}", hex::encode(&bytes)))
 }
 
 fn secret() -> Result<(String, String), ApiError> {
@@ -173,7 +173,7 @@ fn secret() -> Result<(String, String), ApiError> {
         eprintln!("keygate serve: {e}");
         ApiError::internal()
     })?;
-    let digest = hex(&sha256(secret.as_bytes()));
+    let digest = hex::encode(&sha256(secret.as_bytes()));
     Ok((secret, digest))
 }
 

@@ -102,6 +102,16 @@ pub fn json(status: StatusCode, body: String) -> Response {
     response
 }
 
+/// The answer to a path neither listener serves.
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such resource")
+}
+
+/// The answer to a method a served path does not take.
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
+}
+
 /// A message on one line, for logs and the start-up failure.
 pub fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")

@@ -2,7 +2,7 @@
 //! meant for the cluster network. Every answer is `application/json`; the filter treats
 //! anything but 200 (and 404 for a key) as an error.
 
-use crate::serve::error::{json, ApiError};
+use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::{feed, now_ms, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -23,14 +23,6 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
-}
-
-pub async fn not_found() -> ApiError {
-    ApiError::not_found("no such resource")
-}
-
-pub async fn method_not_allowed() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method not allowed here")
 }
 
 /// `200 {"sha256": <digest>, "key": <entry>}` for a known digest (disabled ones too: the

@@ -5,6 +5,7 @@
 
 use super::db::{Db, Touched};
 use super::request::check;
+use keygate::core::hex;
 use keygate::core::keytable::sha256;
 use keygate::core::policy::Policy;
 use serde_json::Value;
@@ -37,10 +38,8 @@ pub async fn import(db: &Db, path: &Path, now: String) -> Result<Imported, Strin
             let Some(object) = entry.as_object_mut() else { continue };
             // The compiler above accepted the file, so each entry has exactly one of the two.
             let digest = match (object.shift_remove("sha256"), object.shift_remove("key")) {
-                (Some(Value::String(hex)), _) => hex.to_ascii_lowercase(),
-                (_, Some(Value::String(plain))) => {
-                    keygate::core::hex::encode(&sha256(plain.as_bytes()))
-                }
+                (Some(Value::String(written)), _) => written.to_ascii_lowercase(),
+                (_, Some(Value::String(plain))) => hex::encode(&sha256(plain.as_bytes())),
                 _ => return Err(at(format!("keys[{i}]: expected sha256 or key"))),
             };
             let key = check(entry).map_err(|e| at(format!("keys[{i}]: {}", e.message)))?;
