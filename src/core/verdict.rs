@@ -2,7 +2,7 @@
 
 use crate::core::keytable::Key;
 
-/// One outcome per counter. The names are part of the operator contract (README).
+/// One outcome per counter. The names are part of the operator contract (docs/configuration.md, Counters).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Outcome {
     /// A valid key, forwarded upstream with its identity.
