@@ -1,111 +1,71 @@
-//! `keygate explain`: the verdict the filter would return, computed by the same core.
+//! What the filter would do with one request, computed by the same core: the lines
+//! `keygate explain` prints.
 
-use crate::source;
-use clap::Args;
 use keygate::core::config::Mode;
 use keygate::core::decide::{Ask, Decision, Failed, Remote, Request};
 use keygate::core::policy::Policy;
 use keygate::core::remote::cache::RemoteCache;
 use keygate::core::remote::protocol;
-use keygate::core::timestamp::parse_rfc3339;
 use keygate::core::verdict::Outcome;
-use std::io::Read as _;
-use std::path::PathBuf;
-use std::process::ExitCode;
 
-/// Output: `name: value` lines — `outcome`, `key_id`, `status` (`upstream` when the
-/// request would be forwarded), then `body` and the response headers keygate would set,
-/// or the identity headers it would forward.
-#[derive(Args)]
-pub struct ExplainArgs {
-    /// Configuration file (same formats as `keygate check`; the first configuration found).
-    file: PathBuf,
-    /// Request method, e.g. GET.
-    #[arg(long)]
-    method: String,
-    /// Request path, with its query string if any.
-    #[arg(long)]
-    path: String,
-    /// The Origin header, for a browser request.
-    #[arg(long)]
-    origin: Option<String>,
-    /// Access-Control-Request-Method, for a preflight (with --method OPTIONS and --origin).
-    #[arg(long, value_name = "METHOD")]
-    request_method: Option<String>,
-    /// Read the Authorization header value (e.g. `Bearer <key>`) from standard input,
-    /// so the key stays out of shell history and the process list.
-    #[arg(long)]
-    header_stdin: bool,
-    /// Evaluate at this RFC 3339 time instead of now.
-    #[arg(long, value_name = "TIME")]
-    now: Option<String>,
+/// One request, as `keygate explain` was told it.
+pub struct Question<'a> {
+    pub method: &'a str,
+    /// With its query string if any.
+    pub path: &'a str,
+    pub origin: Option<&'a str>,
+    /// `Access-Control-Request-Method`, for a preflight.
+    pub request_method: Option<&'a str>,
+    /// The `Authorization` header's value, when the request has one.
+    pub authorization: Option<&'a [u8]>,
+    /// When the request arrives, in Unix milliseconds.
+    pub now_ms: i64,
 }
 
-pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
-    let configs = source::plugin_configs(&args.file)?;
-    let first = configs.first().ok_or("no configuration")?;
-    let compiled =
-        Policy::from_json(&first.json).map_err(|e| format!("{}: {e}", args.file.display()))?;
-    let policy = compiled.policy;
-
-    let mut authorization = Vec::new();
-    if args.header_stdin {
-        std::io::stdin()
-            .read_to_end(&mut authorization)
-            .map_err(|e| format!("standard input: {e}"))?;
-        while authorization.last().is_some_and(|c| *c == b'\n' || *c == b'\r') {
-            authorization.pop();
-        }
+/// `name: value` lines: `outcome`, `key_id`, `status` (`upstream` when the request would
+/// be forwarded), then `body` and the response headers keygate would set, or the identity
+/// headers it would forward (`forward <header>: value`).
+pub fn explain(policy: &Policy, q: &Question) -> Vec<String> {
+    let mut req =
+        Request { method: q.method.as_bytes(), path: q.path.as_bytes(), ..Request::default() };
+    if let Some(authorization) = q.authorization {
+        req.authorization.push(authorization);
     }
-    let now = match &args.now {
-        Some(t) => parse_rfc3339(t).map_err(|e| format!("--now: {e}"))?,
-        None => std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as i64),
-    };
-    let mut req = Request {
-        method: args.method.as_bytes(),
-        path: args.path.as_bytes(),
-        ..Request::default()
-    };
-    if args.header_stdin {
-        req.authorization.push(&authorization);
-    }
-    if let Some(o) = &args.origin {
+    if let Some(o) = q.origin {
         req.origin.push(o.as_bytes());
     }
-    if let Some(m) = &args.request_method {
+    if let Some(m) = q.request_method {
         req.access_control_request_method.push(m.as_bytes());
     }
 
+    let mut lines = Vec::new();
     // With a key service, an empty cache shows where the filter would ask instead.
     let cache = policy.remote.as_ref().and_then(|s| RemoteCache::new(s.cache));
     let remote = cache.as_ref().map(|cache| Remote { cache, failed: Failed::NONE });
-    let verdict = match policy.decide_with(&req, now, remote) {
+    let verdict = match policy.decide_with(&req, q.now_ms, remote) {
         Decision::Done(verdict) => verdict,
         Decision::Ask(ask) => {
             let service = policy.remote.as_ref().map_or("", |s| &s.path_prefix);
             let what = match ask {
                 Ask::Key { digest, .. } => protocol::key_path(service, &digest),
-                Ask::Origin => protocol::origin_path(
-                    service,
-                    args.origin.as_deref().unwrap_or_default().as_bytes(),
-                ),
+                Ask::Origin => {
+                    protocol::origin_path(service, q.origin.unwrap_or_default().as_bytes())
+                }
             };
-            println!("outcome: remote lookup");
-            println!("asks: GET {what}");
-            println!("then: decided like a static key with the key service's answer; 503 if it cannot be had");
-            return Ok(ExitCode::SUCCESS);
+            lines.push("outcome: remote lookup".into());
+            lines.push(format!("asks: GET {what}"));
+            lines.push("then: decided like a static key with the key service's answer; 503 if it cannot be had".into());
+            return lines;
         }
     };
     let enforce = policy.mode == Mode::Enforce || req.is_preflight();
-    println!("outcome: {}", verdict.outcome.name());
-    println!("key_id: {}", verdict.key.map_or("-", |k| &k.id));
+    lines.push(format!("outcome: {}", verdict.outcome.name()));
+    lines.push(format!("key_id: {}", verdict.key.map_or("-", |k| &k.id)));
     let mut headers: Vec<(String, String)> = Vec::new();
     match verdict.outcome.reply() {
         Some(reply) if enforce => {
-            println!("status: {}", reply.status);
-            println!("body: {}", reply.body);
+            lines.push(format!("status: {}", reply.status));
+            lines.push(format!("body: {}", reply.body));
             headers.push(("content-type".into(), "application/json".into()));
             if let Some(www) = reply.www_authenticate {
                 headers.push(("www-authenticate".into(), www.into()));
@@ -115,10 +75,10 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
             }
         }
         _ if verdict.outcome == Outcome::PreflightAllowed => {
-            println!("status: 204");
+            lines.push("status: 204".into());
             headers.push((
                 "access-control-allow-methods".into(),
-                args.request_method.clone().unwrap_or_default(),
+                q.request_method.unwrap_or_default().into(),
             ));
             headers.push((
                 "access-control-allow-headers".into(),
@@ -127,7 +87,7 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
             headers.push(("access-control-max-age".into(), policy.cors.max_age.to_string()));
         }
         denial => {
-            println!("status: upstream");
+            lines.push("status: upstream".into());
             if let (Some(key), Outcome::Allowed) = (verdict.key, verdict.outcome) {
                 headers.push((
                     format!("forward {}", policy.forward.key_id_header),
@@ -146,11 +106,9 @@ pub fn run(args: &ExplainArgs) -> Result<ExitCode, String> {
             }
         }
     }
-    if let (Some(origin), true) = (&args.origin, verdict.allow_origin) {
-        headers.push(("access-control-allow-origin".into(), origin.clone()));
+    if let (Some(origin), true) = (q.origin, verdict.allow_origin) {
+        headers.push(("access-control-allow-origin".into(), origin.into()));
     }
-    for (name, value) in headers {
-        println!("{name}: {value}");
-    }
-    Ok(ExitCode::SUCCESS)
+    lines.extend(headers.into_iter().map(|(name, value)| format!("{name}: {value}")));
+    lines
 }

@@ -196,10 +196,27 @@ fn every_subcommand_has_help() {
         &["key", "hash", "--help"],
         &["check", "--help"],
         &["explain", "--help"],
+        &["serve", "--help"],
+        &["keys", "--help"],
+        &["keys", "create", "--help"],
+        &["export", "--help"],
     ] {
         let out = keygate(args, b"");
         assert!(out.status.success() && text(&out.stdout).contains("Usage: keygate"), "{args:?}");
     }
+}
+
+#[test]
+fn help_tells_key_from_keys() {
+    let out = text(&keygate(&["--help"], b"").stdout);
+    assert!(out.contains(
+        "  key      Offline, on this machine: make a key (and its config entry) or hash one\n"
+    ));
+    assert!(out.contains(
+        "  keys     Manage the keys a key service (`keygate serve`) holds, through its admin API\n"
+    ));
+    assert!(text(&keygate(&["key", "--help"], b"").stdout).contains("see `keygate keys`"));
+    assert!(text(&keygate(&["keys", "--help"], b"").stdout).contains("see `keygate key`"));
 }
 
 #[test]

@@ -1,4 +1,6 @@
-//! `keygate key new` and `keygate key hash`.
+//! `keygate key new` and `keygate key hash`: offline, on this machine. A key made here goes
+//! into a static key table (the plugin configuration) as its digest; keys held by a key
+//! service are `keygate keys` (`keys.rs`).
 
 use crate::secret::new_secret;
 use clap::{Args, Subcommand};

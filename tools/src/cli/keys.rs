@@ -1,25 +1,11 @@
-//! `keygate keys ...` and `keygate export`: the key service's admin API from the command
-//! line. The admin token comes from `KEYGATE_ADMIN_TOKEN` or standard input, never argv
-//! (which every user of the machine can read). `--json` prints the API's own answer.
+//! `keygate keys ...`: the keys a key service (`keygate serve`) holds, managed through its
+//! admin API. `--json` prints the API's own answer.
 
+use crate::cli::connection::Connection;
+use crate::client::{segment, Answer};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
-use std::io::Read as _;
 use std::process::ExitCode;
-use std::time::Duration;
-
-#[derive(Args)]
-pub struct Connection {
-    /// The key service's admin API.
-    #[arg(long, value_name = "URL", default_value = "http://127.0.0.1:9100")]
-    server: String,
-    /// Read the admin token from standard input (else from KEYGATE_ADMIN_TOKEN).
-    #[arg(long)]
-    token_stdin: bool,
-    /// Print the admin API's own JSON response.
-    #[arg(long)]
-    json: bool,
-}
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -142,24 +128,18 @@ pub struct RotateArgs {
     new_id: Option<String>,
 }
 
-#[derive(Args)]
-pub struct ExportArgs {
-    #[command(flatten)]
-    conn: Connection,
-}
-
-pub fn keys(cmd: KeysCommand) -> Result<ExitCode, String> {
+pub fn run(cmd: KeysCommand) -> Result<ExitCode, String> {
     match cmd {
         KeysCommand::Create(a) => create(&a),
         KeysCommand::List(a) => list(&a),
         KeysCommand::Show(a) => {
-            let answer = call(&a.conn, "GET", &format!("/v1/keys/{}", segment(&a.id)), None)?;
+            let answer = a.conn.call("GET", &format!("/v1/keys/{}", segment(&a.id)), None)?;
             print_entry(&a.conn, &answer, "");
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Update(a) => update(&a),
         KeysCommand::Revoke(a) => {
-            call(&a.conn, "DELETE", &format!("/v1/keys/{}", segment(&a.id)), None)?;
+            a.conn.call("DELETE", &format!("/v1/keys/{}", segment(&a.id)), None)?;
             if !a.conn.json {
                 println!("revoked {}", a.id);
             }
@@ -167,12 +147,6 @@ pub fn keys(cmd: KeysCommand) -> Result<ExitCode, String> {
         }
         KeysCommand::Rotate(a) => rotate(&a),
     }
-}
-
-pub fn export(a: &ExportArgs) -> Result<ExitCode, String> {
-    let answer = call(&a.conn, "GET", "/v1/export", None)?;
-    print!("{}", answer.text);
-    Ok(ExitCode::SUCCESS)
 }
 
 fn create(a: &CreateArgs) -> Result<ExitCode, String> {
@@ -200,7 +174,7 @@ fn create(a: &CreateArgs) -> Result<ExitCode, String> {
             .then(|| json!({ "allowed_origins": a.cors_origins, "full_access": a.full_access })),
     );
     set("resources", (!a.resources.is_empty()).then(|| json!(a.resources)));
-    let answer = call(&a.conn, "POST", "/v1/keys", Some(Value::Object(entry)))?;
+    let answer = a.conn.call("POST", "/v1/keys", Some(Value::Object(entry)))?;
     print_secret(&a.conn, &answer, "created")
 }
 
@@ -217,7 +191,7 @@ fn list(a: &ListArgs) -> Result<ExitCode, String> {
     }
     let path =
         if query.is_empty() { "/v1/keys".into() } else { format!("/v1/keys?{}", query.join("&")) };
-    let answer = call(&a.conn, "GET", &path, None)?;
+    let answer = a.conn.call("GET", &path, None)?;
     if a.conn.json {
         println!("{}", answer.text.trim_end());
         return Ok(ExitCode::SUCCESS);
@@ -282,7 +256,7 @@ fn update(a: &UpdateArgs) -> Result<ExitCode, String> {
         return Err("nothing to change: give --patch JSON or an option such as --disable".into());
     }
     let path = format!("/v1/keys/{}", segment(&a.id));
-    let answer = call(&a.conn, "PATCH", &path, Some(Value::Object(patch)))?;
+    let answer = a.conn.call("PATCH", &path, Some(Value::Object(patch)))?;
     print_entry(&a.conn, &answer, "updated ");
     Ok(ExitCode::SUCCESS)
 }
@@ -292,7 +266,7 @@ fn rotate(a: &RotateArgs) -> Result<ExitCode, String> {
     if let (Some(id), Some(map)) = (&a.new_id, body.as_object_mut()) {
         map.insert("id".into(), Value::from(id.as_str()));
     }
-    let answer = call(&a.conn, "POST", &format!("/v1/keys/{}/rotate", segment(&a.id)), Some(body))?;
+    let answer = a.conn.call("POST", &format!("/v1/keys/{}/rotate", segment(&a.id)), Some(body))?;
     let code = print_secret(&a.conn, &answer, "successor")?;
     if !a.conn.json {
         println!("{} keeps working for {} s, then expires", a.id, a.grace_seconds);
@@ -320,76 +294,4 @@ fn print_entry(conn: &Connection, answer: &Answer, what: &str) {
     let entry = answer.json.get("entry").cloned().unwrap_or(Value::Null);
     println!("{what}{}", summary(&entry));
     println!("{entry}");
-}
-
-struct Answer {
-    text: String,
-    json: Value,
-}
-
-/// One admin API call; a non-2xx answer is an error naming the API's message and path.
-fn call(
-    conn: &Connection,
-    method: &str,
-    path: &str,
-    body: Option<Value>,
-) -> Result<Answer, String> {
-    let token = token(conn)?;
-    let url = format!("{}{path}", conn.server.trim_end_matches('/'));
-    let agent = ureq::AgentBuilder::new().timeout(Duration::from_secs(60)).build();
-    let request = agent.request(method, &url).set("authorization", &format!("Bearer {token}"));
-    let result = match body {
-        Some(b) => request.set("content-type", "application/json").send_string(&b.to_string()),
-        None => request.call(),
-    };
-    let (status, text) = match result {
-        Ok(r) => (r.status(), r.into_string().map_err(|e| format!("{}: {e}", conn.server))?),
-        Err(ureq::Error::Status(status, r)) => (status, r.into_string().unwrap_or_default()),
-        Err(ureq::Error::Transport(t)) => return Err(format!("{}: {t}", conn.server)),
-    };
-    let json = serde_json::from_str(&text).unwrap_or(Value::Null);
-    if (200..300).contains(&status) {
-        return Ok(Answer { text, json });
-    }
-    if conn.json {
-        println!("{}", text.trim_end());
-    }
-    let field = |name: &str| json.get(name).and_then(Value::as_str);
-    let mut message = format!("{status} {}", field("error").unwrap_or("error"));
-    if let Some(m) = field("message") {
-        message.push_str(&format!(": {m}"));
-    }
-    if let Some(p) = field("path").filter(|p| !p.is_empty()) {
-        message.push_str(&format!(" (at {p})"));
-    }
-    Err(message)
-}
-
-fn token(conn: &Connection) -> Result<String, String> {
-    let token = if conn.token_stdin {
-        let mut input = String::new();
-        std::io::stdin().read_to_string(&mut input).map_err(|e| format!("standard input: {e}"))?;
-        input.trim_end_matches(['\n', '\r']).to_string()
-    } else {
-        std::env::var("KEYGATE_ADMIN_TOKEN").unwrap_or_default()
-    };
-    if token.is_empty() {
-        return Err("no admin token: set KEYGATE_ADMIN_TOKEN or pass --token-stdin".into());
-    }
-    if token.bytes().any(|c| c.is_ascii_control() || c == b' ') {
-        return Err("the admin token holds spaces or control characters".into());
-    }
-    Ok(token)
-}
-
-/// Percent-encodes one path segment or query value.
-fn segment(s: &str) -> String {
-    s.bytes()
-        .map(|c| match c {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'.' | b'_' | b'~' => {
-                (c as char).to_string()
-            }
-            _ => format!("%{c:02X}"),
-        })
-        .collect()
 }

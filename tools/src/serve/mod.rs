@@ -20,7 +20,6 @@ mod postgres_reader;
 pub mod request;
 mod sqlite_reader;
 
-use clap::Args;
 use keygate::core::hex;
 use keygate::core::keytable::Digest;
 use std::net::SocketAddr;
@@ -31,31 +30,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
-#[derive(Args)]
-pub struct ServeArgs {
-    /// The database: sqlite:PATH (the file is created if missing) or
-    /// postgres://USER@HOST:PORT/DB (replicas may share one).
-    #[arg(long, value_name = "URL", default_value = "sqlite:keygate.db")]
-    db: String,
-    /// Where the admin API listens.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9100")]
-    admin_listen: SocketAddr,
-    /// Where the filter's protocol (/v1/filter/...) listens; no authentication.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
-    filter_listen: SocketAddr,
-    /// After every change, write the whole table here as an Envoy ECDS file.
-    #[arg(long, value_name = "PATH")]
-    ecds_file: Option<PathBuf>,
-    /// The plugin configuration (JSON, without keys) the ECDS file carries beside the keys.
-    #[arg(long, value_name = "FILE", requires = "ecds_file")]
-    ecds_base: Option<PathBuf>,
-    /// The .wasm path the ECDS file tells Envoy to load.
-    #[arg(long, value_name = "PATH", default_value = "dist/keygate.wasm")]
-    ecds_wasm: String,
-    /// At start, add the keys of this plugin configuration (JSON, with sha256 digests) whose
-    /// ids the database does not hold yet: a static table moved into the service.
-    #[arg(long, value_name = "FILE")]
-    import: Option<PathBuf>,
+/// What `keygate serve` was asked to do (its options, see `cli/serve.rs`).
+pub struct Settings {
+    /// `sqlite:PATH` or `postgres://USER@HOST:PORT/DB`.
+    pub db: String,
+    pub admin_listen: SocketAddr,
+    pub filter_listen: SocketAddr,
+    pub ecds_file: Option<PathBuf>,
+    pub ecds_base: Option<PathBuf>,
+    pub ecds_wasm: String,
+    pub import: Option<PathBuf>,
 }
 
 /// What every handler shares.
@@ -68,7 +52,7 @@ pub struct AppState {
     changed: Arc<Notify>,
 }
 
-pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
+pub fn run(args: Settings) -> Result<ExitCode, String> {
     let admins = admin_digests(std::env::var("KEYGATE_ADMIN_TOKEN_SHA256").ok().as_deref())
         .map_err(|e| format!("serve: {e}"))?;
     let ecds = match &args.ecds_file {
@@ -86,7 +70,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
 }
 
 async fn serve(
-    args: ServeArgs,
+    args: Settings,
     admins: Vec<Digest>,
     ecds: Option<ecds::Ecds>,
 ) -> Result<ExitCode, String> {
