@@ -7,7 +7,7 @@
 //! host calls three of them: context create, request headers, response headers (and the
 //! body callback for requests with a body, which only a paused lookup ever stops).
 
-use crate::filter::{handlers, remote};
+use crate::filter::handlers;
 
 /// Marks the ABI version; the host reads it from the export's name.
 #[no_mangle]
@@ -74,13 +74,13 @@ pub extern "C" fn proxy_on_request_trailers(stream: u32, _trailers: usize) -> u3
 /// The key service's answer to a lookup or a feed poll.
 #[no_mangle]
 pub extern "C" fn proxy_on_http_call_response(
-    root: u32,
+    _root: u32,
     token: u32,
     _headers: usize,
     body_size: usize,
     _trailers: usize,
 ) {
-    remote::call_response(root, token, body_size);
+    handlers::call_response(token, body_size);
 }
 
 /// Only root contexts tick (every `COUNTER_FLUSH_MS`): liveness and the counter flush.

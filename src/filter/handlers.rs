@@ -9,7 +9,7 @@ use crate::core::verdict::{Outcome, RemoteUse, Verdict};
 use crate::filter::contexts::Contexts;
 use crate::filter::headers;
 use crate::filter::host::{self, Map};
-use crate::filter::remote;
+use crate::filter::remote::{self, HostCalls, Pass, Stream};
 use log::{debug, error, info, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -102,7 +102,7 @@ pub fn tick(root: u32) {
     for id in &gone {
         debug!("root context {id} stopped ticking: its configuration is released");
     }
-    remote::tick(root, &gone);
+    resume(remote::tick(root, &gone));
     let m = metrics();
     for (i, [done, reported]) in pending.into_iter().enumerate() {
         for (n, ids) in [(done, &m.done), (reported, &m.reported)] {
@@ -140,7 +140,8 @@ pub fn configure(root: u32, size: usize) -> bool {
                 took,
                 compiled.policy.mode
             );
-            if !remote::configured(root, compiled.policy.remote.as_ref()) {
+            let service = compiled.policy.remote.as_ref();
+            if remote::with_source(|s| s.configure(root, service)) != Some(true) {
                 error!("key_service: no OS random source for the lookup cache's secret");
                 return false;
             }
@@ -166,22 +167,6 @@ pub fn request_headers(stream: u32) -> Action {
         return Action::Pause;
     };
     serve(stream, root, policy, Pass::FIRST)
-}
-
-/// Which time a stream's request headers are decided.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub struct Pass {
-    /// After the key service answered what the stream waited for, outside its headers
-    /// callback: continuing is then a host call.
-    pub resumed: bool,
-    /// Lookups that failed (or could not start): decide without them.
-    pub failed: Failed,
-    /// Lookups the stream has waited for: a decision asks at most a key and an origin.
-    pub asks: u8,
-}
-
-impl Pass {
-    pub const FIRST: Pass = Pass { resumed: false, failed: Failed::NONE, asks: 0 };
 }
 
 /// Decides the stream's request and carries out the verdict, or starts the lookup it
@@ -210,7 +195,15 @@ pub fn serve(stream: u32, root: u32, policy: Rc<Policy>, pass: Pass) -> Action {
         }
         Some(Err(ask)) => {
             let origin = req.origin.value().unwrap_or_default();
-            return remote::ask(stream, root, policy, ask, origin, pass);
+            let retry = Rc::clone(&policy);
+            let paused = Stream { stream, root, payload: policy, pass };
+            let asked = remote::with_source(|s| s.ask(paused, ask, origin, &mut HostCalls));
+            return match asked {
+                Some(Ok(())) => Action::Pause,
+                // No lookup: decide again without it.
+                Some(Err(s)) => serve(stream, root, s.payload, s.pass),
+                None => serve(stream, root, retry, Pass { failed: Failed::BOTH, ..pass }),
+            };
         }
         // The policy has a key service but this root holds no cache: fail closed, as a
         // failed lookup would.
@@ -233,12 +226,31 @@ pub fn serve(stream: u32, root: u32, policy: Rc<Policy>, pass: Pass) -> Action {
 /// What to do while a stream waits for a lookup: hold its body and trailers.
 pub fn request_body(stream: u32) -> u32 {
     // FilterDataStatus::StopIterationAndBuffer, or Continue.
-    u32::from(remote::is_waiting(stream))
+    u32::from(is_waiting(stream))
 }
 
 pub fn request_trailers(stream: u32) -> u32 {
     // FilterTrailersStatus::StopIteration, or Continue.
-    u32::from(remote::is_waiting(stream))
+    u32::from(is_waiting(stream))
+}
+
+fn is_waiting(stream: u32) -> bool {
+    remote::with_source(|s| s.is_waiting(stream)).unwrap_or(false)
+}
+
+/// The key service answered one of the root's calls.
+pub fn call_response(token: u32, body_size: usize) {
+    resume(remote::call_response(token, body_size));
+}
+
+/// Decides streams that waited for a lookup again, with its answer now cached (or failed).
+fn resume(streams: Vec<remote::Resumed>) {
+    for r in streams {
+        // A stream reset while it waited is gone: nothing to answer.
+        if host::set_effective_context(r.stream) {
+            serve(r.stream, r.root, r.payload, r.pass);
+        }
+    }
 }
 
 /// Carries out a verdict: a local reply, or the request forwarded with its identity.

@@ -1,0 +1,376 @@
+//! The remote key source without Envoy: lookups started, joined and refused, answers and
+//! what they resume, the change feed's polls and what they invalidate, and roots that go.
+//! A recorder stands in for the host's `proxy_http_call`.
+
+mod common;
+
+use common::{hex, policy};
+use keygate::core::decide::{Ask, Failed};
+use keygate::core::keytable::sha256;
+use keygate::core::policy::{KeyService, Policy};
+use keygate::core::remote::cache::Cached;
+use keygate::core::remote::source::{
+    Answer, Calls, Counter, Counts, Flush, Pass, RemoteSource, Stream,
+};
+
+const ROOT: u32 = 1;
+const NOW: i64 = 1_000_000;
+
+/// Records every call and hands out tokens 100, 101, ...; refuses all while `refuse`.
+#[derive(Default)]
+struct Recorder {
+    paths: Vec<String>,
+    refuse: bool,
+}
+
+impl Calls for Recorder {
+    fn get(&mut self, _service: &KeyService, path: &str) -> Option<u32> {
+        if self.refuse {
+            return None;
+        }
+        self.paths.push(path.to_string());
+        Some(99 + self.paths.len() as u32)
+    }
+}
+
+fn service_policy(extra: &str) -> Policy {
+    policy(&format!(
+        r#"{{"keys": [], "key_service": {{"cluster": "keys", "changes_poll_ms": 1000{extra},
+            "cache": {{"ttl_seconds": 60, "negative_ttl_seconds": 10, "stale_if_error_seconds": 300}}}}}}"#
+    ))
+}
+
+struct Rig {
+    source: RemoteSource<&'static str>,
+    calls: Recorder,
+    /// Every count flushed so far.
+    counts: Counts,
+}
+
+fn rig(extra: &str) -> Rig {
+    let policy = service_policy(extra);
+    let mut source = RemoteSource::default();
+    assert!(source.configure(ROOT, policy.remote.as_ref()));
+    Rig { source, calls: Recorder::default(), counts: [0; Counter::ALL.len()] }
+}
+
+fn key_ask(key: &str) -> Ask {
+    Ask::Key { tag: 0, digest: sha256(key.as_bytes()) }
+}
+
+fn ok(body: String) -> Answer {
+    Answer { status: 200, body: Ok(body.into_bytes()) }
+}
+
+fn status(status: u32) -> Answer {
+    Answer { status, body: Ok(Vec::new()) }
+}
+
+fn key_answer(key: &str, id: &str) -> Answer {
+    ok(format!(r#"{{"sha256": "{}", "key": {{"id": "{id}"}}}}"#, hex(key)))
+}
+
+fn changes(json: &str) -> Answer {
+    ok(json.to_string())
+}
+
+impl Rig {
+    /// Stream `stream` asks for `ask`, tagged by its own name.
+    fn ask(&mut self, stream: u32, ask: Ask, pass: Pass) -> Result<(), (u32, Pass)> {
+        let s = Stream { stream, root: ROOT, payload: "policy", pass };
+        self.source
+            .ask(s, ask, b"https://app.example", &mut self.calls)
+            .map_err(|s| (s.stream, s.pass))
+    }
+
+    /// The streams an answer resumes, with their passes.
+    fn answer(&mut self, token: u32, answer: Answer) -> Vec<(u32, Pass)> {
+        let resumed = self.source.answered(token, answer, NOW);
+        resumed.into_iter().map(|s| (s.stream, s.pass)).collect()
+    }
+
+    fn tick(&mut self, at: i64) -> Flush<&'static str> {
+        let flush = self.source.tick(ROOT, &[], at, &mut self.calls);
+        for (total, n) in self.counts.iter_mut().zip(flush.counts) {
+            *total += n;
+        }
+        flush
+    }
+
+    /// What has been counted so far of `counter`.
+    fn counted(&mut self, counter: Counter, at: i64) -> u32 {
+        self.tick(at);
+        self.counts[counter as usize]
+    }
+
+    fn cached(&self, key: &str) -> bool {
+        let cache = self.source.cache(ROOT);
+        cache.is_some_and(|c| matches!(c.get(c.tag(key.as_bytes()), NOW), Cached::Fresh(_)))
+    }
+
+    fn cache_answer(&mut self, key: &str, id: &str) {
+        let stream = 900 + self.calls.paths.len() as u32;
+        let ask = Ask::Key { tag: self.tag(key), digest: sha256(key.as_bytes()) };
+        assert_eq!(self.ask(stream, ask, Pass::FIRST), Ok(()));
+        let token = self.last_token();
+        assert_eq!(self.answer(token, key_answer(key, id)).len(), 1);
+    }
+
+    fn tag(&self, key: &str) -> u128 {
+        self.source.cache(ROOT).map_or(0, |c| c.tag(key.as_bytes()))
+    }
+
+    fn last_token(&self) -> u32 {
+        99 + self.calls.paths.len() as u32
+    }
+}
+
+fn resumed(failed: Failed) -> Pass {
+    Pass { resumed: true, failed, asks: 1 }
+}
+
+#[test]
+fn streams_asking_for_one_key_share_one_lookup_and_all_resume_with_its_answer() {
+    let mut r = rig("");
+    assert_eq!(r.ask(7, key_ask("k"), Pass::FIRST), Ok(()));
+    assert_eq!(r.ask(8, key_ask("k"), Pass::FIRST), Ok(()));
+    assert_eq!(r.calls.paths, [format!("/v1/filter/keys/{}", hex("k"))]);
+    assert!(r.source.is_waiting(7) && r.source.is_waiting(8));
+    let back = r.answer(100, key_answer("k", "web"));
+    assert_eq!(back, [(7, resumed(Failed::NONE)), (8, resumed(Failed::NONE))]);
+    assert!(!r.source.is_waiting(7));
+    let counts = r.tick(NOW).counts;
+    assert_eq!(counts[Counter::Lookups as usize], 1);
+    assert_eq!(counts[Counter::Errors as usize], 0);
+}
+
+#[test]
+fn an_answer_is_cached_under_the_tag_the_decision_asked_with() {
+    let mut r = rig("");
+    r.cache_answer("k", "web");
+    assert!(r.cached("k"));
+    assert!(!r.cached("other"));
+    assert_eq!(r.tick(NOW).entries_delta, 1);
+}
+
+#[test]
+fn a_404_is_cached_as_absent() {
+    let mut r = rig("");
+    let ask = Ask::Key { tag: r.tag("gone"), digest: sha256(b"gone") };
+    assert_eq!(r.ask(3, ask, Pass::FIRST), Ok(()));
+    assert_eq!(r.answer(100, status(404)), [(3, resumed(Failed::NONE))]);
+    let cache = r.source.cache(ROOT);
+    assert!(cache.is_some_and(|c| matches!(c.get(c.tag(b"gone"), NOW), Cached::Absent)));
+}
+
+#[test]
+fn a_failed_lookup_resumes_its_streams_marked_failed_and_counts_an_error() {
+    for answer in [
+        status(0),
+        status(500),
+        status(504),
+        ok("{".into()),
+        key_answer("another key", "web"),
+        Answer {
+            status: 200,
+            body: Err(keygate::core::remote::protocol::ProtocolError("too large".into())),
+        },
+    ] {
+        let mut r = rig("");
+        assert_eq!(r.ask(5, key_ask("k"), Pass::FIRST), Ok(()));
+        assert_eq!(r.answer(100, answer), [(5, resumed(Failed::KEY))]);
+        assert!(!r.cached("k"));
+        assert_eq!(r.tick(NOW).counts[Counter::Errors as usize], 1);
+    }
+}
+
+#[test]
+fn an_origin_lookup_failing_marks_only_the_origin_failed() {
+    let mut r = rig("");
+    assert_eq!(r.ask(5, Ask::Origin, Pass::FIRST), Ok(()));
+    assert_eq!(r.calls.paths, ["/v1/filter/origins/https%3a%2f%2fapp.example"]);
+    assert_eq!(r.answer(100, status(503)), [(5, resumed(Failed::ORIGIN))]);
+}
+
+#[test]
+fn a_third_ask_is_refused_and_decided_as_failed() {
+    let mut r = rig("");
+    let second = Pass { resumed: true, failed: Failed::NONE, asks: 2 };
+    let refused = Pass { failed: Failed::KEY, ..second };
+    assert_eq!(r.ask(5, key_ask("k"), second), Err((5, refused)));
+    assert!(r.calls.paths.is_empty());
+}
+
+#[test]
+fn max_pending_refuses_new_lookups_but_lets_streams_join_one_in_flight() {
+    let mut r = rig(r#", "max_pending": 2"#);
+    assert_eq!(r.ask(1, key_ask("a"), Pass::FIRST), Ok(()));
+    assert_eq!(r.ask(2, key_ask("b"), Pass::FIRST), Ok(()));
+    let refused = Pass { failed: Failed::KEY, ..Pass::FIRST };
+    assert_eq!(r.ask(3, key_ask("c"), Pass::FIRST), Err((3, refused)));
+    assert_eq!(r.ask(4, key_ask("a"), Pass::FIRST), Ok(()));
+    assert_eq!(r.calls.paths.len(), 2);
+    assert_eq!(r.tick(NOW).counts[Counter::Errors as usize], 1);
+}
+
+#[test]
+fn a_call_the_host_refuses_is_decided_as_failed_and_counted() {
+    let mut r = rig("");
+    r.calls.refuse = true;
+    let refused = Pass { failed: Failed::KEY, ..Pass::FIRST };
+    assert_eq!(r.ask(1, key_ask("a"), Pass::FIRST), Err((1, refused)));
+    assert!(!r.source.is_waiting(1));
+    let counts = r.tick(NOW).counts;
+    assert_eq!((counts[Counter::Lookups as usize], counts[Counter::Errors as usize]), (0, 1));
+}
+
+#[test]
+fn an_answer_to_a_call_that_is_not_ours_changes_nothing() {
+    let mut r = rig("");
+    assert!(!r.source.expects(42));
+    assert!(r.answer(42, key_answer("k", "web")).is_empty());
+    assert!(!r.cached("k"));
+}
+
+#[test]
+fn the_feed_polls_from_the_start_then_after_its_cursor_once_per_interval() {
+    let mut r = rig("");
+    r.tick(NOW);
+    assert_eq!(r.calls.paths, ["/v1/filter/changes"]);
+    r.tick(NOW + 5_000);
+    assert_eq!(r.calls.paths.len(), 1, "one poll in flight at a time");
+    assert!(r.answer(100, changes(r#"{"cursor": "db.7/x+"}"#)).is_empty());
+    r.tick(NOW + 5_000);
+    assert_eq!(r.calls.paths[1], "/v1/filter/changes?after=db.7%2fx%2b");
+    assert!(r.answer(101, changes(r#"{"cursor": "db.8"}"#)).is_empty());
+    r.tick(NOW + 5_500);
+    assert_eq!(r.calls.paths.len(), 2, "not due within changes_poll_ms");
+    r.tick(NOW + 6_000);
+    assert_eq!(r.calls.paths[2], "/v1/filter/changes?after=db.8");
+}
+
+/// Polls the feed once and answers it with `json`.
+fn feed(r: &mut Rig, at: i64, json: &str) {
+    r.tick(at);
+    let token = r.last_token();
+    assert!(r.answer(token, changes(json)).is_empty());
+}
+
+#[test]
+fn the_first_poll_drops_answers_cached_before_it_and_later_ones_drop_what_they_list() {
+    let mut r = rig("");
+    r.cache_answer("early", "e");
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    assert!(!r.cached("early"), "may predate changes the feed will never list");
+    r.cache_answer("a", "a");
+    r.cache_answer("b", "b");
+    feed(&mut r, NOW + 1_000, &format!(r#"{{"cursor": "db.2", "keys": ["{}"]}}"#, hex("a")));
+    assert!(!r.cached("a"));
+    assert!(r.cached("b"), "kept when the feed moves on without listing it");
+    assert_eq!(r.counted(Counter::Invalidations, NOW + 1_000), 2);
+}
+
+#[test]
+fn a_reset_drops_everything() {
+    let mut r = rig("");
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    r.cache_answer("a", "a");
+    r.cache_answer("b", "b");
+    feed(&mut r, NOW + 1_000, r#"{"cursor": "db2.1", "reset": true}"#);
+    assert!(!r.cached("a") && !r.cached("b"));
+}
+
+#[test]
+fn a_key_listed_while_its_lookup_is_in_flight_decides_its_streams_but_is_not_kept() {
+    let mut r = rig("");
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    let ask = Ask::Key { tag: r.tag("k"), digest: sha256(b"k") };
+    assert_eq!(r.ask(5, ask, Pass::FIRST), Ok(()));
+    let lookup = r.last_token();
+    feed(&mut r, NOW + 1_000, &format!(r#"{{"cursor": "db.2", "keys": ["{}"]}}"#, hex("k")));
+    assert_eq!(r.answer(lookup, key_answer("k", "web")), [(5, resumed(Failed::NONE))]);
+    assert!(!r.cached("k"), "the answer may predate the change");
+    // The next lookup of the key is kept again.
+    r.cache_answer("k", "web");
+    assert!(r.cached("k"));
+}
+
+#[test]
+fn an_origin_listed_while_its_lookup_is_in_flight_is_not_kept() {
+    for listed in [r#""https://app.example""#, r#""*""#] {
+        let mut r = rig("");
+        feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+        assert_eq!(r.ask(5, Ask::Origin, Pass::FIRST), Ok(()));
+        let lookup = r.last_token();
+        feed(&mut r, NOW + 1_000, &format!(r#"{{"cursor": "db.2", "origins": [{listed}]}}"#));
+        let body =
+            r#"{"keys": [{"id": "w", "cors": {"allowed_origins": ["https://app.example"]}}]}"#;
+        assert_eq!(r.answer(lookup, ok(body.into())), [(5, resumed(Failed::NONE))]);
+        let cache = r.source.cache(ROOT);
+        assert!(cache.is_some_and(|c| c.origin(b"https://app.example", NOW).is_none()), "{listed}");
+    }
+}
+
+#[test]
+fn a_failing_feed_is_counted_and_keeps_the_cache_until_it_recovers() {
+    let mut r = rig("");
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    r.cache_answer("k", "web");
+    for (i, bad) in [status(500), status(0), ok("not json".into()), ok(r#"{"cursor": ""}"#.into())]
+        .into_iter()
+        .enumerate()
+    {
+        let at = NOW + 1_000 * (i as i64 + 1);
+        r.tick(at);
+        let token = r.last_token();
+        assert!(r.answer(token, bad).is_empty());
+    }
+    assert!(r.cached("k"));
+    assert_eq!(r.counted(Counter::FeedErrors, NOW + 4_500), 4);
+    feed(&mut r, NOW + 5_000, r#"{"cursor": "db.2"}"#);
+    assert_eq!(r.calls.paths.last().map(String::as_str), Some("/v1/filter/changes?after=db.1"));
+    assert!(r.cached("k"));
+}
+
+#[test]
+fn streams_waiting_on_a_root_that_went_resume_as_if_every_lookup_failed() {
+    let mut r = rig("");
+    assert_eq!(r.ask(5, key_ask("k"), Pass::FIRST), Ok(()));
+    let flush = r.source.tick(2, &[ROOT], NOW, &mut r.calls);
+    let orphans: Vec<_> = flush.orphans.into_iter().map(|s| (s.stream, s.pass)).collect();
+    assert_eq!(orphans, [(5, resumed(Failed::BOTH))]);
+    assert!(r.source.cache(ROOT).is_none());
+    // Its answer, arriving later, resumes nobody.
+    assert!(r.answer(100, key_answer("k", "web")).is_empty());
+}
+
+#[test]
+fn a_new_policy_with_the_same_service_keeps_the_cache_and_another_service_starts_afresh() {
+    let mut r = rig("");
+    r.cache_answer("k", "web");
+    let same = service_policy("");
+    assert!(r.source.configure(ROOT, same.remote.as_ref()));
+    assert!(r.cached("k"));
+    // A lookup in flight across a change of service still resumes its stream.
+    assert_eq!(r.ask(5, key_ask("x"), Pass::FIRST), Ok(()));
+    let other = service_policy(r#", "timeout_ms": 900"#);
+    assert!(r.source.configure(ROOT, other.remote.as_ref()));
+    assert!(!r.cached("k"));
+    assert_eq!(r.answer(r.last_token(), status(404)), [(5, resumed(Failed::NONE))]);
+    let none = policy(r#"{"keys": []}"#);
+    assert!(r.source.configure(ROOT, none.remote.as_ref()));
+    assert!(r.source.cache(ROOT).is_none());
+}
+
+#[test]
+fn cache_hits_are_counted_by_kind() {
+    use keygate::core::verdict::RemoteUse;
+    let mut r = rig("");
+    for used in [RemoteUse::Hit, RemoteUse::Stale, RemoteUse::NegativeHit, RemoteUse::None] {
+        r.source.count_use(used);
+    }
+    let counts = r.tick(NOW).counts;
+    assert_eq!(counts[Counter::CacheHits as usize], 2);
+    assert_eq!(counts[Counter::NegativeHits as usize], 1);
+    assert_eq!(r.tick(NOW).counts, [0; Counter::ALL.len()], "a flush empties the counts");
+}
