@@ -1,4 +1,4 @@
-//! Properties of the pure core, checked on generated inputs (issue 6 §1).
+//! Properties of the pure core, checked on generated inputs.
 
 mod common;
 
