@@ -281,18 +281,29 @@ fn a_reset_drops_everything() {
 }
 
 #[test]
-fn a_key_listed_while_its_lookup_is_in_flight_decides_its_streams_but_is_not_kept() {
+fn a_key_listed_while_its_lookup_is_in_flight_is_not_kept_and_its_streams_ask_afresh() {
     let mut r = rig("");
     feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
     let ask = Ask::Key { tag: r.tag("k"), digest: sha256(b"k") };
     assert_eq!(r.ask(5, ask, Pass::FIRST), Ok(()));
     let lookup = r.last_token();
     feed(&mut r, NOW + 1_000, &format!(r#"{{"cursor": "db.2", "keys": ["{}"]}}"#, hex("k")));
-    assert_eq!(r.answer(lookup, key_answer("k", "web")), [(5, resumed(Failed::NONE))]);
-    assert!(!r.cached("k"), "the answer may predate the change");
-    // The next lookup of the key is kept again.
-    r.cache_answer("k", "web");
-    assert!(r.cached("k"));
+    // A request arriving after the change joins the lookup in flight...
+    assert_eq!(r.ask(6, ask, Pass::FIRST), Ok(()));
+    assert_eq!(r.calls.paths.len(), 3, "joined, no new call");
+    // ...but neither is decided on its answer, which may predate the change: the cache does
+    // not hold it when they are decided again, so they ask afresh, in one new lookup.
+    let back = r.answer(lookup, key_answer("k", "web"));
+    assert_eq!(back, [(5, resumed(Failed::NONE)), (6, resumed(Failed::NONE))]);
+    assert!(!r.cached("k"));
+    assert_eq!(r.ask(5, ask, resumed(Failed::NONE)), Ok(()));
+    assert_eq!(r.ask(6, ask, resumed(Failed::NONE)), Ok(()));
+    assert_eq!(r.calls.paths.len(), 4);
+    let fresh = r.last_token();
+    let twice = Pass { resumed: true, failed: Failed::NONE, asks: 2 };
+    assert_eq!(r.answer(fresh, status(404)), [(5, twice), (6, twice)]);
+    let cache = r.source.cache(ROOT);
+    assert!(cache.is_some_and(|c| matches!(c.get(c.tag(b"k"), NOW), Cached::Absent)));
 }
 
 #[test]

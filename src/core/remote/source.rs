@@ -85,7 +85,7 @@ struct Root {
     pending: HashMap<Subject, Vec<u32>>,
     feed: Feed,
     /// Lookups in flight that the feed listed (or reset) meanwhile: their answers may predate
-    /// the change, so they decide their waiting streams but are not kept.
+    /// the change, so they are not kept, and the streams waiting on them ask again.
     overtaken: HashSet<Subject>,
     /// Cache entries last added to the gauge, so each VM adds only its change.
     reported_entries: i64,
@@ -307,7 +307,8 @@ impl<W> RemoteSource<W> {
                 let resume = self.lookup_answered(root, &subject, tag, answer, now_ms);
                 if let Some(r) = self.roots.get_mut(&root) {
                     if r.overtaken.remove(&subject) {
-                        // Decided its waiting streams, but may predate the change: dropped.
+                        // It may predate the change: dropped before its streams are decided
+                        // again, so they ask afresh instead of being decided on it.
                         match &subject {
                             Subject::Key(digest) => r.cache.invalidate(digest),
                             Subject::Origin(origin) => r.cache.invalidate_origin(Some(origin)),
