@@ -23,8 +23,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from harness import ROUTER, envoy_command, free_port, hcm, http_filter_wasm, listener, static_cluster  # noqa: E402
+from support.harness import ROUTER, envoy_command, free_port, hcm, http_filter_wasm, listener, static_cluster
 
 KEYGATE = ROOT / "dist" / "keygate.wasm"
 FLOOR = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" / "wasm_floor.wasm"
@@ -115,11 +114,11 @@ def keygate_variant(name, n, cors=False, wasm=KEYGATE, runtime="envoy.wasm.runti
 
 
 def keygate_remote_variant(n: int) -> tuple[Variant, object]:
-    """keygate with an empty static table and a key service (tests/integration/keyserver.py,
+    """keygate with an empty static table and a key service (tests/integration/support/keyserver.py,
     in this process) holding the `n` bench keys: after warm-up every valid key is a cache hit.
     The feed is polled every 10 minutes and answers live a day, so counted requests see
     neither a poll nor a refetch: the row prices a cached remote key, nothing else."""
-    from keyserver import KeyServer
+    from support.keyserver import KeyServer
 
     server = KeyServer(authority="keygate-keys").start()
     for i, k in enumerate(bench_keys(n)):

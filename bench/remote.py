@@ -6,7 +6,7 @@ revocation reaches every worker, and what the cache costs in memory. Loopback on
     .venv/bin/python bench/remote.py --revocations 200    # revocation latency on both workers
     .venv/bin/python bench/remote.py --memory 100000      # VM memory and bytes per cached key
 
-The key service is tests/integration/keyserver.py, in this process, so the figures price the
+The key service is tests/integration/support/keyserver.py, in this process, so the figures price the
 filter and Envoy, not a database; `--real-service` runs the miss against `keygate serve`. Results are printed and written to
 bench/results/<date>-remote.md.
 Latencies are wall-clock on a shared 2-core machine: read them as orders of magnitude.
@@ -22,10 +22,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from harness import Envoy  # noqa: E402
-from soak import rss_kib  # noqa: E402
-from keyserver import KeyServer  # noqa: E402
+from support.harness import Envoy
+from support.soak import rss_kib
+from support.keyserver import KeyServer
 
 
 class BalancedEnvoy(Envoy):
@@ -63,7 +62,7 @@ def miss(n: int, real: bool = False) -> list[str]:
     if real:
         import tempfile
 
-        from service import KEYGATE, Service  # noqa: E402
+        from support.service import KEYGATE, Service
 
         assert KEYGATE.name == "keygate"
         server = Service("sqlite:keygate.db", Path(tempfile.mkdtemp(prefix="keygate-bench-svc-")),

@@ -9,7 +9,7 @@ filter looks keys up in it. Loopback only; every step is bounded in time.
     .venv/bin/python bench/scale.py ... --instructions-from bench/results/<...>-instructions.md
 
 Per database, one after the other (the PostgreSQL is a throwaway cluster, tests/integration/
-service.py's `Postgres`):
+support/service.py's `Postgres`):
 
 - **seeded in**: wall-clock time from starting `target/release/keygate serve --import FILE` to its
   listening line. FILE is a plugin configuration written to a temporary folder: key i has the id
@@ -66,14 +66,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "target" / "release" / "keygate"
-os.environ["KEYGATE_BIN"] = str(RELEASE)  # tests/integration/service.py runs this binary
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-sys.path.insert(0, str(ROOT / "bench"))
-from harness import WASM, Envoy  # noqa: E402
-from remote import key_service, pct  # noqa: E402
-import service as service_module  # noqa: E402
-from service import Postgres, Service, sha256_hex  # noqa: E402
-from soak import rss_kib  # noqa: E402
+os.environ["KEYGATE_BIN"] = str(RELEASE)  # support.service runs this binary
+from support.harness import WASM, Envoy
+from remote import key_service, pct
+from support import service as service_module
+from support.service import Postgres, Service, sha256_hex
+from support.soak import rss_kib
 
 
 def secret(i: int) -> str:

@@ -35,8 +35,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from service import Postgres, Service, sha256_hex  # noqa: E402
+from support.service import Postgres, Service, sha256_hex
 
 RELEASE = ROOT / "target" / "release" / "keygate"
 SAMPLE = 20_000  # digests wrk picks from

@@ -21,9 +21,8 @@ from pathlib import Path
 
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests" / "integration"))
-from harness import Envoy  # noqa: E402
-from soak import rss_kib  # noqa: E402
+from support.harness import Envoy
+from support.soak import rss_kib
 
 ETCD_LIMIT = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
 

@@ -15,6 +15,6 @@ scripts/setup.sh
 ./wasm-build.sh
 if [ "${1:-}" = "--churn" ]; then
   cargo build --locked -p keygate-tools --bin keygate
-  exec .venv/bin/python tests/integration/churn.py --minutes "${2:-30}"
+  exec .venv/bin/python -m support.churn --minutes "${2:-30}"
 fi
-exec .venv/bin/python tests/integration/soak.py "$@"
+exec .venv/bin/python -m support.soak "$@"

@@ -1,11 +1,6 @@
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from harness import WASM, Envoy  # noqa: E402
+from support.harness import WASM, Envoy
 
 
 def pytest_sessionstart(session):
@@ -25,13 +20,4 @@ def envoy_factory():
 
     yield start
     for e in started:
-        e.stop()
-
-
-def module_envoy(plugin_config, **opts):
-    """A module-scoped fixture body: one Envoy shared by a file's tests."""
-    e = Envoy(plugin_config=plugin_config, **opts).start()
-    try:
-        yield e
-    finally:
         e.stop()

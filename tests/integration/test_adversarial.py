@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import cors_config as c
-from harness import UNAUTHORIZED, Envoy, bearer, forbidden
-from test_path_safety import TRICKS
+from support import cors_config as c
+from support.harness import UNAUTHORIZED, Envoy, bearer, forbidden
+from support.path_tricks import TRICKS
 
 ORIGIN = forbidden("Origin not allowed")
 ENDPOINT = forbidden("Endpoint not allowed for this API key")

@@ -4,8 +4,7 @@ import time
 
 import pytest
 
-from conftest import module_envoy
-from harness import COUNTER_SETTLE, UNAUTHORIZED, bearer, sha256_hex
+from support.harness import COUNTER_SETTLE, UNAUTHORIZED, bearer, sha256_hex, module_envoy
 
 GOOD = "good-key_1.2~3+4/5=="
 OWNERLESS = "ownerless-key"

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-import cors_config as c
-from harness import UNAUTHORIZED, forbidden, sha256_hex
+from support import cors_config as c
+from support.harness import UNAUTHORIZED, forbidden, sha256_hex
 
 PAGE = (Path(__file__).parent / "browser" / "page.html").read_bytes()
 KEY, OTHER_KEY = "browser-test-key", "other-origin-key"
@@ -77,7 +77,7 @@ def run():
         "cors_endpoints": c.CORS_ENDPOINTS,
         "public_endpoints": [{"methods": ["GET"], "paths": ["/healthz"]}],
     }
-    from harness import Envoy
+    from support.harness import Envoy
 
     envoy = Envoy(plugin_config=config).start()
     profile = tempfile.mkdtemp(prefix="keygate-chromium-")

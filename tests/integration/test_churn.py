@@ -2,7 +2,7 @@
 keys created, rotated, disabled, enabled and deleted every second in the real key service
 while traffic flows through Envoy with two workers; every answer agrees with the key's state."""
 
-from churn import churn
+from support.churn import churn
 
 
 def test_short_churn_every_answer_agrees_with_the_keys_state():

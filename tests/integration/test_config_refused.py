@@ -2,7 +2,7 @@
 
 import pytest
 
-from harness import bearer, sha256_hex
+from support.harness import bearer, sha256_hex
 
 H = sha256_hex("k")
 

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from demo import demo_envoy
-from harness import ROOT, UNAUTHORIZED, bearer
-from service import Service, request
+from support.demo import demo_envoy
+from support.harness import ROOT, UNAUTHORIZED, bearer
+from support.service import Service, request
 
 # Pinned in tests/requirements.txt; scripts/setup.sh installs it into .venv.
 from selenium import webdriver

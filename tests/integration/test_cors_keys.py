@@ -2,9 +2,8 @@
 
 import pytest
 
-import cors_config as c
-from conftest import module_envoy
-from harness import UNAUTHORIZED, bearer, forbidden
+from support import cors_config as c
+from support.harness import UNAUTHORIZED, bearer, forbidden, module_envoy
 
 BACKEND_FROM_BROWSER = forbidden("API key does not allow CORS access")
 ORIGIN_NOT_ALLOWED = forbidden("Origin not allowed")

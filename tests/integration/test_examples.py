@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness import ROOT, envoy_command
+from support.harness import ROOT, envoy_command
 
 COMPOSE = ROOT / "examples" / "docker-compose" / "compose.yaml"
 

@@ -6,7 +6,7 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from harness import ROOT, UNAUTHORIZED, Envoy, bearer, sha256_hex
+from support.harness import ROOT, UNAUTHORIZED, Envoy, bearer, sha256_hex
 
 CONFIG = {"keys": [{"id": "k", "sha256": sha256_hex("good-key")}]}
 TRAP_CRATE = ROOT / "tests" / "fixtures" / "trap-filter"

@@ -1,8 +1,8 @@
 """Issue 15: every fault of the key service injected while continuous mixed load runs through a
-real Envoy (--concurrency 2), every answer checked (tests/integration/mixed_load.py).
+real Envoy (--concurrency 2), every answer checked (tests/integration/support/mixed_load.py).
 
 Each case: load starts (four keep-alive client threads: cached, static, uncached, unknown keys,
-preflights and CORS requests, see mixed_load.py); it runs HEALTHY_SECONDS; the fault is
+preflights and CORS requests, see support/mixed_load.py); it runs HEALTHY_SECONDS; the fault is
 injected for a bounded time; it is cleared; RECOVERY_SECONDS more of load, the same Envoy. A
 request whose [sent, answered] interval overlaps the fault or the `settle` seconds after it is
 judged by the fault's expectation, every other one by the healthy one (valid keys 200 from the
@@ -22,7 +22,7 @@ documented 401). Throughout, for every case:
 The faults, each with its expectation ("503" is always exactly the documented 503
 `remote.unavailable`: body, content-type, retry-after: 1, never from the upstream):
 
-fake key service (keyserver.py), cache ttl 2 s so cached keys expire during a fault and are
+fake key service (support/keyserver.py), cache ttl 2 s so cached keys expire during a fault and are
 served by stale_if_error (300 s), except where said:
 - killed, then restarted (5 s): cached keys, CORS keys and static keys 200 throughout (stale);
   uncached valid keys 200 or 503, unknown keys 401 or 503, preflights of a remote-only origin
@@ -95,14 +95,14 @@ from pathlib import Path
 
 import pytest
 
-from ecds import EcdsEnvoy
-from harness import Envoy, sha256_hex, static_cluster
-from keyserver import KeyServer, digest
-from mixed_load import DEFAULT_WEIGHTS, HEALTHY, UNAVAILABLE, Key, MixedLoad, Summary
-from service import Postgres, Service, request
-from soak import rss_kib
-from test_remote_keys import (APP, AUTHORITY, CLUSTER, PREFIX, STATIC, assert_no_trap, base_config, start_remote,
-                              wait_feed_live, worker_connections)
+from support.ecds import EcdsEnvoy
+from support.harness import Envoy, sha256_hex, static_cluster
+from support.keyserver import KeyServer, digest
+from support.mixed_load import DEFAULT_WEIGHTS, HEALTHY, UNAVAILABLE, Key, MixedLoad, Summary
+from support.service import Postgres, Service, request
+from support.soak import rss_kib
+from support.remote import (APP, AUTHORITY, CLUSTER, PREFIX, STATIC, assert_no_trap, base_config, start_remote,
+                            wait_feed_live, warm)
 
 HEALTHY_SECONDS = 3.0
 RECOVERY_SECONDS = 4.0
@@ -124,37 +124,15 @@ def new_secret(tag: str) -> str:
     return f"kg_{tag}_{os.urandom(18).hex()}"
 
 
-def connect(lg: MixedLoad) -> http.client.HTTPConnection:
-    return http.client.HTTPConnection("127.0.0.1", lg.port, timeout=lg.timeout)
-
-
-def warm(lg: MixedLoad, e: Envoy, reqs: list | None = None, lookups=None, rounds: int = 20) -> None:
-    """The requests (default: every cached key, CORS key, tracked key and preflight origin)
-    answered `ok` on every worker, until a whole round on every worker asks the key service
-    nothing (`lookups()`, default Envoy's remote.lookups: the answers are kept)."""
+def warm_load(lg: MixedLoad, e: Envoy, reqs: list | None = None, asked=None) -> None:
+    """The requests (default: every cached key, CORS key, tracked key and preflight origin),
+    each answered `ok`, on every worker, until a whole round asks the key service nothing
+    (`asked()`, default Envoy's remote.lookups): every VM keeps the answers."""
     if reqs is None:
         reqs = ([lg.request_for("cached", k) for k in lg.cached] + [lg.request_for("cors", k) for k in lg.cors]
                 + [lg.request_for("preflight", origin=o) for o in lg.origins]
                 + [lg.request_for("tracked", t.key) for t in lg.tracked])
-    lookups = lookups or (lambda: e.counter("remote.lookups"))
-    for _ in range(rounds):
-        asked = lookups()
-        before = worker_connections(e)
-        for _ in range(50):
-            conn = None
-            for req in reqs:
-                out, conn = lg.send(conn or connect(lg), req)
-                assert out == "ok", (out, req[:2])
-            if conn is not None:
-                conn.close()
-            now = worker_connections(e)
-            if len(now) >= e.concurrency and all(now[w] > before.get(w, 0) for w in now):
-                break
-        else:
-            raise AssertionError(f"connections never reached every worker: {before} -> {worker_connections(e)}")
-        if lookups() == asked:
-            return
-    raise AssertionError("the warmed answers are never kept")
+    warm(e, lambda: lg.round(reqs), asked=asked or (lambda: e.counter("remote.lookups")))
 
 
 class FakeRig:
@@ -229,7 +207,7 @@ def run(lg: MixedLoad, e: Envoy, name: str, inject, clear, seconds: float, allow
     """Warm, load HEALTHY_SECONDS, fault for `seconds` (or `during(window)`), clear, recover; the
     summary and [RSS after warm-up, RSS after recovery] in KiB."""
     if not warmed:
-        warm(lg, e)
+        warm_load(lg, e)
     if not started:
         lg.start()
     time.sleep(HEALTHY_SECONDS)
@@ -401,7 +379,7 @@ def test_feed_answering_reset(rig_factory):
         return {"ok", "401"}
 
     rig.lg.track(silent, expect)
-    warm(rig.lg, rig.envoy)
+    warm_load(rig.lg, rig.envoy)
     asked = {k: rig.server.lookups(k.secret) for k in rig.cached}
 
     def inject():
@@ -456,7 +434,7 @@ def test_feed_failing_for_a_minute(rig_factory):
         return {"ok", "401"}
 
     rig.lg.track(early, expect_early)
-    warm(rig.lg, rig.envoy)
+    warm_load(rig.lg, rig.envoy)
     asked = rig.lookup_times(early)
     t["cached_early"] = (min(asked), max(asked))
     feed_errors = rig.envoy.counter("remote.feed_errors")
@@ -468,7 +446,7 @@ def test_feed_failing_for_a_minute(rig_factory):
         t["early_disabled"] = time.monotonic()
         time.sleep(max(0.0, w.start + 25 - time.monotonic()))
         late = rig.add("late")
-        warm(rig.lg, rig.envoy, reqs=[rig.lg.request_for("cached", late)], lookups=lambda: rig.lookups(late))
+        warm_load(rig.lg, rig.envoy, reqs=[rig.lg.request_for("cached", late)], asked=lambda: rig.lookups(late))
         t["late"] = rig.lg.track(late, expect_late)
         time.sleep(max(0.0, w.start + 50 - time.monotonic()))
         rig.server.set_disabled(late.secret)
@@ -524,7 +502,7 @@ def test_feed_going_backwards(rig_factory):
 def test_random_key_flood(rig_factory):
     # ttl 60 s: a cached key asked again during the flood can only have been evicted.
     rig = rig_factory(cache={"ttl_seconds": 60}, weights={**DEFAULT_WEIGHTS, "uncached": 2})
-    warm(rig.lg, rig.envoy)
+    warm_load(rig.lg, rig.envoy)
     warmed = rig.lg.cached + rig.lg.cors
     asked = rig.lookups(*warmed)
     evictions = rig.envoy.counter("remote.evictions")

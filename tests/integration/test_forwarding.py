@@ -1,6 +1,6 @@
 """Where the identity goes upstream, and the key never in a log line or a response."""
 
-from harness import UNAUTHORIZED, bearer, sha256_hex
+from support.harness import UNAUTHORIZED, bearer, sha256_hex
 
 
 def test_custom_identity_headers_and_stripped_authorization(envoy_factory):

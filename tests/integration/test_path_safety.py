@@ -7,35 +7,9 @@ the shipped config, where Envoy's normalisation acts first.
 
 import pytest
 
-import cors_config as c
-from conftest import module_envoy
-from harness import UNAUTHORIZED, bearer, forbidden
-
-# Each trick, applied to the public /healthz and to the web-player key's /api/stream/{id}.
-TRICKS = [
-    ("dot segment", "/./{}"),
-    ("dot-dot segment", "/x/../{}"),
-    ("encoded dot", "/%2e/{}"),
-    ("encoded dot-dot upper", "/x/%2E%2E/{}"),
-    ("half encoded dot-dot", "/x/.%2e/{}"),
-    ("empty segment", "//{}"),
-    ("trailing slash", "/{}/"),
-    ("backslash", "/x\\..\\{}"),
-    ("encoded slash", "/{}%2Fx"),
-    ("encoded slash lower", "/{}%2fx"),
-    ("encoded backslash", "/{}%5Cx"),
-    ("encoded backslash lower", "/{}%5cx"),
-    ("semicolon", "/{};x"),
-    ("tomcat dot-dot-semicolon", "/x/..;/{}"),
-    ("encoded nul", "/{}%00"),
-    ("encoded control", "/{}%1F"),
-    ("encoded delete", "/{}%7f"),
-    ("double encoded dot", "/%252e%252e/{}"),
-    ("double encoded slash", "/{}%252Fx"),
-    ("double encoded backslash", "/{}%255cx"),
-    ("double encoded slash, each character", "/{}%25%32%46x"),
-    ("encoded semicolon", "/{}%3Bx"),
-]
+from support import cors_config as c
+from support.harness import UNAUTHORIZED, bearer, forbidden, module_envoy
+from support.path_tricks import TRICKS
 
 HEALTHZ = "healthz"
 STREAM = "api/stream/stream-7f3a"

@@ -2,9 +2,8 @@
 
 import pytest
 
-import cors_config as c
-from conftest import module_envoy
-from harness import UNAUTHORIZED, bearer, forbidden
+from support import cors_config as c
+from support.harness import UNAUTHORIZED, bearer, forbidden, module_envoy
 
 PREFLIGHT_VARY = "Origin, Access-Control-Request-Method, Access-Control-Request-Headers"
 DENIED = forbidden("CORS preflight not allowed")

@@ -18,13 +18,13 @@ import h2.connection
 import h2.events
 import pytest
 
-from ecds import EcdsEnvoy
-from harness import Envoy, sha256_hex, static_cluster
-from keyserver import KeyServer
-from test_remote_keys import (APP, AUTHORITY, CLUSTER, ELSEWHERE, PREFIX, STATIC, STATIC_CORS, STATIC_DISABLED,
-                              STATIC_ORIGIN, assert_no_trap, assert_unauthorized, assert_unavailable, base_config,
-                              call, many, new_key, on_every_worker, preflight, start_remote, statuses, together,
-                              settle, until, warm, UNAVAILABLE)
+from support.ecds import EcdsEnvoy
+from support.harness import Envoy, sha256_hex, static_cluster
+from support.keyserver import KeyServer
+from support.remote import (APP, AUTHORITY, CLUSTER, ELSEWHERE, PREFIX, STATIC, STATIC_CORS, STATIC_DISABLED,
+                            STATIC_ORIGIN, UNAVAILABLE, assert_no_trap, assert_unauthorized, assert_unavailable,
+                            base_config, call, many, new_key, on_every_worker, preflight, start_remote, statuses,
+                            together, until, warm)
 
 
 @pytest.fixture(scope="module")
@@ -382,7 +382,7 @@ def test_stale_if_error_serves_expired_entries_for_a_while_but_never_invalidated
             server.add(kept, {"id": "r-kept"})
             server.add(dropped, {"id": "r-dropped"})
             for k in (kept, dropped):
-                assert set(statuses(settle(e, server, k))) == {200}
+                assert set(statuses(warm(e, k, asked=lambda: server.lookups(k)))) == {200}
             with server._lock:
                 cached_at = [q.at for q in server.requests if q.kind == "keys"]
             first, last = min(cached_at), max(cached_at)
@@ -421,7 +421,7 @@ def test_a_feed_reset_leaves_nothing_to_serve_stale():
         try:
             key = new_key()
             server.add(key, {"id": "r-reset-stale"})
-            assert set(statuses(settle(e, server, key))) == {200}
+            assert set(statuses(warm(e, key, asked=lambda: server.lookups(key)))) == {200}
             server.fault("status", on=("keys", "origins"), status=500)
             server.force_reset(times=1000)
             time.sleep(1.3)  # expired, and reset by the feed
@@ -491,7 +491,7 @@ def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded(service):
         try:
             valid = new_key("valid")
             server.add(valid, {"id": "r-valid"})
-            assert set(statuses(settle(e, server, valid))) == {200}
+            assert set(statuses(warm(e, valid, asked=lambda: server.lookups(valid)))) == {200}
             asked = server.lookups(valid)
             if service == "down":
                 server.kill()
@@ -673,7 +673,7 @@ def test_a_table_pushed_while_a_lookup_is_held():
             server.add(key, {"id": "r-held"})
             promoted = new_key("promoted")  # cached as a remote key, then pushed into the table
             server.add(promoted, {"id": "r-promoted"})
-            assert set(statuses(settle(e, server, promoted))) == {200}
+            assert set(statuses(warm(e, promoted, asked=lambda: server.lookups(promoted)))) == {200}
             server.fault("hold", on="keys")
             held = []
             t = threading.Thread(target=lambda: held.append(call(e, key)))
@@ -835,7 +835,7 @@ def test_max_pending_exceeded_serves_an_expired_entry_stale():
             kept, blocker = new_key("kept"), new_key("blocker")
             server.add(kept, {"id": "r-kept"})
             server.add(blocker, {"id": "r-blocker"})
-            assert set(statuses(settle(e, server, kept))) == {200}
+            assert set(statuses(warm(e, kept, asked=lambda: server.lookups(kept)))) == {200}
             asked = server.lookups(kept)
             time.sleep(1.2)  # kept has expired
             server.fault("hold", on="keys")
@@ -865,7 +865,7 @@ def test_a_feed_answer_near_64_kib_is_read_whole():
         try:
             key = new_key()
             server.add(key, {"id": "r-big-feed"})
-            assert set(statuses(settle(e, server, key))) == {200}
+            assert set(statuses(warm(e, key, asked=lambda: server.lookups(key)))) == {200}
             errors, invalidations = e.counter("remote.feed_errors"), e.counter("remote.invalidations")
             with server._lock:  # one batch: the next poll answers all of it (about 61 KB)
                 for _ in range(900):

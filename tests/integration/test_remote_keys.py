@@ -1,5 +1,5 @@
 """Issue 12 through a real Envoy (--concurrency 2): keys the static table does not hold are looked
-up in a key service (tests/integration/keyserver.py), cached per VM and invalidated by the feed.
+up in a key service (tests/integration/support/keyserver.py), cached per VM and invalidated by the feed.
 
 Requests go on fresh connections, which the kernel spreads over both workers; where a test needs
 both VMs it checks Envoy's per-worker connection counters. The helpers here are shared with
@@ -18,188 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from harness import UNAUTHORIZED, Envoy, Response, _complete, bearer, forbidden, http1, parse_http1, sha256_hex
-from keyserver import KeyServer, digest
-
-AUTHORITY = "keygate-keys.internal"
-PREFIX = "/v1/filter"
-CLUSTER = "keygate-keys"
-UNAVAILABLE = b'{"error": "Service Unavailable", "message": "API key could not be verified"}'
-TRAP_SIGNS = ("Uncaught", "RuntimeError", "panicked", "wasm trap", "Function: proxy_on")
-
-APP = "https://app.example.com"            # allowed only by remote CORS keys
-STATIC_ORIGIN = "https://static.example.com"  # allowed by a static CORS key
-ELSEWHERE = "https://elsewhere.example"    # allowed by nobody
-STATIC = "static-key-0001"
-STATIC_DISABLED = "static-disabled-key-0002"
-STATIC_CORS = "static-cors-key-0003"
-CORS_ENDPOINTS = [{"methods": ["GET", "PATCH"], "paths": ["/api/stream/{id}"]}]
-
-
-# -- shared helpers ----------------------------------------------------------------------------
-
-def new_key(tag: str = "rk") -> str:
-    return f"{tag}-{secrets.token_urlsafe(18)}"
-
-
-def key_service(cluster: str = CLUSTER, cache: dict | None = None, **over) -> dict:
-    ks = {"cluster": cluster, "authority": AUTHORITY, "path_prefix": PREFIX, "timeout_ms": 250,
-          "changes_poll_ms": 1000, "max_pending": 256,
-          "cache": {"max_entries": 100000, "ttl_seconds": 60, "negative_ttl_seconds": 10,
-                    "stale_if_error_seconds": 300, **(cache or {})}}
-    ks.update(over)
-    return ks
-
-
-def base_config(**ks) -> dict:
-    return {
-        "keys": [
-            {"id": "static-s", "sha256": sha256_hex(STATIC), "owner": "team-static"},
-            {"id": "static-disabled", "sha256": sha256_hex(STATIC_DISABLED), "disabled": True},
-            {"id": "static-cors", "sha256": sha256_hex(STATIC_CORS), "cors": {"allowed_origins": [STATIC_ORIGIN]}},
-        ],
-        "cors_endpoints": CORS_ENDPOINTS,
-        "public_endpoints": [{"methods": ["GET"], "paths": ["/healthz"]}],
-        "key_service": key_service(**ks),
-    }
-
-
-def start_remote(server: KeyServer | None, config: dict, concurrency: int = 2, **opts) -> Envoy:
-    clusters = {CLUSTER: server.port} if server is not None else None
-    e = Envoy(plugin_config=config, clusters=clusters, concurrency=concurrency, **opts).start()
-    if server is not None:
-        wait_feed_live(server, concurrency)
-    return e
-
-
-def wait_feed_live(server: KeyServer, n: int, timeout: float = 5.0) -> bool:
-    """Until the VMs have learnt the feed's cursor and polled with it (best effort). Every VM
-    (one per worker, and one on the main thread) polls within a few ms of the others: wait for
-    the whole round to be answered, so that tests start between two rounds."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with server._lock:
-            polls = sum(1 for r in server.requests if r.kind == "changes" and "after=" in r.path)
-        if polls >= n:
-            time.sleep(0.2)
-            return True
-        time.sleep(0.02)
-    return False
-
-
-def call(e: Envoy, key: str | None = None, path: str = "/api/x", origin: str | None = None, method: str = "GET",
-         extra=()) -> Response:
-    headers = ([bearer(key)] if key else []) + ([("origin", origin)] if origin else []) + list(extra)
-    return http1(e.port, method, path, headers)
-
-
-def many(e: Envoy, n: int, key: str | None = None, parallel: int = 10, **kw) -> list[Response]:
-    """n requests, each on its own connection, `parallel` at a time."""
-    with ThreadPoolExecutor(parallel) as pool:
-        return list(pool.map(lambda _: call(e, key, **kw), range(n)))
-
-
-def together(fns: list) -> list:
-    """Runs the callables at once (released by one barrier); their results or exceptions."""
-    barrier = threading.Barrier(len(fns))
-
-    def run(fn):
-        barrier.wait()
-        try:
-            return fn()
-        except Exception as ex:  # noqa: BLE001 - reported to the caller
-            return ex
-
-    with ThreadPoolExecutor(len(fns)) as pool:
-        return list(pool.map(run, fns))
-
-
-def worker_connections(e: Envoy) -> dict[str, int]:
-    pat = re.compile(r"^listener\.127\.0\.0\.1_%d\.(worker_\d+)\.downstream_cx_total$" % e.port)
-    out = {}
-    for name, value in e.stats(filter=r"downstream_cx_total").items():
-        m = pat.match(name)
-        if m:
-            out[m.group(1)] = value
-    return out
-
-
-def on_every_worker(e: Envoy, fn, workers: int | None = None, max_rounds: int = 200) -> list:
-    """Calls fn() (one request on a fresh connection) until every worker took at least one."""
-    before = worker_connections(e)
-    workers = workers or len(before)
-    results = []
-    for _ in range(max_rounds // 10):
-        results += [fn() for _ in range(10)]
-        now = worker_connections(e)
-        if sum(1 for w, v in now.items() if v > before.get(w, 0)) >= workers:
-            return results
-    raise AssertionError(f"connections never reached {workers} workers: {before} -> {worker_connections(e)}")
-
-
-def warm(e: Envoy, key: str, **kw) -> list[Response]:
-    """The key decided on every worker (so every VM holds its answer)."""
-    return on_every_worker(e, lambda: call(e, key, **kw))
-
-
-def settle(e: Envoy, server: KeyServer, key: str, rounds: int = 10) -> list[Response]:
-    """warm() until every VM holds the answer: a round on every worker asks the service nothing.
-    For tests where a cached answer is the precondition, not the subject (the filter does not
-    keep an answer whose lookup overlapped a feed poll: test_an_answer_is_kept_...)."""
-    rs = warm(e, key)
-    for _ in range(rounds):
-        asked = server.lookups(key)
-        rs = warm(e, key)
-        if server.lookups(key) == asked:
-            return rs
-    raise AssertionError(f"the answer for the key is never kept: {server.lookups(key)} lookups")
-
-
-def assert_unavailable(r: Response, readable_by: str | None = None, origin_sent: bool = False) -> None:
-    """The exact 503 contract."""
-    assert (r.status, r.body) == (503, UNAVAILABLE), (r.status, r.body[:200])
-    assert r.header("content-type") == "application/json"
-    assert r.all("retry-after") == ["1"]
-    assert r.upstream() is None
-    if readable_by:
-        assert r.cors_headers() == [("access-control-allow-origin", readable_by)]
-    else:
-        assert r.cors_headers() == []
-    if origin_sent or readable_by:
-        assert r.all("vary") == ["Origin"]
-
-
-def assert_unauthorized(r: Response) -> None:
-    assert (r.status, r.body) == (401, UNAUTHORIZED), (r.status, r.body[:200])
-    assert r.header("content-type") == "application/json"
-    assert r.upstream() is None
-
-
-def assert_no_trap(e: Envoy, *secrets_never_logged: str) -> None:
-    log = e.log()
-    for sign in TRAP_SIGNS:
-        assert sign not in log, f"{sign!r} in the Envoy log:\n" + "\n".join(
-            line for line in log.splitlines() if sign in line)[-3000:]
-    for s in secrets_never_logged:
-        assert s not in log, "a key reached the Envoy log"
-    assert e.proc.poll() is None, "Envoy exited"
-
-
-def until(pred, timeout: float, interval: float = 0.02):
-    """Polls pred() until it returns something truthy; (value, seconds taken) or (None, timeout)."""
-    start = time.monotonic()
-    while True:
-        v = pred()
-        if v:
-            return v, time.monotonic() - start
-        if time.monotonic() - start > timeout:
-            return None, time.monotonic() - start
-        time.sleep(interval)
-
-
-def statuses(rs: list[Response]) -> list[int]:
-    return [r.status for r in rs]
-
+from support.harness import UNAUTHORIZED, Envoy, Response, _complete, bearer, forbidden, http1, parse_http1, sha256_hex
+from support.keyserver import KeyServer, digest
+from support.remote import (APP, AUTHORITY, CLUSTER, ELSEWHERE, PREFIX, STATIC, STATIC_DISABLED, STATIC_ORIGIN,
+                            assert_no_trap, assert_unauthorized, assert_unavailable, base_config, call, many, new_key,
+                            on_every_worker, preflight, start_remote, statuses, together, until, warm)
 
 # -- fixtures ----------------------------------------------------------------------------------
 
@@ -518,10 +341,6 @@ def test_a_request_body_waits_for_the_lookup(envoy, server):
     # Refused while the body is still arriving: the answer, not a hang.
     r = http1(envoy.port, "POST", "/api/x", [bearer(new_key())], body)
     assert_unauthorized(r)
-
-
-def preflight(e: Envoy, path: str, origin: str, method: str = "GET") -> Response:
-    return http1(e.port, "OPTIONS", path, [("origin", origin), ("access-control-request-method", method)])
 
 
 def test_remote_cors_key_and_preflight_via_the_origins_endpoint():

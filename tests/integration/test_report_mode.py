@@ -2,9 +2,8 @@
 
 import pytest
 
-import cors_config as c
-from conftest import module_envoy
-from harness import UNAUTHORIZED, bearer
+from support import cors_config as c
+from support.harness import UNAUTHORIZED, bearer, module_envoy
 
 
 @pytest.fixture(scope="module")

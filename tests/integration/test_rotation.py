@@ -7,8 +7,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ecds import EcdsEnvoy
-from harness import UNAUTHORIZED, Envoy, bearer, http1, sha256_hex
+from support.ecds import EcdsEnvoy
+from support.harness import UNAUTHORIZED, Envoy, bearer, http1, sha256_hex
 
 STEADY = "steady-key"  # in every table: must never fail, whatever is pushed
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from service import (KEYGATE, UNAUTHORIZED, Postgres, Service, free_port, request,
+from support.service import (KEYGATE, UNAUTHORIZED, Postgres, Service, free_port, request,
                      run_keygate, sha256_hex)
 
 SECRET = re.compile(r"kg_[A-Za-z0-9_-]{43}")

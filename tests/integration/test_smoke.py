@@ -1,5 +1,4 @@
-from conftest import module_envoy
-from harness import UNAUTHORIZED, bearer, sha256_hex
+from support.harness import UNAUTHORIZED, bearer, sha256_hex, module_envoy
 import pytest
 
 KEY = "smoke-key-1"

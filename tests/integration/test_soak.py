@@ -1,6 +1,6 @@
 """A shortened soak in the test suite (scripts/soak.sh runs the long one)."""
 
-from soak import soak
+from support.soak import soak
 
 REQUESTS = 24_000
 

@@ -24,11 +24,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-from harness import Envoy  # noqa: E402
-from soak import rss_kib  # noqa: E402
-from service import Service  # noqa: E402
+from support.harness import Envoy
+from support.soak import rss_kib
+from support.service import Service
 
 ADMIN = "kg_churn_admin_token"
 # Feed poll (1 s) + a lookup round trip + this process's own scheduling on a busy machine.

@@ -1,6 +1,6 @@
 """The issue-3 example configuration, plus keys that exercise every CORS rule."""
 
-from harness import sha256_hex
+from support.harness import sha256_hex
 
 WEB = "web-player-key"          # CORS key: two origins, cors_endpoints, scoped to two resources
 PARTNER = "partner-key"         # backend key with its own rules

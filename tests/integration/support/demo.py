@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import yaml
 
-from harness import ROOT, Envoy, free_port
+from support.harness import ROOT, Envoy, free_port
 
 DEMO = ROOT / "envoy" / "envoy.yaml"
 

@@ -8,7 +8,7 @@ import os
 import time
 from pathlib import Path
 
-from harness import ROUTER, WASM, Envoy, echo_listener, hcm, http_filter_wasm, listener, static_cluster
+from support.harness import ROUTER, WASM, Envoy, echo_listener, hcm, http_filter_wasm, listener, static_cluster
 
 WASM_TYPE = "type.googleapis.com/envoy.extensions.filters.http.wasm.v3.Wasm"
 

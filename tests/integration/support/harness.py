@@ -20,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 WASM = ROOT / "dist" / "keygate.wasm"
 ECHO_LUA = ROOT / "envoy" / "echo.lua"
 
@@ -429,3 +429,12 @@ class Envoy:
 
 def bearer(key: str) -> tuple[str, str]:
     return ("authorization", f"Bearer {key}")
+
+
+def module_envoy(plugin_config, **opts):
+    """A module-scoped fixture body: one Envoy shared by a file's tests."""
+    e = Envoy(plugin_config=plugin_config, **opts).start()
+    try:
+        yield e
+    finally:
+        e.stop()

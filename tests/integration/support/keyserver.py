@@ -19,7 +19,7 @@ one percent-encoded segment): anything else lands in `violations`.
 Loopback only and bounded: at most `max_connections` connections, 16 KiB request heads,
 socket timeouts everywhere, and any hold or delay is capped at 30 s.
 
-Run on its own for a manual look: `python tests/integration/keyserver.py` (serves one key, "demo").
+Run on its own for a manual look: `.venv/bin/python -m support.keyserver` (serves one key, "demo").
 """
 
 from __future__ import annotations

@@ -357,6 +357,21 @@ class MixedLoad:
         tracked = next((t for t in self.tracked if t.key == key), None) if cls == "tracked" else None
         return cls, key, None, "GET", "/api/x", headers, tracked
 
+    def round(self, reqs: list) -> list[str]:
+        """The requests one after another on one fresh keep-alive connection (so on one worker),
+        each of them checked and answered `ok`; their outcomes."""
+        conn, outs = None, []
+        try:
+            for req in reqs:
+                out, conn = self.send(conn or http.client.HTTPConnection("127.0.0.1", self.port, timeout=self.timeout),
+                                      req)
+                assert out == "ok", (out, req[:2])
+                outs.append(out)
+        finally:
+            if conn is not None:
+                conn.close()
+        return outs
+
     def one(self, cls: str, key: Key | None = None, origin: str | None = None) -> str:
         """One checked request on a fresh connection (warm-ups and probes go through here, so that
         every request to the api listener is on the books); its outcome."""

@@ -18,7 +18,7 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 KEYGATE = Path(os.environ.get("KEYGATE_BIN", ROOT / "target" / "debug" / "keygate"))
 UNAUTHORIZED = b'{"error": "Unauthorized", "message": "Invalid API key"}'
 

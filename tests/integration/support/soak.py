@@ -13,10 +13,8 @@ import time
 from collections import Counter
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
-
-import cors_config as c  # noqa: E402
-from harness import Envoy, _complete, parse_http1  # noqa: E402
+from support import cors_config as c
+from support.harness import Envoy, _complete, parse_http1
 
 # One request of each kind, pre-encoded: valid, unknown, malformed, preflight, public, CORS, denied.
 MIX = [
