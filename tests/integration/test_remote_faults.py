@@ -238,7 +238,6 @@ def test_static_keys_and_public_endpoints_work_while_the_service_is_down(envoy, 
 
 
 FEED_FAULTS = [
-    ("status 500", dict(kind="status", status=500)),
     ("connection reset", dict(kind="reset")),
     ("truncated json", dict(kind="truncated_json")),
     ("text/plain", dict(kind="wrong_type")),
@@ -275,21 +274,6 @@ def test_a_failing_feed_is_counted_keys_keep_working_and_it_recovers(envoy, serv
     server.remove(cached)
     ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, cached)), timeout=4.0)
     assert ok and took <= 2.0, f"revocation after the feed recovered: {ok} after {took:.2f}s"
-    recovers(envoy, server)
-
-
-def test_a_feed_going_backwards_does_not_trap_and_recovers(envoy, server):
-    cached = new_key()
-    server.add(cached, {"id": "r-backwards"})
-    assert set(statuses(warm(envoy, cached))) == {200}
-    server.fault("backwards", on="changes")
-    server.feed_key(new_key())  # something to list, with the feed's first cursor
-    time.sleep(0.8)
-    assert set(statuses(many(envoy, 20, cached))) == {200}
-    server.clear_faults()
-    server.set_disabled(cached)
-    ok, took = until(lambda: all(r.status == 401 for r in many(envoy, 10, cached)), timeout=4.0)
-    assert ok and took <= 2.0, f"{ok} after {took:.2f}s"
     recovers(envoy, server)
 
 
@@ -483,8 +467,10 @@ def test_max_pending_refuses_new_lookups_but_waiters_share_the_one_in_flight():
             e.stop()
 
 
-@pytest.mark.parametrize("service", ["up", "down"])
-def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded(service):
+def test_random_key_flood_with_the_service_down_never_evicts_a_valid_key():
+    """2,000 random keys while the service is down (the flood with the service up, and
+    max_pending, run under load in test_faults_under_load.py): each is the 503, and the valid
+    key's cached answer is never evicted (cache of 50 entries)."""
     max_pending = 8
     with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
         e = start_remote(server, base_config(max_pending=max_pending, cache={"max_entries": 50}))
@@ -493,11 +479,8 @@ def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded(service):
             server.add(valid, {"id": "r-valid"})
             assert set(statuses(warm(e, valid, asked=lambda: server.lookups(valid)))) == {200}
             asked = server.lookups(valid)
-            if service == "down":
-                server.kill()
-            else:
-                server.fault("slow", on="keys", delay=0.01)  # lookups overlap
-            before = e.counters()
+            server.kill()
+            unavailable = e.counter("remote.unavailable")
             done = threading.Event()
             valid_statuses = []
 
@@ -516,12 +499,10 @@ def test_random_key_flood_never_evicts_a_valid_key_and_is_bounded(service):
                 done.set()
                 checker.join()
             took = time.monotonic() - t
-            after = e.counters()
-            assert set(flood) <= ({401, 503} if service == "up" else {503}), set(flood)
+            assert set(flood) == {503}, set(flood)
             assert valid_statuses and set(valid_statuses) == {200}, set(valid_statuses)
             assert server.lookups(valid) == asked, "a random key evicted the valid key's entry"
-            assert server.max_inflight["keys"] <= 2 * max_pending, server.max_inflight["keys"]
-            assert after.get("remote.unavailable", 0) - before.get("remote.unavailable", 0) == flood.count(503)
+            assert e.counter("remote.unavailable") - unavailable == len(flood)
             assert took < 60
             server.clear_faults()
             server.restart()
