@@ -1,10 +1,10 @@
 """The remote key source, measured (issues 12 and 15): what a cache miss adds, how fast a
 revocation reaches every worker, and what the cache costs in memory. Loopback only.
 
-    .venv/bin/python bench/remote.py --miss 2000          # added latency of a miss, p50/p99
-    .venv/bin/python bench/remote.py --miss 2000 --real-service   # ... against `keygate serve`
-    .venv/bin/python bench/remote.py --revocations 200    # revocation latency on both workers
-    .venv/bin/python bench/remote.py --memory 100000      # VM memory and bytes per cached key
+    .venv/bin/python bench/bench_remote.py --miss 2000          # added latency of a miss, p50/p99
+    .venv/bin/python bench/bench_remote.py --miss 2000 --real-service   # ... against `keygate serve`
+    .venv/bin/python bench/bench_remote.py --revocations 200    # revocation latency on both workers
+    .venv/bin/python bench/bench_remote.py --memory 100000      # VM memory and bytes per cached key
 
 The key service is tests/integration/support/keyserver.py, in this process, so the figures price the
 filter and Envoy, not a database; `--real-service` runs the miss against `keygate serve`. Results are printed and written to

@@ -3,10 +3,10 @@ holding N keys (default 1,000,000) in SQLite and/or PostgreSQL, and a real Envoy
 filter looks keys up in it. Loopback only; every step is bounded in time.
 
     cargo build --release -p keygate-tools && ./wasm-build.sh     # the binaries measured
-    .venv/bin/python bench/scale.py --keys 20000 --db sqlite       # a quick check (~2 minutes)
-    .venv/bin/python bench/scale.py --keys 1000000 --db both       # the run (~30 minutes)
-    .venv/bin/python bench/scale.py ... --instructions 2000        # also run bench.py's callgrind rows
-    .venv/bin/python bench/scale.py ... --instructions-from bench/results/<...>-instructions.md
+    .venv/bin/python bench/bench_scale.py --keys 20000 --db sqlite       # a quick check (~2 minutes)
+    .venv/bin/python bench/bench_scale.py --keys 1000000 --db both       # the run (~30 minutes)
+    .venv/bin/python bench/bench_scale.py ... --instructions 2000        # also run bench.py's callgrind rows
+    .venv/bin/python bench/bench_scale.py ... --instructions-from bench/results/<...>-instructions.md
 
 Per database, one after the other (the PostgreSQL is a throwaway cluster, tests/integration/
 support/service.py's `Postgres`):
@@ -68,7 +68,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "target" / "release" / "keygate"
 os.environ["KEYGATE_BIN"] = str(RELEASE)  # support.service runs this binary
 from support.harness import WASM, Envoy
-from remote import key_service, pct
+from bench_remote import key_service, pct
 from support import service as service_module
 from support.service import Postgres, Service, sha256_hex
 from support.soak import rss_kib
@@ -340,7 +340,7 @@ def report(results: list[dict], args, seed_s: float, seed_bytes: int, instructio
     sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
     lines = [f"# keygate at {args.keys:,} keys {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {sha}", "",
-             f"`bench/scale.py --keys {args.keys} --db {args.db} --warm {args.warm} --samples {args.samples} "
+             f"`bench/bench_scale.py --keys {args.keys} --db {args.db} --warm {args.warm} --samples {args.samples} "
              f"--connections {args.connections}`: `target/release/keygate serve` holding the keys, Envoy "
              f"(`--concurrency 1`) with `dist/keygate.wasm`, an empty static table and a `key_service` pointed at it; loopback, "
              f"{os.cpu_count()} CPUs, nothing pinned. The seed file ({seed_bytes / 2**20:,.0f} MiB, written in "

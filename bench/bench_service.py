@@ -4,8 +4,8 @@ create those keys through the admin API and the lookup latency p50/p99. Optional
 of the tests.
 
     cargo build --release -p keygate-tools
-    .venv/bin/python bench/service.py --keys 100000 [--db sqlite|postgres|both] [--seconds 10]
-    .venv/bin/python bench/service.py --keys 1000000 --seed import   # lookups at a million keys
+    .venv/bin/python bench/bench_service.py --keys 100000 [--db sqlite|postgres|both] [--seconds 10]
+    .venv/bin/python bench/bench_service.py --keys 1000000 --seed import   # lookups at a million keys
 
 `--dir /dev/shm` puts the SQLite file (and the seed) in memory: this VM drops the page cache
 within seconds, so on disk many lookups wait for a read; in tmpfs they measure the service.

@@ -3,7 +3,7 @@
 `configured N keys in M ms` line), Envoy's RSS, and the largest table an Istio WasmPlugin
 holds under etcd's 1.5 MiB request limit. Loopback only.
 
-    .venv/bin/python bench/static_limits.py [--sizes 10000,100000,1000000]
+    .venv/bin/python bench/bench_static_limits.py [--sizes 10000,100000,1000000]
 
 Results are printed and written to bench/results/<date>-static-limits.md.
 """
