@@ -36,7 +36,7 @@ fuzz_target!(|data: &[u8]| {
             }
         }
         _ => match rotation(&doc) {
-            Ok((grace, _)) => assert!((0..=MAX_GRACE_SECONDS).contains(&grace)),
+            Ok(r) => assert!((0..=MAX_GRACE_SECONDS).contains(&r.grace_seconds)),
             Err(e) => refused(&e),
         },
     }

@@ -1,12 +1,21 @@
 //! The admin API: `/v1/keys`, `/v1/audit` and `/v1/export`, each call authorized by an
-//! admin token whose SHA-256 is in `KEYGATE_ADMIN_TOKEN_SHA256`. The same listener serves
-//! the key console at `/` (see `console`), which also refuses cross-site calls to the API.
+//! admin token whose SHA-256 is in `KEYGATE_ADMIN_TOKEN_SHA256`, and its OpenAPI document at
+//! `/v1/openapi.json`. The same listener serves the key console at `/` (see `console`),
+//! which also refuses cross-site calls to the API.
+//!
+//! Every route is registered once, in [`api`], with its handler's `#[utoipa::path]`: the
+//! router and the document are both made from that one list, so neither has a route the
+//! other lacks.
 //!
 //! Handlers read parse → check (with the filter's own compiler) → store → answer. An entry
 //! as an admin sees it is the stored entry with its `name` after the `id`; the digest and
 //! the secret are never part of it (the secret is in the one 201 that creates it).
 
 use crate::secret::new_secret;
+use crate::serve::api::{
+    names, ApiDoc, AuditPage, AuditQuery, AuditRecord, Created, EntryPatch, Error, Export, KeyPage,
+    ListQuery, NewKey, Rotation, Shown,
+};
 use crate::serve::console;
 use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
@@ -17,28 +26,69 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware;
-use axum::response::Response;
-use axum::routing::{get, post};
+use axum::response::{IntoResponse, Response};
 use axum::Router;
 use keygate::core::hex;
 use keygate::core::keytable::sha256;
 use keygate::core::parse::looks_like_a_field;
 use keygate::core::timestamp::parse_rfc3339;
 use keygate::core::token::bearer_key;
-use serde_json::{json, Map, Value};
+use serde::Serialize;
+use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::sync::OnceLock;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 /// Request bodies larger than this are refused with 413.
 pub const BODY_LIMIT: usize = 1 << 20;
 
+/// Every route of the admin listener, once. One `routes!` a path: it serves each handler
+/// named in it on every path named in it.
+fn api() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .routes(routes!(create, list))
+        .routes(routes!(show, update, remove))
+        .routes(routes!(rotate))
+        .routes(routes!(audit))
+        .routes(routes!(export))
+        .routes(routes!(openapi_json))
+        .merge(console::routes())
+}
+
+/// The admin API's OpenAPI 3.1 document.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    api().into_openapi()
+}
+
+/// Every `(METHOD, path)` the admin listener serves (and HEAD wherever GET), read from the
+/// one list in [`api`] that the router is built from.
+pub fn routes() -> Vec<(String, String)> {
+    let mut all = Vec::new();
+    for (path, item) in openapi().paths.paths {
+        let methods = [
+            ("GET", item.get.is_some()),
+            ("PUT", item.put.is_some()),
+            ("POST", item.post.is_some()),
+            ("DELETE", item.delete.is_some()),
+            ("OPTIONS", item.options.is_some()),
+            ("HEAD", item.head.is_some()),
+            ("PATCH", item.patch.is_some()),
+            ("TRACE", item.trace.is_some()),
+        ];
+        for (method, served) in methods {
+            if served {
+                all.push((method.to_string(), path.clone()));
+            }
+        }
+    }
+    all
+}
+
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .route("/v1/keys", post(create).get(list))
-        .route("/v1/keys/{id}", get(show).patch(update).delete(remove))
-        .route("/v1/keys/{id}/rotate", post(rotate))
-        .route("/v1/audit", get(audit))
-        .route("/v1/export", get(export))
-        .merge(console::router())
+    let (routes, _document) = api().split_for_parts();
+    routes
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)
@@ -107,9 +157,10 @@ fn id_of(path: IdPath) -> Result<String, ApiError> {
     path.map(|Path(id)| id).map_err(|_| ApiError::bad_request("malformed key id in the path"))
 }
 
-fn params(query: Params, allowed: &[&str]) -> Result<HashMap<String, String>, ApiError> {
+/// The query parameters, each one of the `allowed` (the documented ones).
+fn params(query: Params, allowed: &[String]) -> Result<HashMap<String, String>, ApiError> {
     let Query(mut query) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
-    if let Some(other) = query.keys().find(|k| !allowed.contains(&k.as_str())) {
+    if let Some(other) = query.keys().find(|k| !allowed.contains(k)) {
         // Named only when it looks like a mistyped one, never a pasted key (as in entries).
         let named = if looks_like_a_field(other) { format!(" {other:?}") } else { String::new() };
         return Err(ApiError::bad_request(format!("unknown query parameter{named}")));
@@ -195,8 +246,14 @@ fn view_of(k: &StoredKey) -> Value {
     view(k.name.as_deref(), &k.entry)
 }
 
-fn answer(status: StatusCode, body: Value) -> Response {
-    json(status, body.to_string())
+fn answer(status: StatusCode, body: &impl Serialize) -> Response {
+    match serde_json::to_string(body) {
+        Ok(text) => json(status, text),
+        Err(e) => {
+            eprintln!("keygate serve: cannot write an answer: {e}");
+            ApiError::internal().into_response()
+        }
+    }
 }
 
 /// Commits an admin's change, then wakes the ECDS writer and logs it (never a secret).
@@ -214,6 +271,20 @@ async fn commit(
     Ok(())
 }
 
+/// Create a key. Its secret is in this answer only: the service stores its SHA-256.
+#[utoipa::path(
+    post, path = "/v1/keys", tag = "keys", operation_id = "create_key",
+    security(("admin_token" = [])),
+    request_body = NewKey,
+    responses(
+        (status = 201, description = "Created", body = Created),
+        (status = 400, description = "Malformed JSON, or an entry the filter's compiler refuses", body = Error),
+        (status = 401, description = "No or unknown admin token", body = Error),
+        (status = 409, description = "The id is taken", body = Error),
+        (status = 413, description = "Body over 1 MiB", body = Error),
+        (status = 415, description = "Body not JSON", body = Error),
+    )
+)]
 async fn create(
     State(s): State<AppState>,
     admin: Admin,
@@ -229,16 +300,27 @@ async fn create(
     w.touched(&Touched { sha256: digest, origins: key.origins.clone() }).await?;
     w.audit(&admin.0, "create", &key.id, None).await?;
     commit(&s, w, "create", &key.id, &admin).await?;
-    let body = json!({ "key": secret, "entry": view(key.name.as_deref(), &key.json) });
-    Ok(answer(StatusCode::CREATED, body))
+    let body = Created { key: secret, entry: view(key.name.as_deref(), &key.json) };
+    Ok(answer(StatusCode::CREATED, &body))
 }
 
+/// List keys, one page at a time.
+#[utoipa::path(
+    get, path = "/v1/keys", tag = "keys", operation_id = "list_keys",
+    security(("admin_token" = [])),
+    params(ListQuery),
+    responses(
+        (status = 200, description = "One page", body = KeyPage),
+        (status = 400, description = "A bad query parameter", body = Error),
+        (status = 401, description = "No or unknown admin token", body = Error),
+    )
+)]
 async fn list(
     State(s): State<AppState>,
     _admin: Admin,
     query: Params,
 ) -> Result<Response, ApiError> {
-    let q = params(query, &["owner", "limit", "after"])?;
+    let q = params(query, &names::<ListQuery>())?;
     let limit = match q.get("limit") {
         None => 100,
         Some(n) => n
@@ -256,15 +338,44 @@ async fn list(
         None
     };
     let entries: Vec<Value> = rows.iter().map(view_of).collect();
-    Ok(answer(StatusCode::OK, json!({ "entries": entries, "next": next })))
+    Ok(answer(StatusCode::OK, &KeyPage { entries, next }))
 }
 
+/// Show one key.
+#[utoipa::path(
+    get, path = "/v1/keys/{id}", tag = "keys", operation_id = "show_key",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 200, description = "The key", body = Shown),
+        (status = 401, description = "No or unknown admin token", body = Error),
+        (status = 404, description = "No key with this id", body = Error),
+    )
+)]
 async fn show(State(s): State<AppState>, _admin: Admin, id: IdPath) -> Result<Response, ApiError> {
     let id = id_of(id)?;
     let key = s.db.get(&id).await?.ok_or_else(|| no_such_key(&id))?;
-    Ok(answer(StatusCode::OK, json!({ "entry": view_of(&key) })))
+    Ok(answer(StatusCode::OK, &Shown { entry: view_of(&key) }))
 }
 
+/// Change a key: a JSON merge patch of its entry, checked again like a new one.
+#[utoipa::path(
+    patch, path = "/v1/keys/{id}", tag = "keys", operation_id = "update_key",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    request_body(
+        content = EntryPatch,
+        description = "`application/merge-patch+json` is accepted too",
+    ),
+    responses(
+        (status = 200, description = "The key as changed", body = Shown),
+        (status = 400, description = "Malformed JSON, a changed id, or an entry the filter's compiler refuses", body = Error),
+        (status = 401, description = "No or unknown admin token", body = Error),
+        (status = 404, description = "No key with this id", body = Error),
+        (status = 413, description = "Body over 1 MiB", body = Error),
+        (status = 415, description = "Body not JSON", body = Error),
+    )
+)]
 async fn update(
     State(s): State<AppState>,
     admin: Admin,
@@ -280,9 +391,20 @@ async fn update(
     w.touched(&Touched { sha256: old.sha256.clone(), origins }).await?;
     w.audit(&admin.0, "update", &id, None).await?;
     commit(&s, w, "update", &id, &admin).await?;
-    Ok(answer(StatusCode::OK, json!({ "entry": view(key.name.as_deref(), &key.json) })))
+    Ok(answer(StatusCode::OK, &Shown { entry: view(key.name.as_deref(), &key.json) }))
 }
 
+/// Revoke a key: delete it. The filter refuses it once its change feed has seen this.
+#[utoipa::path(
+    delete, path = "/v1/keys/{id}", tag = "keys", operation_id = "revoke_key",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The key's id")),
+    responses(
+        (status = 204, description = "Revoked"),
+        (status = 401, description = "No or unknown admin token", body = Error),
+        (status = 404, description = "No key with this id", body = Error),
+    )
+)]
 async fn remove(State(s): State<AppState>, admin: Admin, id: IdPath) -> Result<Response, ApiError> {
     let id = id_of(id)?;
     let mut w = s.db.begin_write(rfc3339(now_ms())).await?;
@@ -291,9 +413,26 @@ async fn remove(State(s): State<AppState>, admin: Admin, id: IdPath) -> Result<R
     w.touched(&Touched { sha256: old.sha256.clone(), origins: origins_of(&old.entry) }).await?;
     w.audit(&admin.0, "delete", &id, None).await?;
     commit(&s, w, "delete", &id, &admin).await?;
-    Ok(axum::response::IntoResponse::into_response(StatusCode::NO_CONTENT))
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+/// Rotate a key: a successor with the same settings and a new id, and the old key's
+/// `expires_at` brought forward to now + `grace_seconds` (never lengthened).
+#[utoipa::path(
+    post, path = "/v1/keys/{id}/rotate", tag = "keys", operation_id = "rotate_key",
+    security(("admin_token" = [])),
+    params(("id" = String, Path, description = "The id of the key to replace")),
+    request_body = Rotation,
+    responses(
+        (status = 201, description = "The successor", body = Created),
+        (status = 400, description = "Malformed JSON or a bad grace period or id", body = Error),
+        (status = 401, description = "No or unknown admin token", body = Error),
+        (status = 404, description = "No key with this id", body = Error),
+        (status = 409, description = "The successor's id is taken", body = Error),
+        (status = 413, description = "Body over 1 MiB", body = Error),
+        (status = 415, description = "Body not JSON", body = Error),
+    )
+)]
 async fn rotate(
     State(s): State<AppState>,
     admin: Admin,
@@ -301,7 +440,7 @@ async fn rotate(
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
     let id = id_of(id)?;
-    let (grace, successor_id) = rotation(&body)?;
+    let Rotation { grace_seconds: grace, id: successor_id } = rotation(&body)?;
     let now = now_ms();
     let mut w = s.db.begin_write(rfc3339(now)).await?;
     let old = w.get(&id).await?.ok_or_else(|| no_such_key(&id))?;
@@ -339,16 +478,27 @@ async fn rotate(
     w.touched(&Touched { sha256: digest, origins: successor.origins.clone() }).await?;
     w.audit(&admin.0, "rotate", &id, Some(&successor.id)).await?;
     commit(&s, w, "rotate", &id, &admin).await?;
-    let body = json!({ "key": secret, "entry": view(successor.name.as_deref(), &successor.json) });
-    Ok(answer(StatusCode::CREATED, body))
+    let body = Created { key: secret, entry: view(successor.name.as_deref(), &successor.json) };
+    Ok(answer(StatusCode::CREATED, &body))
 }
 
+/// Who changed what, newest first.
+#[utoipa::path(
+    get, path = "/v1/audit", tag = "audit", operation_id = "audit_log",
+    security(("admin_token" = [])),
+    params(AuditQuery),
+    responses(
+        (status = 200, description = "One page", body = AuditPage),
+        (status = 400, description = "A bad query parameter", body = Error),
+        (status = 401, description = "No or unknown admin token", body = Error),
+    )
+)]
 async fn audit(
     State(s): State<AppState>,
     _admin: Admin,
     query: Params,
 ) -> Result<Response, ApiError> {
-    let q = params(query, &["after", "limit"])?;
+    let q = params(query, &names::<AuditQuery>())?;
     let limit = match q.get("limit") {
         None => 100,
         Some(n) => n
@@ -367,22 +517,50 @@ async fn audit(
     let more = rows.len() as i64 > limit;
     let rows = &rows[..rows.len().min(limit as usize)];
     let next = if more { rows.last().map(|r| r.seq.to_string()) } else { None };
-    let entries: Vec<Value> = rows
+    let entries = rows
         .iter()
-        .map(|r| {
-            let mut e = json!({ "seq": r.seq, "time": r.at, "admin": r.admin, "action": r.action, "key_id": r.key_id });
-            if let (Some(map), Some(successor)) = (e.as_object_mut(), &r.successor) {
-                map.insert("successor".into(), Value::from(successor.as_str()));
-            }
-            e
+        .map(|r| AuditRecord {
+            seq: r.seq,
+            time: r.at.clone(),
+            admin: r.admin.clone(),
+            action: r.action.clone(),
+            key_id: r.key_id.clone(),
+            successor: r.successor.clone(),
         })
         .collect();
-    Ok(answer(StatusCode::OK, json!({ "entries": entries, "next": next })))
+    Ok(answer(StatusCode::OK, &AuditPage { entries, next }))
 }
 
+/// The whole table as a plugin configuration, with digests (never a secret).
+#[utoipa::path(
+    get, path = "/v1/export", tag = "export", operation_id = "export_keys",
+    security(("admin_token" = [])),
+    responses(
+        (status = 200, description = "A plugin configuration, one key a line", body = Export),
+        (status = 401, description = "No or unknown admin token", body = Error),
+    )
+)]
 async fn export(State(s): State<AppState>, _admin: Admin) -> Result<Response, ApiError> {
     let keys = s.db.all().await?;
     Ok(json(StatusCode::OK, export_json(&keys)))
+}
+
+/// This document. It needs no admin token: it describes the API and holds no key, digest
+/// or setting of this service, so it tells a caller nothing the source does not.
+#[utoipa::path(
+    get, path = "/v1/openapi.json", tag = "meta", operation_id = "openapi",
+    responses((status = 200, description = "The OpenAPI 3.1 document", body = Object)),
+)]
+async fn openapi_json() -> Result<Response, ApiError> {
+    static DOCUMENT: OnceLock<Result<String, String>> = OnceLock::new();
+    let document = DOCUMENT.get_or_init(|| openapi().to_pretty_json().map_err(|e| e.to_string()));
+    match document {
+        Ok(text) => Ok(json(StatusCode::OK, text.clone())),
+        Err(e) => {
+            eprintln!("keygate serve: cannot write the OpenAPI document: {e}");
+            Err(ApiError::internal())
+        }
+    }
 }
 
 /// The whole table as a plugin configuration (`{"keys": [...]}` with digests), one key a line.
@@ -411,6 +589,7 @@ pub fn with_digest(k: &StoredKey) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn names_come_back_after_the_id() {

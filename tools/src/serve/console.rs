@@ -15,8 +15,8 @@ use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderName, HeaderValue, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::Router;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 const INDEX: &str = include_str!("../../console/index.html");
 const SCRIPT: &str = include_str!("../../console/console.js");
@@ -28,16 +28,46 @@ pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; 
                        connect-src 'self'; img-src 'self' data:; frame-ancestors 'none'; \
                        base-uri 'none'; form-action 'none'";
 
-/// The console's routes; `admin::router` merges them beside the API.
-pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
-    Router::new()
-        .route("/", get(|| asset("text/html; charset=utf-8", INDEX)))
-        .route("/console.js", get(|| asset("text/javascript; charset=utf-8", SCRIPT)))
-        .route("/console.css", get(|| asset("text/css; charset=utf-8", STYLE)))
-        .route("/favicon.svg", get(|| asset("image/svg+xml", ICON)))
+/// The console's routes; `admin::api` merges them beside the API. They need no admin
+/// token: the page asks the person for one.
+pub fn routes<S: Clone + Send + Sync + 'static>() -> OpenApiRouter<S> {
+    OpenApiRouter::new()
+        .routes(routes!(page))
+        .routes(routes!(script))
+        .routes(routes!(style))
+        .routes(routes!(icon))
 }
 
-async fn asset(content_type: &'static str, body: &'static str) -> Response {
+/// The key console.
+#[utoipa::path(get, path = "/", tag = "console", operation_id = "console_page",
+    responses((status = 200, description = "The page", content_type = "text/html", body = String)))]
+async fn page() -> Response {
+    asset("text/html; charset=utf-8", INDEX)
+}
+
+/// The console's script.
+#[utoipa::path(get, path = "/console.js", tag = "console", operation_id = "console_script",
+    responses((status = 200, description = "The script", content_type = "text/javascript", body = String)))]
+async fn script() -> Response {
+    asset("text/javascript; charset=utf-8", SCRIPT)
+}
+
+/// The console's style sheet.
+#[utoipa::path(get, path = "/console.css", tag = "console", operation_id = "console_style",
+    responses((status = 200, description = "The style sheet", content_type = "text/css", body = String)))]
+async fn style() -> Response {
+    asset("text/css; charset=utf-8", STYLE)
+}
+
+/// The console's icon.
+#[utoipa::path(get, path = "/favicon.svg", tag = "console", operation_id = "console_icon",
+    // Its type named in words: code generators read no image/svg+xml schema.
+    responses((status = 200, description = "The icon, `image/svg+xml`")))]
+async fn icon() -> Response {
+    asset("image/svg+xml", ICON)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
     let mut response = body.into_response();
     response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
     response

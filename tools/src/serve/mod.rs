@@ -2,13 +2,16 @@
 //! admin API on one listener and the filter's read-only protocol on another, and can write
 //! the whole table as an Envoy ECDS file.
 //!
-//! One file per job: `db` (the store and why the feed is exact), `admin` (the admin API),
-//! `console` (the key console page on the admin listener, and the listener's guards),
-//! `filter_api` (the filter protocol), `feed` (the change feed and its cursors), `ecds`
-//! (the ECDS file), `error` (the one error type and its JSON), `import` (`--import`),
-//! `sqlite_reader` and `postgres_reader` (the filter's key lookups, off sqlx's pool).
+//! One file per job: `db` (the store and why the feed is exact), `admin` (the admin API's
+//! routes and handlers), `api` (its bodies and OpenAPI document), `console` (the key
+//! console page on the admin listener, and the listener's guards), `filter_api` (the filter
+//! protocol), `feed` (the change feed and its cursors), `ecds` (the ECDS file), `error` (the
+//! one error type and its JSON, and the 404 and 405 both listeners answer), `import`
+//! (`--import`), `sqlite_reader` and `postgres_reader` (the filter's key lookups, off
+//! sqlx's pool).
 
 mod admin;
+pub mod api;
 mod console;
 mod db;
 mod ecds;
@@ -20,6 +23,7 @@ mod postgres_reader;
 pub mod request;
 mod sqlite_reader;
 
+pub use admin::{openapi, routes as admin_routes};
 use keygate::core::hex;
 use keygate::core::keytable::Digest;
 use std::net::SocketAddr;

@@ -3,6 +3,7 @@
 //! merge patch of an update, the rotation settings. Pure, so that `fuzz/fuzz_targets/admin_body.rs`
 //! drives exactly what the handlers run.
 
+use crate::serve::api::Rotation;
 use crate::serve::error::ApiError;
 use keygate::core::cors::Origins;
 use keygate::core::parse;
@@ -113,7 +114,7 @@ pub fn merge_patch(target: &mut Value, patch: &Value) {
 }
 
 /// A rotation: `{"grace_seconds": N}`, optionally with the successor's `"id"`.
-pub fn rotation(body: &Value) -> Result<(i64, Option<String>), ApiError> {
+pub fn rotation(body: &Value) -> Result<Rotation, ApiError> {
     let Value::Object(map) = body else {
         return Err(ApiError::at("", "expected a JSON object such as {\"grace_seconds\": 3600}"));
     };
@@ -134,7 +135,7 @@ pub fn rotation(body: &Value) -> Result<(i64, Option<String>), ApiError> {
         Some(Value::String(id)) => Some(id.clone()),
         Some(_) => return Err(ApiError::at("id", "expected a string")),
     };
-    Ok((grace, id))
+    Ok(Rotation { grace_seconds: grace, id })
 }
 
 #[cfg(test)]
@@ -235,7 +236,7 @@ mod tests {
         let path = |v: Value| rotation(&v).err().and_then(|e| e.path);
         assert_eq!(
             rotation(&json!({"grace_seconds": 60, "id": "b"})).ok(),
-            Some((60, Some("b".into())))
+            Some(Rotation { grace_seconds: 60, id: Some("b".into()) })
         );
         assert_eq!(path(json!({"grace_secs": 60})).as_deref(), Some("grace_secs"));
         assert_eq!(path(json!({"kg_live_4f9aQ": 60})).as_deref(), Some(""));

@@ -1,0 +1,427 @@
+//! The admin API's bodies and the OpenAPI 3.1 document made from them and from the
+//! handlers' `#[utoipa::path]` attributes (`admin.rs`).
+//!
+//! The handlers answer with the response types below. Request bodies are read as JSON and
+//! checked by the filter's own compiler (`request.rs`), so an entry means exactly what the
+//! filter makes of it; the request types here describe what that check accepts, and a test
+//! holds their fields to the compiler's.
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
+
+/// The security scheme every admin call names (as `security(("admin_token" = []))`).
+pub const ADMIN_TOKEN: &str = "admin_token";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "keygate key service: admin API",
+        description = "The keys a key service (`keygate serve`) holds: create, list, show, \
+                       update, revoke and rotate them, read the audit log, export the table. \
+                       Every call but this document and the console's page needs \
+                       `Authorization: Bearer <admin token>`; errors are JSON (`Error`).",
+        license(name = "Apache-2.0", identifier = "Apache-2.0"),
+    ),
+    modifiers(&AdminToken),
+    tags(
+        (name = "keys", description = "The keys the service holds"),
+        (name = "audit", description = "Who changed what"),
+        (name = "export", description = "The whole table as a plugin configuration"),
+        (name = "meta", description = "This document"),
+        (name = "console", description = "The key console: a page that calls this API"),
+    )
+)]
+pub struct ApiDoc;
+
+struct AdminToken;
+
+impl Modify for AdminToken {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let scheme = HttpBuilder::new()
+            .scheme(HttpAuthScheme::Bearer)
+            .description(Some(
+                "An admin token whose SHA-256 is listed in KEYGATE_ADMIN_TOKEN_SHA256.",
+            ))
+            .build();
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(ADMIN_TOKEN, SecurityScheme::Http(scheme));
+    }
+}
+
+/// A key entry as an admin sees it: the plugin configuration's key entry (without `sha256`
+/// or `key`) with its `name` after the `id`. Fields left out have the filter's defaults.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // A description for the document; entries are JSON checked by the compiler.
+pub struct KeyEntry {
+    /// 1-64 of A-Z a-z 0-9 . _ -
+    #[schema(pattern = "^[A-Za-z0-9._-]{1,64}$", examples("web"))]
+    id: String,
+    /// Free text for people (1-200 characters), never sent to the filter.
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
+    name: Option<String>,
+    /// Forwarded upstream in the owner header.
+    #[schema(value_type = String, required = false, examples("user-42"))]
+    owner: Option<String>,
+    /// RFC 3339 time from which the key is valid.
+    #[schema(value_type = String, required = false, examples("2026-12-01T15:00:00Z"))]
+    not_before: Option<String>,
+    /// RFC 3339 time at which the key stops being valid.
+    #[schema(value_type = String, required = false, examples("2026-12-01T15:00:00Z"))]
+    expires_at: Option<String>,
+    /// The filter refuses the key (`denied_disabled`).
+    #[schema(value_type = bool, required = false)]
+    disabled: Option<bool>,
+    /// Makes the key usable from these browser origins.
+    #[schema(value_type = KeyCors, required = false)]
+    cors: Option<KeyCors>,
+    /// The key's own rules (instead of the configuration's).
+    #[schema(value_type = Vec<Rule>, required = false)]
+    rules: Option<Vec<Rule>>,
+    /// Scopes the key to these resource ids.
+    #[schema(value_type = Vec<String>, required = false)]
+    resources: Option<Vec<String>>,
+}
+
+/// `POST /v1/keys`: a key entry, its `id` generated (`key_` and 16 hex characters) when absent.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // As KeyEntry.
+pub struct NewKey {
+    /// 1-64 of A-Z a-z 0-9 . _ -
+    #[schema(value_type = String, required = false, pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    id: Option<String>,
+    /// Free text for people (1-200 characters), never sent to the filter.
+    #[schema(value_type = String, required = false, min_length = 1, max_length = 200)]
+    name: Option<String>,
+    /// Forwarded upstream in the owner header.
+    #[schema(value_type = String, required = false)]
+    owner: Option<String>,
+    /// RFC 3339 time from which the key is valid.
+    #[schema(value_type = String, required = false)]
+    not_before: Option<String>,
+    /// RFC 3339 time at which the key stops being valid.
+    #[schema(value_type = String, required = false)]
+    expires_at: Option<String>,
+    /// Create it disabled.
+    #[schema(value_type = bool, required = false)]
+    disabled: Option<bool>,
+    /// Makes the key usable from these browser origins.
+    #[schema(value_type = KeyCors, required = false)]
+    cors: Option<KeyCors>,
+    /// The key's own rules (instead of the configuration's).
+    #[schema(value_type = Vec<Rule>, required = false)]
+    rules: Option<Vec<Rule>>,
+    /// Scopes the key to these resource ids.
+    #[schema(value_type = Vec<String>, required = false)]
+    resources: Option<Vec<String>>,
+}
+
+/// `PATCH /v1/keys/{id}`: a JSON merge patch (RFC 7396) of the entry as listed: members
+/// replace, `null` removes, objects merge. The result is checked like a new entry.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // As KeyEntry.
+pub struct EntryPatch {
+    /// The id cannot change: when given, it is the path's (rotate makes a key with a new id).
+    #[schema(value_type = String, required = false)]
+    id: Option<String>,
+    /// `null` removes the name.
+    name: Option<String>,
+    owner: Option<String>,
+    not_before: Option<String>,
+    expires_at: Option<String>,
+    /// `true` refuses the key; `null` (or `false`) accepts it again.
+    disabled: Option<bool>,
+    /// Merged into the key's `cors` member; `null` removes it.
+    cors: Option<CorsPatch>,
+    rules: Option<Vec<Rule>>,
+    resources: Option<Vec<String>>,
+}
+
+/// A key's browser origins.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // As KeyEntry.
+pub struct KeyCors {
+    /// Origins (`scheme://host[:port]`), or `*`.
+    #[schema(examples("https://app.example"))]
+    allowed_origins: Vec<String>,
+    /// Every endpoint, not only the configuration's `cors_endpoints` (default false).
+    #[schema(value_type = bool, required = false)]
+    full_access: Option<bool>,
+}
+
+/// A merge patch of a key's `cors` member.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // As KeyEntry.
+pub struct CorsPatch {
+    #[schema(value_type = Vec<String>, required = false)]
+    allowed_origins: Option<Vec<String>>,
+    full_access: Option<bool>,
+}
+
+/// One rule of a key's own: these methods on these paths.
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // As KeyEntry.
+pub struct Rule {
+    #[schema(examples("GET"))]
+    methods: Vec<String>,
+    /// Path patterns; `{id}` matches one segment, the resource id.
+    #[schema(examples("/api/stream/{id}"))]
+    paths: Vec<String>,
+}
+
+/// `POST /v1/keys/{id}/rotate`.
+#[derive(Debug, PartialEq, Eq, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Rotation {
+    /// How long the old key keeps working, in seconds (0 to 315360000, ten years).
+    #[schema(minimum = 0, maximum = 315_360_000)]
+    pub grace_seconds: i64,
+    /// The successor's id (generated when absent).
+    #[schema(value_type = String, required = false, pattern = "^[A-Za-z0-9._-]{1,64}$")]
+    pub id: Option<String>,
+}
+
+/// `201` to a create or a rotation: the new key, shown this once, and its entry.
+#[derive(Serialize, ToSchema)]
+pub struct Created {
+    /// The secret (`kg_` and 43 base64url characters); the service keeps only its SHA-256.
+    #[schema(examples("kg_hOzS8I3iZhVZKnqNTBrtefaBzqVIB7st3g2vUMP-1BE"))]
+    pub key: String,
+    #[schema(value_type = KeyEntry)]
+    pub entry: Value,
+}
+
+/// One key.
+#[derive(Serialize, ToSchema)]
+pub struct Shown {
+    #[schema(value_type = KeyEntry)]
+    pub entry: Value,
+}
+
+/// One page of keys, in id order.
+#[derive(Serialize, ToSchema)]
+pub struct KeyPage {
+    #[schema(value_type = Vec<KeyEntry>)]
+    pub entries: Vec<Value>,
+    /// The `after` of the next page; `null` on the last one.
+    #[schema(required = true)]
+    pub next: Option<String>,
+}
+
+/// One page of the audit log, newest first.
+#[derive(Serialize, ToSchema)]
+pub struct AuditPage {
+    pub entries: Vec<AuditRecord>,
+    /// The `after` of the next page; `null` on the last one.
+    #[schema(required = true)]
+    pub next: Option<String>,
+}
+
+/// One change an admin made.
+#[derive(Serialize, ToSchema)]
+pub struct AuditRecord {
+    /// The change number.
+    pub seq: i64,
+    /// RFC 3339 UTC, to the second.
+    #[schema(examples("2026-12-01T15:00:00Z"))]
+    pub time: String,
+    /// The first 8 hex characters of the admin token's SHA-256 (`import` for `--import`).
+    #[schema(examples("7b791f9f"))]
+    pub admin: String,
+    /// `create`, `update`, `delete` or `rotate`.
+    #[schema(examples("rotate"))]
+    pub action: String,
+    pub key_id: String,
+    /// A rotation's new key.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub successor: Option<String>,
+}
+
+/// The whole table as a plugin configuration, one key a line.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Written line by line by `admin::export_json`.
+pub struct Export {
+    keys: Vec<ExportedKey>,
+}
+
+/// A key entry of a plugin configuration: the stored entry with `sha256` after its `id`.
+#[derive(ToSchema)]
+#[allow(dead_code)] // As Export.
+pub struct ExportedKey {
+    id: String,
+    /// The SHA-256 of the secret, lower-case hex.
+    sha256: String,
+    #[schema(value_type = String, required = false)]
+    owner: Option<String>,
+    #[schema(value_type = String, required = false)]
+    not_before: Option<String>,
+    #[schema(value_type = String, required = false)]
+    expires_at: Option<String>,
+    #[schema(value_type = bool, required = false)]
+    disabled: Option<bool>,
+    #[schema(value_type = KeyCors, required = false)]
+    cors: Option<KeyCors>,
+    #[schema(value_type = Vec<Rule>, required = false)]
+    rules: Option<Vec<Rule>>,
+    #[schema(value_type = Vec<String>, required = false)]
+    resources: Option<Vec<String>>,
+}
+
+/// Every error: the status's reason phrase and why (see `error.rs`).
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // Written by `ApiError::body`, byte for byte the filter's 401.
+pub struct Error {
+    #[schema(examples("Bad Request"))]
+    error: String,
+    message: String,
+    /// The JSON path of the refused field (`cors.allowed_origins[1]`).
+    #[schema(value_type = String, required = false)]
+    path: Option<String>,
+}
+
+/// `GET /v1/keys`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // The names the handler accepts; it reads the values itself.
+pub struct ListQuery {
+    /// Only this owner's keys.
+    owner: Option<String>,
+    /// Keys per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+    /// Continue after this id (the `next` of the previous page).
+    after: Option<String>,
+}
+
+/// `GET /v1/audit`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // As ListQuery.
+pub struct AuditQuery {
+    /// Records numbered below this one (the `next` of the previous page).
+    after: Option<String>,
+    /// Records per page, 1-1000 (default 100).
+    #[param(minimum = 1, maximum = 1000)]
+    limit: Option<i64>,
+}
+
+/// The query parameters `P` documents: the only ones its handler accepts.
+pub fn names<P: IntoParams>() -> Vec<String> {
+    P::into_params(|| None).into_iter().map(|p| p.name).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::request::{check, rotation};
+    use serde_json::json;
+
+    fn document() -> Value {
+        serde_json::to_value(crate::serve::openapi()).unwrap_or_default()
+    }
+
+    /// The properties the document gives a schema.
+    fn documented(schema: &str) -> Vec<String> {
+        let doc = document();
+        let properties = doc.pointer(&format!("/components/schemas/{schema}/properties"));
+        let mut names: Vec<String> = properties
+            .and_then(Value::as_object)
+            .map(|p| p.keys().cloned().collect())
+            .unwrap_or_default();
+        names.sort();
+        names
+    }
+
+    /// The fields the filter's compiler accepts where `doc` has an unknown one, from its
+    /// refusal ("unknown field `zzz`, expected one of `id`, `sha256`, ..." or "expected `a`
+    /// or `b`").
+    fn accepted(doc: Value) -> Vec<String> {
+        let message = match check(doc) {
+            Ok(_) => String::new(),
+            Err(e) => e.message,
+        };
+        let list = message.split(", expected ").nth(1).unwrap_or_default();
+        let list = list.split(" at line ").next().unwrap_or_default();
+        let list = list.strip_prefix("one of ").unwrap_or(list);
+        let mut names: Vec<String> = list
+            .split(", ")
+            .flat_map(|f| f.split(" or "))
+            .map(|f| f.trim_matches('`').to_string())
+            .filter(|f| !f.is_empty())
+            .collect();
+        names.sort();
+        names
+    }
+
+    fn with(mut names: Vec<String>, more: &[&str], less: &[&str]) -> Vec<String> {
+        names.extend(more.iter().map(|m| m.to_string()));
+        names.retain(|n| !less.contains(&n.as_str()));
+        names.sort();
+        names
+    }
+
+    #[test]
+    fn entry_schemas_have_exactly_the_compilers_fields() {
+        let entry = accepted(json!({"id": "a", "zzz": 1}));
+        assert!(entry.contains(&"owner".to_string()), "{entry:?}");
+        let admin_sees = with(entry.clone(), &["name"], &["sha256", "key"]);
+        assert_eq!(documented("KeyEntry"), admin_sees);
+        assert_eq!(documented("NewKey"), admin_sees);
+        assert_eq!(documented("EntryPatch"), admin_sees);
+        assert_eq!(documented("ExportedKey"), with(entry, &[], &["key"]));
+
+        let cors = accepted(json!({"id": "a", "cors": {"allowed_origins": [], "zzz": 1}}));
+        assert!(!cors.is_empty());
+        assert_eq!(documented("KeyCors"), cors);
+        assert_eq!(documented("CorsPatch"), cors);
+        let rule = accepted(json!({"id": "a", "rules": [{"methods": [], "paths": [], "zzz": 1}]}));
+        assert!(!rule.is_empty());
+        assert_eq!(documented("Rule"), rule);
+        assert_eq!(documented("Rotation"), ["grace_seconds", "id"]);
+    }
+
+    #[test]
+    fn a_full_entry_is_accepted_and_answered_as_documented() {
+        let entry = json!({"id": "web", "name": "Web", "owner": "acme",
+            "not_before": "2026-01-01T00:00:00Z", "expires_at": "2027-01-01T00:00:00Z",
+            "disabled": true, "cors": {"allowed_origins": ["https://a.example"], "full_access": false},
+            "rules": [{"methods": ["GET"], "paths": ["/v1/{id}"]}], "resources": ["x"]});
+        let key = check(entry.clone()).map_err(|e| e.body());
+        assert!(key.is_ok(), "{key:?}");
+        assert!(serde_json::from_value::<KeyEntry>(entry.clone()).is_ok());
+        assert!(serde_json::from_value::<NewKey>(entry).is_ok());
+        let rotate = json!({"grace_seconds": 60, "id": "b"});
+        assert!(rotation(&rotate).is_ok());
+        assert!(serde_json::from_value::<Rotation>(rotate).is_ok());
+    }
+
+    #[test]
+    fn every_admin_call_names_the_admin_token_and_only_the_page_and_document_do_not() {
+        let doc = document();
+        let scheme = doc.pointer(&format!("/components/securitySchemes/{ADMIN_TOKEN}/scheme"));
+        assert_eq!(scheme, Some(&json!("bearer")));
+        let paths = doc.get("paths").and_then(Value::as_object).cloned().unwrap_or_default();
+        for (path, item) in paths {
+            for (method, operation) in item.as_object().cloned().unwrap_or_default() {
+                let open = operation.get("security").is_none();
+                let public = path == "/v1/openapi.json" || !path.starts_with("/v1/");
+                assert_eq!(open, public, "{method} {path}");
+                if !open {
+                    assert_eq!(
+                        operation["security"],
+                        json!([{ADMIN_TOKEN: []}]),
+                        "{method} {path}"
+                    );
+                }
+            }
+        }
+    }
+}
