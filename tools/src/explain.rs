@@ -1,12 +1,12 @@
 //! What the filter would do with one request, computed by the same core: the lines
-//! `keygate explain` prints.
+//! `keygate explain` prints. The status, headers and body are the core's one response for a
+//! verdict (`keygate::core::response::respond`), the one the filter sends.
 
-use keygate::core::config::Mode;
 use keygate::core::decide::{Ask, Decision, Failed, Remote, Request};
 use keygate::core::policy::Policy;
 use keygate::core::remote::cache::RemoteCache;
 use keygate::core::remote::protocol;
-use keygate::core::verdict::Outcome;
+use keygate::core::response::{respond, Response, WOULD_DENY_HEADER};
 
 /// One request, as `keygate explain` was told it.
 pub struct Question<'a> {
@@ -23,8 +23,9 @@ pub struct Question<'a> {
 }
 
 /// `name: value` lines: `outcome`, `key_id`, `status` (`upstream` when the request would
-/// be forwarded), then `body` and the response headers keygate would set, or the identity
-/// headers it would forward (`forward <header>: value`).
+/// be forwarded), then the reply's `body` and headers; or, forwarded, the request headers
+/// keygate would add (`forward <header>: value`: the identity, and in report mode
+/// `x-keygate-would-deny`) and the CORS headers it would add to the upstream's response.
 pub fn explain(policy: &Policy, q: &Question) -> Vec<String> {
     let mut req =
         Request { method: q.method.as_bytes(), path: q.path.as_bytes(), ..Request::default() };
@@ -58,57 +59,35 @@ pub fn explain(policy: &Policy, q: &Question) -> Vec<String> {
             return lines;
         }
     };
-    let enforce = policy.mode == Mode::Enforce || req.is_preflight();
     lines.push(format!("outcome: {}", verdict.outcome.name()));
     lines.push(format!("key_id: {}", verdict.key.map_or("-", |k| &k.id)));
-    let mut headers: Vec<(String, String)> = Vec::new();
-    match verdict.outcome.reply() {
-        Some(reply) if enforce => {
-            lines.push(format!("status: {}", reply.status));
-            lines.push(format!("body: {}", reply.body));
-            headers.push(("content-type".into(), "application/json".into()));
-            if let Some(www) = reply.www_authenticate {
-                headers.push(("www-authenticate".into(), www.into()));
+    let text = |bytes: &[u8]| String::from_utf8_lossy(bytes).into_owned();
+    match respond(policy, &verdict, &req) {
+        Response::Reply { status, headers, body } => {
+            lines.push(format!("status: {status}"));
+            if !body.is_empty() {
+                lines.push(format!("body: {body}"));
             }
-            if let Some(after) = reply.retry_after {
-                headers.push(("retry-after".into(), after.into()));
+            for (name, value) in headers.list() {
+                lines.push(format!("{}: {}", text(name), text(value)));
             }
         }
-        _ if verdict.outcome == Outcome::PreflightAllowed => {
-            lines.push("status: 204".into());
-            headers.push((
-                "access-control-allow-methods".into(),
-                q.request_method.unwrap_or_default().into(),
-            ));
-            headers.push((
-                "access-control-allow-headers".into(),
-                policy.cors.allow_headers.to_string(),
-            ));
-            headers.push(("access-control-max-age".into(), policy.cors.max_age.to_string()));
-        }
-        denial => {
+        Response::Forward { identity, would_deny, cors } => {
             lines.push("status: upstream".into());
-            if let (Some(key), Outcome::Allowed) = (verdict.key, verdict.outcome) {
-                headers.push((
-                    format!("forward {}", policy.forward.key_id_header),
-                    key.id.to_string(),
-                ));
+            if let Some(key) = identity {
+                lines.push(format!("forward {}: {}", policy.forward.key_id_header, key.id));
                 if let Some(owner) = &key.owner {
-                    headers.push((
-                        format!("forward {}", policy.forward.owner_header),
-                        owner.to_string(),
-                    ));
+                    lines.push(format!("forward {}: {owner}", policy.forward.owner_header));
                 }
             }
-            if denial.is_some() {
-                headers
-                    .push(("forward x-keygate-would-deny".into(), verdict.outcome.name().into()));
+            if let Some(outcome) = would_deny {
+                lines.push(format!("forward {WOULD_DENY_HEADER}: {outcome}"));
+            }
+            // Added to the upstream's response.
+            for (name, value) in cors.list() {
+                lines.push(format!("{}: {}", text(name), text(value)));
             }
         }
     }
-    if let (Some(origin), true) = (q.origin, verdict.allow_origin) {
-        headers.push(("access-control-allow-origin".into(), origin.into()));
-    }
-    lines.extend(headers.into_iter().map(|(name, value)| format!("{name}: {value}")));
     lines
 }

@@ -155,7 +155,7 @@ fn explain_prints_the_verdict_without_the_key() {
         out,
         "outcome: denied_resource\nkey_id: demo-web-player\nstatus: 403\n\
          body: {\"error\": \"Forbidden\", \"message\": \"Resource not allowed for this API key\"}\n\
-         content-type: application/json\naccess-control-allow-origin: http://localhost:8080\n"
+         content-type: application/json\nvary: Origin\naccess-control-allow-origin: http://localhost:8080\n"
     );
     assert!(!out.contains(key));
     let out = run(
@@ -183,9 +183,90 @@ fn explain_prints_the_verdict_without_the_key() {
         ],
         "",
     );
-    assert!(out.starts_with(
-        "outcome: preflight_allowed\nkey_id: -\nstatus: 204\naccess-control-allow-methods: PATCH\n"
-    ));
+    assert_eq!(
+        out,
+        "outcome: preflight_allowed\nkey_id: -\nstatus: 204\n\
+         access-control-allow-origin: http://localhost:8080\n\
+         access-control-allow-methods: PATCH\n\
+         access-control-allow-headers: authorization, content-type\n\
+         access-control-max-age: 600\n\
+         vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\n"
+    );
+}
+
+#[test]
+fn explain_prints_the_cors_headers_the_filter_adds() {
+    let key = "kg_explain_cors_key";
+    let config = temp_file(
+        "cors.json",
+        &format!(
+            r#"{{"mode": "report",
+                "keys": [{{"id": "web", "owner": "acme", "sha256": "{}",
+                           "cors": {{"allowed_origins": ["https://app.example"], "full_access": true}}}}],
+                "cors": {{"allow_headers": ["authorization"], "expose_headers": ["x-request-id", "x-total"],
+                          "max_age_seconds": 60, "allow_credentials": true}}}}"#,
+            sha_hex(key)
+        ),
+    );
+    let path = config.to_string_lossy().into_owned();
+    let run = |args: &[&str], stdin: &str| {
+        let out = keygate(
+            &[&["explain", &path, "--method", "GET", "--path", "/v1/x"], args].concat(),
+            stdin.as_bytes(),
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        text(&out.stdout)
+    };
+    // Forwarded from an allowed origin: the identity upstream, the CORS headers back.
+    let out = run(&["--origin", "https://app.example", "--header-stdin"], &format!("Bearer {key}"));
+    assert_eq!(
+        out,
+        "outcome: allowed\nkey_id: web\nstatus: upstream\n\
+         forward x-api-key-id: web\nforward x-api-key-owner: acme\n\
+         vary: Origin\naccess-control-allow-origin: https://app.example\n\
+         access-control-expose-headers: x-request-id, x-total\n\
+         access-control-allow-credentials: true\n"
+    );
+    // Report mode forwards a refusal, saying what enforce mode would have answered.
+    let out =
+        run(&["--origin", "https://other.example", "--header-stdin"], &format!("Bearer {key}"));
+    assert_eq!(
+        out,
+        "outcome: denied_origin\nkey_id: web\nstatus: upstream\n\
+         forward x-keygate-would-deny: denied_origin\nvary: Origin\n"
+    );
+    let out = run(&[], "");
+    assert_eq!(
+        out,
+        "outcome: denied_missing\nkey_id: -\nstatus: upstream\n\
+         forward x-keygate-would-deny: denied_missing\n"
+    );
+    // Preflights are answered in report mode too, with the credentials header.
+    let out = keygate(
+        &[
+            "explain",
+            &path,
+            "--method",
+            "OPTIONS",
+            "--path",
+            "/v1/x",
+            "--origin",
+            "https://app.example",
+            "--request-method",
+            "GET",
+        ],
+        b"",
+    );
+    assert_eq!(
+        text(&out.stdout),
+        "outcome: preflight_allowed\nkey_id: -\nstatus: 204\n\
+         access-control-allow-origin: https://app.example\n\
+         access-control-allow-methods: GET\n\
+         access-control-allow-headers: authorization\n\
+         access-control-max-age: 60\n\
+         vary: Origin, Access-Control-Request-Method, Access-Control-Request-Headers\n\
+         access-control-allow-credentials: true\n"
+    );
 }
 
 #[test]

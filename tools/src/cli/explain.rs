@@ -10,9 +10,7 @@ use std::io::Read as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Output: `name: value` lines — `outcome`, `key_id`, `status` (`upstream` when the
-/// request would be forwarded), then `body` and the response headers keygate would set,
-/// or the identity headers it would forward.
+/// The request to explain (the output is described on the command, in `cli/mod.rs`).
 #[derive(Args)]
 pub struct ExplainArgs {
     /// Configuration file (same formats as `keygate check`; the first configuration found).

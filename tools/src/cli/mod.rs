@@ -35,6 +35,12 @@ enum Command {
     /// wasm filters carry keygate configurations. Exit status 0: valid; 1: invalid.
     Check(check::CheckArgs),
     /// Print the verdict the filter would return for one request (never the key).
+    ///
+    /// Output: `name: value` lines: outcome, key_id, status (`upstream` when the request
+    /// would be forwarded), then the body and headers keygate would answer with; or, when
+    /// forwarded, the request headers it would add (`forward <header>: value`) and the CORS
+    /// headers it would add to the upstream's response. Built by the filter's own response
+    /// function, so it shows exactly what Envoy sends.
     Explain(explain::ExplainArgs),
     /// Run the key service: the admin API, the filter's remote-keys protocol, and
     /// optionally an ECDS file, over SQLite or PostgreSQL.
