@@ -32,11 +32,9 @@ fn answer(p: &Policy, r: &common::Req) -> (u32, Vec<String>, String) {
             .collect::<Vec<_>>()
     };
     match respond(p, &verdict, &r.0) {
-        Response::Reply { status, headers, body } => {
-            (status, text(headers.as_slice()), body.into())
-        }
+        Response::Reply { status, headers, body } => (status, text(&headers.list()), body.into()),
         Response::Forward { identity, would_deny, cors } => {
-            let mut h = text(cors.as_slice());
+            let mut h = text(&cors.list());
             if let Some(k) = identity {
                 h.insert(0, format!("forward key_id: {}", k.id));
             }

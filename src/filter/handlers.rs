@@ -277,7 +277,7 @@ fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, strea
                 }
                 _ => host::send_response(
                     status,
-                    &headers::serialize(headers.as_slice()),
+                    &headers::serialize(&headers.list()),
                     body.as_bytes(),
                 ),
             };
@@ -302,13 +302,13 @@ pub fn response_headers(stream: u32) -> Action {
     let Some(Some(Awaiting { policy, origin, allowed })) = taken else {
         return Action::Continue;
     };
-    for &(name, value) in response::cors_headers(&policy, Some(&origin), allowed).as_slice() {
+    Headers::cors(&policy, Some(&origin), allowed).each(|name, value| {
         if name == b"vary" {
             add_vary_origin();
         } else {
             host::set_header(Map::Response, name, value);
         }
-    }
+    });
     Action::Continue
 }
 
@@ -381,9 +381,7 @@ static DENIAL_HEADERS: OnceLock<[Vec<u8>; Outcome::ALL.len()]> = OnceLock::new()
 fn denial_headers(outcome: Outcome) -> &'static [u8] {
     let all = DENIAL_HEADERS.get_or_init(|| {
         Outcome::ALL.map(|o| {
-            o.reply().map_or_else(Vec::new, |r| {
-                headers::serialize(response::denial_headers(r, &Headers::new()).as_slice())
-            })
+            o.reply().map_or_else(Vec::new, |r| headers::serialize(&Headers::denial(r).list()))
         })
     });
     all.get(outcome as usize).map_or(&[], Vec::as_slice)
