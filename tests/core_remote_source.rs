@@ -20,15 +20,17 @@ const NOW: i64 = 1_000_000;
 #[derive(Default)]
 struct Recorder {
     paths: Vec<String>,
+    timeouts: Vec<u32>,
     refuse: bool,
 }
 
 impl Calls for Recorder {
-    fn get(&mut self, _service: &KeyService, path: &str) -> Option<u32> {
+    fn get(&mut self, _service: &KeyService, path: &str, timeout_ms: u32) -> Option<u32> {
         if self.refuse {
             return None;
         }
         self.paths.push(path.to_string());
+        self.timeouts.push(timeout_ms);
         Some(99 + self.paths.len() as u32)
     }
 }
@@ -85,7 +87,11 @@ impl Rig {
 
     /// The streams an answer resumes, with their passes.
     fn answer(&mut self, token: u32, answer: Answer) -> Vec<(u32, Pass)> {
-        let resumed = self.source.answered(token, answer, NOW);
+        self.answer_at(token, answer, NOW)
+    }
+
+    fn answer_at(&mut self, token: u32, answer: Answer, at: i64) -> Vec<(u32, Pass)> {
+        let resumed = self.source.answered(token, answer, at, &mut self.calls);
         resumed.into_iter().map(|s| (s.stream, s.pass)).collect()
     }
 
@@ -118,6 +124,11 @@ impl Rig {
 
     fn tag(&self, key: &str) -> u128 {
         self.source.cache(ROOT).map_or(0, |c| c.tag(key.as_bytes()))
+    }
+
+    /// Key and origin lookups sent so far (feed polls aside).
+    fn lookups(&self) -> usize {
+        self.calls.paths.iter().filter(|p| !p.contains("/changes")).count()
     }
 
     fn last_token(&self) -> u32 {
@@ -253,7 +264,7 @@ fn the_feed_polls_from_the_start_then_after_its_cursor_once_per_interval() {
 fn feed(r: &mut Rig, at: i64, json: &str) {
     r.tick(at);
     let token = r.last_token();
-    assert!(r.answer(token, changes(json)).is_empty());
+    assert!(r.answer_at(token, changes(json), at).is_empty());
 }
 
 #[test]
@@ -290,7 +301,7 @@ fn a_key_listed_while_its_lookup_is_in_flight_is_not_kept_and_its_streams_ask_af
     feed(&mut r, NOW + 1_000, &format!(r#"{{"cursor": "db.2", "keys": ["{}"]}}"#, hex("k")));
     // A request arriving after the change joins the lookup in flight...
     assert_eq!(r.ask(6, ask, Pass::FIRST), Ok(()));
-    assert_eq!(r.calls.paths.len(), 3, "joined, no new call");
+    assert_eq!(r.lookups(), 1, "joined, no new call");
     // ...but neither is decided on its answer, which may predate the change: the cache does
     // not hold it when they are decided again, so they ask afresh, in one new lookup.
     let back = r.answer(lookup, key_answer("k", "web"));
@@ -298,7 +309,7 @@ fn a_key_listed_while_its_lookup_is_in_flight_is_not_kept_and_its_streams_ask_af
     assert!(!r.cached("k"));
     assert_eq!(r.ask(5, ask, resumed(Failed::NONE)), Ok(()));
     assert_eq!(r.ask(6, ask, resumed(Failed::NONE)), Ok(()));
-    assert_eq!(r.calls.paths.len(), 4);
+    assert_eq!(r.lookups(), 2);
     let fresh = r.last_token();
     let twice = Pass { resumed: true, failed: Failed::NONE, asks: 2 };
     assert_eq!(r.answer(fresh, status(404)), [(5, twice), (6, twice)]);
@@ -384,4 +395,49 @@ fn cache_hits_are_counted_by_kind() {
     assert_eq!(counts[Counter::CacheHits as usize], 2);
     assert_eq!(counts[Counter::NegativeHits as usize], 1);
     assert_eq!(r.tick(NOW).counts, [0; Counter::ALL.len()], "a flush empties the counts");
+}
+
+#[test]
+fn a_feed_answer_listing_changes_or_more_is_followed_by_the_next_poll_at_once() {
+    let mut r = rig("");
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    assert_eq!(r.calls.paths.len(), 1, "the first answer learns the cursor; the next poll waits");
+    r.tick(NOW + 1_000);
+    let token = r.last_token();
+    let answer = format!(
+        r#"{{"cursor": "db.257", "keys": ["{}"], "more": true, "behind": 4744}}"#,
+        hex("a")
+    );
+    r.answer_at(token, changes(&answer), NOW + 1_010);
+    assert_eq!(r.calls.paths.len(), 3, "sent from the answer, not the next tick");
+    assert_eq!(r.calls.paths[2], "/v1/filter/changes?after=db.257");
+    assert_eq!(r.tick(NOW + 1_010).feed_lag, 4744);
+    let token = r.last_token();
+    r.answer_at(token, changes(r#"{"cursor": "db.300", "keys": []}"#), NOW + 1_020);
+    assert_eq!(r.calls.paths.len(), 3, "an empty answer: the next poll waits changes_poll_ms");
+    assert_eq!(r.tick(NOW + 1_020).feed_lag, 0);
+    r.tick(NOW + 1_999);
+    assert_eq!(r.calls.paths.len(), 3);
+    r.tick(NOW + 2_010);
+    assert_eq!(r.calls.paths.len(), 4);
+}
+
+#[test]
+fn held_polls_ask_the_service_to_wait_and_allow_for_it_in_their_timeout() {
+    let mut r = rig(r#", "changes_wait_ms": 25000, "timeout_ms": 300"#);
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    r.tick(NOW + 1_000);
+    assert_eq!(
+        r.calls.paths,
+        ["/v1/filter/changes", "/v1/filter/changes?after=db.1&wait_ms=25000"]
+    );
+    assert_eq!(r.calls.timeouts, [300, 25_300]);
+    // The service held it until the wait ran out: an empty answer 25 s later, the next poll
+    // at once.
+    let token = r.last_token();
+    r.answer_at(token, changes(r#"{"cursor": "db.1"}"#), NOW + 26_000);
+    assert_eq!(r.calls.paths.len(), 3);
+    // A lookup's timeout stays its own.
+    assert_eq!(r.ask(5, key_ask("k"), Pass::FIRST), Ok(()));
+    assert_eq!(r.calls.timeouts.last(), Some(&300));
 }

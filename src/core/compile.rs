@@ -208,6 +208,7 @@ fn key_service(raw: &RawKeyService) -> Result<KeyService, ConfigError> {
         path_prefix: raw.path_prefix.as_str().into(),
         timeout_ms: within("timeout_ms", raw.timeout_ms, 1, 60_000)?,
         changes_poll_ms: within("changes_poll_ms", raw.changes_poll_ms, 100, 600_000)?,
+        changes_wait_ms: within("changes_wait_ms", raw.changes_wait_ms, 0, 30_000)?,
         max_pending: within("max_pending", raw.max_pending, 1, 65_536)?,
         cache: CacheSettings {
             max_entries,

@@ -139,6 +139,10 @@ pub struct RawKeyService {
     pub timeout_ms: u32,
     #[serde(default = "default_changes_poll_ms")]
     pub changes_poll_ms: u32,
+    /// How long the service may hold a feed poll open until something changes; 0: it answers
+    /// at once.
+    #[serde(default)]
+    pub changes_wait_ms: u32,
     #[serde(default = "default_max_pending")]
     pub max_pending: u32,
     #[serde(default)]

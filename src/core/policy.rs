@@ -65,6 +65,8 @@ pub struct KeyService {
     pub path_prefix: Box<str>,
     pub timeout_ms: u32,
     pub changes_poll_ms: u32,
+    /// `wait_ms` of a feed poll after the first (0: none).
+    pub changes_wait_ms: u32,
     /// Most lookups one VM has in flight at once.
     pub max_pending: u32,
     pub cache: CacheSettings,

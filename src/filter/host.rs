@@ -64,6 +64,7 @@ extern "C" {
     ) -> u32;
     fn proxy_define_metric(kind: u32, name: *const u8, name_size: usize, id: *mut u32) -> u32;
     fn proxy_increment_metric(id: u32, offset: i64) -> u32;
+    fn proxy_record_metric(id: u32, value: u64) -> u32;
     fn proxy_set_tick_period_milliseconds(period: u32) -> u32;
     #[allow(clippy::too_many_arguments)]
     fn proxy_http_call(
@@ -311,6 +312,12 @@ pub fn define_gauge(name: &str) -> Option<u32> {
 pub fn add(id: u32, by: i64) {
     // SAFETY: plain values.
     unsafe { proxy_increment_metric(id, by) };
+}
+
+/// Sets a gauge.
+pub fn set_gauge(id: u32, value: u64) {
+    // SAFETY: plain values.
+    unsafe { proxy_record_metric(id, value) };
 }
 
 /// Routes the `log` crate to the host; messages are formatted only when enabled.

@@ -9,7 +9,7 @@ use crate::core::remote::source::{Answer, Calls, Counter, RemoteSource};
 use crate::core::verdict::RemoteUse;
 use crate::filter::headers;
 use crate::filter::host;
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::rc::Rc;
 use std::sync::OnceLock;
 
@@ -20,6 +20,8 @@ pub type Resumed = Stream<Rc<Policy>>;
 
 thread_local! {
     static SOURCE: RefCell<RemoteSource<Rc<Policy>>> = RefCell::default();
+    /// The `remote.feed_lag` this VM last set.
+    static FEED_LAG: Cell<u64> = const { Cell::new(0) };
 }
 
 /// Runs `f` on the VM's remote source; `None` if it is borrowed (never, since the host
@@ -48,14 +50,14 @@ pub fn with_cache<T>(
 pub struct HostCalls;
 
 impl Calls for HostCalls {
-    fn get(&mut self, service: &KeyService, path: &str) -> Option<u32> {
+    fn get(&mut self, service: &KeyService, path: &str, timeout_ms: u32) -> Option<u32> {
         let request = headers::serialize(&[
             (b":method", b"GET"),
             (b":path", path.as_bytes()),
             (b":authority", service.authority.as_bytes()),
             (b"accept", b"application/json"),
         ]);
-        host::http_call(&service.cluster, &request, service.timeout_ms)
+        host::http_call(&service.cluster, &request, timeout_ms)
     }
 }
 
@@ -67,7 +69,7 @@ pub fn call_response(token: u32, body_size: usize) -> Vec<Resumed> {
     }
     let answer = read_answer(body_size);
     let now = host::now_ms().unwrap_or(0);
-    with_source(|s| s.answered(token, answer, now)).unwrap_or_default()
+    with_source(|s| s.answered(token, answer, now, &mut HostCalls)).unwrap_or_default()
 }
 
 fn read_answer(body_size: usize) -> Answer {
@@ -109,6 +111,12 @@ pub fn tick(root: u32, gone: &[u32]) -> Vec<Resumed> {
     if let (true, Some(id)) = (flush.entries_delta != 0, m.entries) {
         host::add(id, flush.entries_delta);
     }
+    if let Some(id) = m.feed_lag {
+        // A gauge shared by the process's VMs: each sets what it last heard, when it changes.
+        if FEED_LAG.replace(flush.feed_lag) != flush.feed_lag {
+            host::set_gauge(id, flush.feed_lag);
+        }
+    }
     flush.orphans
 }
 
@@ -122,6 +130,7 @@ pub fn count_use(used: RemoteUse) {
 struct Metrics {
     counters: [Option<u32>; Counter::ALL.len()],
     entries: Option<u32>,
+    feed_lag: Option<u32>,
 }
 
 static METRICS: OnceLock<Metrics> = OnceLock::new();
@@ -130,5 +139,6 @@ fn metrics() -> &'static Metrics {
     METRICS.get_or_init(|| Metrics {
         counters: Counter::ALL.map(|c| host::define_counter(c.name())),
         entries: host::define_gauge("keygate.remote.cache_entries"),
+        feed_lag: host::define_gauge("keygate.remote.feed_lag"),
     })
 }

@@ -1,5 +1,12 @@
 //! The change feed, as one root context follows it: when to poll, where it is, and what a
 //! poll's answer invalidates.
+//!
+//! A poll starts at most once per `changes_poll_ms`, unless the last answer listed changes
+//! or said `more`: then the next starts at once, so a filter behind a burst of changes
+//! catches up at the speed of round trips. A service that holds polls open (`wait_ms`)
+//! answers an idle feed only after the wait, so the next poll starts at once then too; one
+//! that ignores `wait_ms` answers at once and is polled once per `changes_poll_ms`, as
+//! without it.
 
 use crate::core::remote::protocol::Changes;
 
@@ -8,9 +15,13 @@ pub struct Feed {
     /// `None` until the first answer (the poll without `after`).
     pub cursor: Option<String>,
     in_flight: bool,
-    last_poll_ms: i64,
+    /// When the next poll may start: `changes_poll_ms` after the last one started, or at
+    /// once.
+    next_ms: i64,
     /// Failed polls in a row.
     failures: u32,
+    /// Changes behind, as the service last counted them.
+    pub behind: u64,
 }
 
 /// What a poll's answer asks of the cache.
@@ -24,11 +35,11 @@ pub enum Applied<'c> {
 }
 
 impl Feed {
-    /// Whether a poll is due at `now_ms`; when it is, it counts as started.
+    /// Whether a poll may start at `now_ms`; when it may, it counts as started.
     pub fn poll_due(&mut self, now_ms: i64, poll_ms: u32) -> bool {
-        let due = now_ms - self.last_poll_ms >= i64::from(poll_ms) && !self.in_flight;
+        let due = !self.in_flight && now_ms >= self.next_ms;
         if due {
-            self.last_poll_ms = now_ms;
+            self.next_ms = now_ms.saturating_add(i64::from(poll_ms));
         }
         due
     }
@@ -50,16 +61,24 @@ impl Feed {
         (self.failures, self.failures % 60 == 1)
     }
 
-    /// A poll answered: the failures it ends (0 when none), and what to drop.
-    pub fn answered<'c>(&mut self, changes: &'c Changes) -> (u32, Applied<'c>) {
+    /// A poll answered at `now_ms`: the failures it ends (0 when none), and what to drop.
+    pub fn answered<'c>(&mut self, changes: &'c Changes, now_ms: i64) -> (u32, Applied<'c>) {
         self.in_flight = false;
         let ended = std::mem::take(&mut self.failures);
-        let applied = if self.cursor.is_none() || changes.reset {
-            Applied::Everything
-        } else {
-            Applied::Listed(changes)
-        };
+        let first = self.cursor.is_none();
+        let listed = changes.reset || !changes.keys.is_empty() || !changes.origins.is_empty();
+        if changes.more || (listed && !first) {
+            self.next_ms = now_ms;
+        }
+        self.behind = changes.behind.unwrap_or(0);
+        let applied =
+            if first || changes.reset { Applied::Everything } else { Applied::Listed(changes) };
         self.cursor = Some(changes.cursor.clone());
         (ended, applied)
+    }
+
+    /// Whether the next poll may start at once (see the module comment).
+    pub fn due_now(&self, now_ms: i64) -> bool {
+        !self.in_flight && now_ms >= self.next_ms
     }
 }

@@ -54,11 +54,17 @@ pub fn origin_path(prefix: &str, origin: &[u8]) -> String {
     path
 }
 
-pub fn changes_path(prefix: &str, cursor: Option<&str>) -> String {
+/// A feed poll: from the start, or after `cursor`, then held up to `wait_ms` (0: not held)
+/// until something changes. The first poll is never held: it only learns the cursor.
+pub fn changes_path(prefix: &str, cursor: Option<&str>, wait_ms: u32) -> String {
     let mut path = format!("{prefix}/changes");
     if let Some(c) = cursor {
         path.push_str("?after=");
         push_encoded(&mut path, c.as_bytes());
+        if wait_ms > 0 {
+            path.push_str("&wait_ms=");
+            path.push_str(&wait_ms.to_string());
+        }
     }
     path
 }
@@ -117,6 +123,9 @@ struct ChangesAnswer {
     origins: Vec<String>,
     #[serde(default)]
     reset: bool,
+    #[serde(default)]
+    more: bool,
+    behind: Option<u64>,
 }
 
 /// A `200` answer to `keys/{sha256}` for `asked`: the entry, compiled.
@@ -153,6 +162,10 @@ pub struct Changes {
     pub keys: Vec<Digest>,
     /// Origins as browsers send them; `None` stands for `"*"`: every origin.
     pub origins: Vec<Option<Box<[u8]>>>,
+    /// The answer stopped at its limit: poll again at once.
+    pub more: bool,
+    /// Changes still to come after this answer, as the service counts them.
+    pub behind: Option<u64>,
 }
 
 pub fn parse_changes(body: &[u8]) -> Result<Changes, ProtocolError> {
@@ -179,7 +192,14 @@ pub fn parse_changes(body: &[u8]) -> Result<Changes, ProtocolError> {
         let normal = normalize_origin(o).map_err(|r| error(format!("origins[{i}]: {r}")))?;
         origins.push(Some(normal.into_bytes().into_boxed_slice()));
     }
-    Ok(Changes { cursor: answer.cursor, reset: answer.reset, keys, origins })
+    Ok(Changes {
+        cursor: answer.cursor,
+        reset: answer.reset,
+        keys,
+        origins,
+        more: answer.more,
+        behind: answer.behind,
+    })
 }
 
 fn json<'de, T: Deserialize<'de>>(body: &'de [u8]) -> Result<T, ProtocolError> {
@@ -215,8 +235,10 @@ mod tests {
             origin_path("/p", b"https://a.example:8443"),
             "/p/origins/https%3a%2f%2fa.example%3a8443"
         );
-        assert_eq!(changes_path("/p", None), "/p/changes");
-        assert_eq!(changes_path("/p", Some("7:a b")), "/p/changes?after=7%3aa%20b");
+        assert_eq!(changes_path("/p", None, 0), "/p/changes");
+        assert_eq!(changes_path("/p", None, 25_000), "/p/changes", "the first poll is not held");
+        assert_eq!(changes_path("/p", Some("7:a b"), 0), "/p/changes?after=7%3aa%20b");
+        assert_eq!(changes_path("/p", Some("c"), 25_000), "/p/changes?after=c&wait_ms=25000");
     }
 
     #[test]
@@ -295,8 +317,12 @@ mod tests {
                 reset: false,
                 keys: vec![sha256(b"k")],
                 origins: vec![Some(b"https://a.example".as_slice().into()), None],
+                more: false,
+                behind: None,
             })
         );
+        let c = parse_changes(br#"{"cursor": "c", "more": true, "behind": 4744}"#);
+        assert!(c.is_ok_and(|c| c.more && c.behind == Some(4744)));
         assert!(parse_changes(br#"{"cursor": "c", "reset": true}"#).is_ok_and(|c| c.reset));
         assert!(parse_changes(br#"{"cursor": ""}"#).is_err());
         assert!(parse_changes(br#"{"cursor": "c", "keys": ["zz"]}"#).is_err());

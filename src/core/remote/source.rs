@@ -23,9 +23,10 @@ use crate::core::verdict::RemoteUse;
 use hashbrown::{HashMap, HashSet};
 use log::{info, warn};
 
-/// Sends a GET to the key service: the call's token, or `None` when the host refused it.
+/// Sends a GET to the key service, answered within `timeout_ms`: the call's token, or
+/// `None` when the host refused it.
 pub trait Calls {
-    fn get(&mut self, service: &KeyService, path: &str) -> Option<u32>;
+    fn get(&mut self, service: &KeyService, path: &str, timeout_ms: u32) -> Option<u32>;
 }
 
 /// Which time a stream's request headers are decided.
@@ -147,6 +148,9 @@ pub struct Flush<W> {
     pub counts: Counts,
     /// The change of the `remote.cache_entries` gauge.
     pub entries_delta: i64,
+    /// Changes the feed is behind, as the service last said (the most of this VM's roots):
+    /// the `remote.feed_lag` gauge.
+    pub feed_lag: u64,
     /// Streams that waited on a root the host deleted: their answers will not come, so they
     /// are decided again as if every lookup failed.
     pub orphans: Vec<Stream<W>>,
@@ -276,7 +280,7 @@ impl<W> RemoteSource<W> {
                 Subject::Key(digest) => protocol::key_path(&r.service.path_prefix, digest),
                 Subject::Origin(o) => protocol::origin_path(&r.service.path_prefix, o),
             };
-            let Some(token) = calls.get(&r.service, &path) else {
+            let Some(token) = calls.get(&r.service, &path, r.service.timeout_ms) else {
                 self.count(Counter::Errors, 1);
                 return failed(payload);
             };
@@ -295,12 +299,20 @@ impl<W> RemoteSource<W> {
     }
 
     /// The answer to one of our calls, at `now_ms`: the streams to decide again (none for
-    /// a feed poll or a call that is not ours).
-    pub fn answered(&mut self, token: u32, answer: Answer, now_ms: i64) -> Vec<Stream<W>> {
+    /// a feed poll or a call that is not ours). A feed answer that leaves the next poll due
+    /// at once (see `feed`) sends it.
+    pub fn answered(
+        &mut self,
+        token: u32,
+        answer: Answer,
+        now_ms: i64,
+        calls: &mut impl Calls,
+    ) -> Vec<Stream<W>> {
         let Some((root, kind)) = self.calls.remove(&token) else { return Vec::new() };
         match kind {
             CallKind::Feed => {
-                self.feed_answered(root, answer);
+                self.feed_answered(root, answer, now_ms);
+                self.poll(root, now_ms, calls);
                 Vec::new()
             }
             CallKind::Lookup { subject, tag } => {
@@ -396,7 +408,7 @@ impl<W> RemoteSource<W> {
             .collect()
     }
 
-    fn feed_answered(&mut self, root: u32, answer: Answer) {
+    fn feed_answered(&mut self, root: u32, answer: Answer, now_ms: i64) {
         let changes = match (answer.status, answer.body) {
             (200, Ok(body)) => protocol::parse_changes(&body).map_err(|e| e.to_string()),
             (200, Err(e)) => Err(e.to_string()),
@@ -415,7 +427,7 @@ impl<W> RemoteSource<W> {
                 return;
             }
         };
-        let (ended, applied) = r.feed.answered(&changes);
+        let (ended, applied) = r.feed.answered(&changes, now_ms);
         if ended > 0 {
             info!("key service change feed is back after {ended} failures");
         }
@@ -470,27 +482,38 @@ impl<W> RemoteSource<W> {
             }
         }
         let orphans = self.resume(orphans, Failed::BOTH);
-        if let Some(r) = self.roots.get_mut(&root) {
-            if r.feed.poll_due(now_ms, r.service.changes_poll_ms) {
-                let path = protocol::changes_path(&r.service.path_prefix, r.feed.cursor.as_deref());
-                match calls.get(&r.service, &path) {
-                    Some(token) => {
-                        r.feed.sent();
-                        self.calls.insert(token, (root, CallKind::Feed));
-                    }
-                    None => {
-                        r.feed.refused();
-                        self.count(Counter::FeedErrors, 1);
-                    }
-                }
-            }
-        }
+        self.poll(root, now_ms, calls);
+        let mut feed_lag = 0;
         for r in self.roots.values_mut() {
             let n = r.cache.len() as i64;
             entries_delta += n - r.reported_entries;
             r.reported_entries = n;
+            feed_lag = feed_lag.max(r.feed.behind);
         }
         let counts = std::mem::replace(&mut self.counts, [0; Counter::ALL.len()]);
-        Flush { counts, entries_delta, orphans }
+        Flush { counts, entries_delta, feed_lag, orphans }
+    }
+
+    /// Sends the root's next feed poll if it is due. A poll after the first may be held by
+    /// the service for `changes_wait_ms`, so its timeout covers that too.
+    fn poll(&mut self, root: u32, now_ms: i64, calls: &mut impl Calls) {
+        let Some(r) = self.roots.get_mut(&root) else { return };
+        if !r.feed.poll_due(now_ms, r.service.changes_poll_ms) {
+            return;
+        }
+        let s = &r.service;
+        let path =
+            protocol::changes_path(&s.path_prefix, r.feed.cursor.as_deref(), s.changes_wait_ms);
+        let held = if r.feed.cursor.is_some() { s.changes_wait_ms } else { 0 };
+        match calls.get(s, &path, s.timeout_ms.saturating_add(held)) {
+            Some(token) => {
+                r.feed.sent();
+                self.calls.insert(token, (root, CallKind::Feed));
+            }
+            None => {
+                r.feed.refused();
+                self.count(Counter::FeedErrors, 1);
+            }
+        }
     }
 }
