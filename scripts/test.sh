@@ -10,6 +10,13 @@ echo "== format and lints (native and wasm32-wasip1)"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo clippy --locked -p keygate --target wasm32-wasip1 --lib -- -D warnings
+# The fuzz and bench crates are workspaces of their own (the bench ones build for
+# wasm32-wasip1); sharing target/ reuses what the lines above built.
+for crate in fuzz bench/floor bench/probe; do cargo fmt --manifest-path "$crate/Cargo.toml" --check; done
+cargo clippy --manifest-path fuzz/Cargo.toml --target-dir target --bins -- -D warnings
+cargo clippy --manifest-path bench/floor/Cargo.toml --target-dir target --target wasm32-wasip1 -- -D warnings
+cargo clippy --manifest-path bench/probe/Cargo.toml --target-dir target --target wasm32-wasip1 -- -D warnings
+cargo clippy --manifest-path bench/probe/Cargo.toml --target-dir target --target wasm32-wasip1 --all-features -- -D warnings
 
 echo "== unit tests (pure core, filter bookkeeping, tools; native)"
 cargo test --locked --workspace

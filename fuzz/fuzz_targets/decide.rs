@@ -32,9 +32,11 @@ fuzz_target!(|data: &[u8]| {
     let Some(policy) = policy() else { return };
     // Fields separated by 0xff: method, path, authorization, origin, access-control-request-method.
     let mut parts = data.split(|&b| b == 0xff);
-    let mut req = Request::default();
-    req.method = parts.next().unwrap_or_default();
-    req.path = parts.next().unwrap_or_default();
+    let mut req = Request {
+        method: parts.next().unwrap_or_default(),
+        path: parts.next().unwrap_or_default(),
+        ..Request::default()
+    };
     for (i, part) in parts.enumerate().take(6) {
         match i % 3 {
             0 => req.authorization.push(part),

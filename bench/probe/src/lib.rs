@@ -24,6 +24,8 @@ extern "C" {
         value: *const u8,
         value_size: usize,
     ) -> u32;
+    // Only the exported response callback uses it.
+    #[cfg(any(feature = "response", feature = "reply_late_headers"))]
     fn proxy_replace_header_map_value(
         map: u32,
         key: *const u8,
