@@ -1,4 +1,4 @@
-//! The protocol the filter speaks (see the remote-keys issue): read-only, unauthenticated,
+//! The protocol the filter speaks (`docs/remote-keys.md`): read-only, unauthenticated,
 //! meant for the cluster network. Every answer is `application/json`; the filter treats
 //! anything but 200 (and 404 for a key) as an error.
 
