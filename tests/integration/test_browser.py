@@ -108,7 +108,7 @@ def test_allowed_key_reads_the_upstream_answer_after_real_preflights(run):
     seen = json.loads(patch["body"])["headers"]
     assert [":method", "PATCH"] in seen and ["x-api-key-id", "browser"] in seen
     # The browser asked keygate first: GET with Authorization and PATCH both need a preflight.
-    assert envoy.counter("preflight_allowed") >= 2
+    envoy.wait_counter("preflight_allowed", 2, at_least=True)
 
 
 def test_resource_outside_scope_is_a_readable_403(run):
@@ -121,7 +121,7 @@ def test_endpoint_outside_allowlist_fails_at_the_preflight(run):
     results, envoy = run
     r = results["endpoint_outside_allowlist"]
     assert not r["fetched"] and r["error"].startswith("TypeError"), r
-    assert envoy.counter("preflight_denied") >= 1
+    envoy.wait_counter("preflight_denied", 1, at_least=True)
     assert envoy.counter("denied_endpoint") == 0  # the DELETE itself was never sent
 
 
@@ -129,7 +129,7 @@ def test_key_for_another_origin_is_a_cors_error(run):
     results, envoy = run
     r = results["key_for_another_origin"]
     assert not r["fetched"] and r["error"].startswith("TypeError"), r
-    assert envoy.counter("denied_origin") == 1  # sent, refused, and unreadable to the page
+    envoy.wait_counter("denied_origin", 1)  # sent, refused, and unreadable to the page
 
 
 def test_unknown_key_401_is_readable(run):

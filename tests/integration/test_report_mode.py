@@ -3,7 +3,7 @@
 import pytest
 
 from support import cors_config as c
-from support.harness import UNAUTHORIZED, bearer, module_envoy
+from support.harness import UNAUTHORIZED, bearer, forbidden, module_envoy
 
 
 @pytest.fixture(scope="module")
@@ -17,30 +17,35 @@ def enforce():
     yield from module_envoy({**c.config(), "mode": "enforce", "forward": {"filter_state": True}})
 
 
-# (headers, path, method, outcome enforce mode gives)
+# (headers, path, method, outcome enforce mode gives, its status and body)
 DENIALS = [
-    ([], "/api/x", "GET", "denied_missing"),
-    ([("authorization", "Bearer  two-spaces")], "/api/x", "GET", "denied_malformed"),
-    ([bearer("unknown")], "/api/x", "GET", "denied_unknown"),
-    ([bearer(c.EXPIRED_CORS)], "/api/x", "GET", "denied_expired"),
-    ([bearer(c.BACKEND), ("origin", c.APP)], "/api/x", "GET", "denied_cors_backend_key"),
-    ([bearer(c.WEB), ("origin", "https://evil.example")], "/api/stream/stream-7f3a", "GET", "denied_origin"),
-    ([bearer(c.WEB)], "/api/admin", "GET", "denied_endpoint"),
-    ([bearer(c.WEB)], "/api/stream/other", "GET", "denied_resource"),
+    ([], "/api/x", "GET", "denied_missing", 401, UNAUTHORIZED),
+    ([("authorization", "Bearer  two-spaces")], "/api/x", "GET", "denied_malformed", 401, UNAUTHORIZED),
+    ([bearer("unknown")], "/api/x", "GET", "denied_unknown", 401, UNAUTHORIZED),
+    ([bearer(c.EXPIRED_CORS)], "/api/x", "GET", "denied_expired", 401, UNAUTHORIZED),
+    ([bearer(c.BACKEND), ("origin", c.APP)], "/api/x", "GET", "denied_cors_backend_key", 403,
+     forbidden("API key does not allow CORS access")),
+    ([bearer(c.WEB), ("origin", "https://evil.example")], "/api/stream/stream-7f3a", "GET", "denied_origin", 403,
+     forbidden("Origin not allowed")),
+    ([bearer(c.WEB)], "/api/admin", "GET", "denied_endpoint", 403, forbidden("Endpoint not allowed for this API key")),
+    ([bearer(c.WEB)], "/api/stream/other", "GET", "denied_resource", 403,
+     forbidden("Resource not allowed for this API key")),
 ]
 
 
-@pytest.mark.parametrize("headers,path,method,outcome", DENIALS, ids=[d[3] for d in DENIALS])
-def test_report_mode_forwards_what_enforce_refuses(report, enforce, headers, path, method, outcome):
+@pytest.mark.parametrize("headers,path,method,outcome,status,body", DENIALS, ids=[d[3] for d in DENIALS])
+def test_report_mode_forwards_what_enforce_refuses(report, enforce, headers, path, method, outcome, status, body):
     before_report, before_done = report.counter(f"report.{outcome}"), report.counter(outcome)
     r = report.get(path, headers + [("x-keygate-would-deny", "forged")], method=method)
     assert r.status == 200
     assert r.upstream_all("x-keygate-would-deny") == [outcome]
     assert r.upstream_all("x-api-key-id") == []  # no identity for a request enforce would refuse
-    assert report.counter(f"report.{outcome}") == before_report + 1
+    report.wait_counter(f"report.{outcome}", before_report + 1)
     assert report.counter(outcome) == before_done  # counted as reported, not as done
-    # The same request in enforce mode is refused.
-    assert enforce.get(path, headers, method=method).status in (401, 403)
+    # The same request in enforce mode gets that outcome's refusal, from keygate.
+    r = enforce.get(path, headers, method=method)
+    assert (r.status, r.body) == (status, body)
+    assert r.upstream() is None
 
 
 def test_allowed_requests_are_unchanged_in_report_mode(report):
@@ -55,7 +60,7 @@ def test_allowed_requests_are_unchanged_in_report_mode(report):
 def test_preflights_are_still_answered_in_report_mode(report):
     r = report.get("/api/admin", [("origin", c.APP), ("access-control-request-method", "GET")], method="OPTIONS")
     assert r.status == 403 and r.upstream() is None
-    assert report.counter("preflight_denied") >= 1
+    report.wait_counter("preflight_denied", 1, at_least=True)
     assert "wasmcustom.keygate.report.preflight_denied" not in report.stats()
 
 

@@ -3,12 +3,10 @@
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timedelta, timezone
-
-import pytest
+from datetime import UTC, datetime, timedelta
 
 from support.ecds import EcdsEnvoy
-from support.harness import UNAUTHORIZED, Envoy, bearer, http1, sha256_hex
+from support.harness import UNAUTHORIZED, bearer, http1, sha256_hex
 
 STEADY = "steady-key"  # in every table: must never fail, whatever is pushed
 
@@ -88,7 +86,7 @@ def test_rotation_under_load_fails_no_request(tmp_path):
             e.push(table("old", "new", disabled={"old"}))
             load.overlap()
             assert (get("old"), get("new")) == (401, 200)
-            assert e.envoy.counter("denied_disabled") >= 1
+            e.envoy.wait_counter("denied_disabled", 1, at_least=True)
             # A few more swaps.
             e.push(table("new", "newer"))
             load.overlap()
@@ -114,34 +112,34 @@ def test_rotation_under_load_fails_no_request(tmp_path):
 
 
 def rfc3339(t: datetime) -> str:
-    return t.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
+    return t.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{t.microsecond // 1000:03d}Z"
 
 
 def wait_until(moment: datetime, margin: float = 0.05):
     """Waits for a clock boundary to pass: the rule under test is about time itself."""
-    delay = (moment - datetime.now(timezone.utc)).total_seconds() + margin
+    delay = (moment - datetime.now(UTC)).total_seconds() + margin
     assert delay < 10
     if delay > 0:
         time.sleep(delay)
 
 
 def test_scheduled_overlap_rotation_at_real_clock_boundaries(envoy_factory):
-    now = datetime.now(timezone.utc)
+    now = datetime.now(UTC)
     new_from, old_until = now + timedelta(seconds=1.5), now + timedelta(seconds=3.0)
     e = envoy_factory({"keys": [
         {"id": "old", "sha256": sha256_hex("old-key"), "expires_at": rfc3339(old_until)},
         {"id": "new", "sha256": sha256_hex("new-key"), "not_before": rfc3339(new_from)},
     ]})
     status = lambda key: e.get("/x", [bearer(key)]).status  # noqa: E731
-    assert datetime.now(timezone.utc) < new_from - timedelta(seconds=0.2), "machine too slow for this test"
+    assert datetime.now(UTC) < new_from - timedelta(seconds=0.2), "machine too slow for this test"
     assert (status("old-key"), status("new-key")) == (200, 401)
-    assert e.counter("denied_not_yet_valid") == 1
+    e.wait_counter("denied_not_yet_valid", 1)
     wait_until(new_from)
-    assert datetime.now(timezone.utc) < old_until - timedelta(seconds=0.2)
+    assert datetime.now(UTC) < old_until - timedelta(seconds=0.2)
     assert (status("old-key"), status("new-key")) == (200, 200)  # the overlap
     wait_until(old_until)
     assert (status("old-key"), status("new-key")) == (401, 200)
-    assert e.counter("denied_expired") == 1
+    e.wait_counter("denied_expired", 1)
 
 
 def test_replaced_tables_are_released_and_the_newest_serves():

@@ -55,7 +55,7 @@ class EcdsEnvoy:
         self._write(first_config)
         self.envoy.bootstrap = ecds_bootstrap(self.envoy, self.dir)
 
-    def start(self) -> "EcdsEnvoy":
+    def start(self) -> EcdsEnvoy:
         self.envoy.start()
         return self
 
@@ -66,7 +66,9 @@ class EcdsEnvoy:
         os.rename(tmp, self.dir / "keygate.yaml")  # atomic: Envoy sees the whole file or none
 
     def stat(self, name: str) -> int:
-        return self.envoy.stats_all().get(f"extension_config_discovery.http_filter.keygate.{name}", 0)
+        """Envoy's count of ECDS updates of keygate's configuration (`update_success`,
+        `update_rejected`, ...); KeyError when Envoy has no such stat."""
+        return self.envoy.stat(f"extension_config_discovery.http_filter.keygate.{name}")
 
     def push(self, config, expect: str = "update_success", timeout: float = 20) -> None:
         """Replace the table; return once Envoy's own stats say it applied (or rejected) it."""

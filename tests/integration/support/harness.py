@@ -10,12 +10,13 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
+import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,12 +26,15 @@ WASM = ROOT / "dist" / "keygate.wasm"
 ECHO_LUA = ROOT / "envoy" / "echo.lua"
 
 UNAUTHORIZED = b'{"error": "Unauthorized", "message": "Invalid API key"}'
-# Time for keygate's batched counts to reach Envoy's counters (three 50 ms flush ticks).
-COUNTER_SETTLE = 0.15
+# keygate adds its counts to Envoy's counters on a 50 ms tick (COUNTER_FLUSH_MS in
+# src/filter/handlers.rs); a wait for a count gives up after this many seconds.
+COUNTER_TIMEOUT = 5.0
+# A whole flush tick and a little more: a read this long after another has seen every VM's tick.
+COUNTER_TICK = 0.06
 
 
 def forbidden(message: str) -> bytes:
-    return ('{"error": "Forbidden", "message": "%s"}' % message).encode()
+    return (f'{{"error": "Forbidden", "message": "{message}"}}').encode()
 
 
 def envoy_command() -> list[str]:
@@ -90,7 +94,8 @@ ROUTER = {"name": "envoy.filters.http.router",
 def hcm(stat_prefix: str, http_filters: list, routes: list, *, normalize: bool = False, access_log: str | None = None,
         extra: dict | None = None) -> dict:
     cfg = {
-        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager",
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+        ".HttpConnectionManager",
         "stat_prefix": stat_prefix,
         "codec_type": "AUTO",
         "route_config": {"virtual_hosts": [{"name": stat_prefix, "domains": ["*"], "routes": routes}]},
@@ -175,7 +180,9 @@ def _b(x: str | bytes) -> bytes:
     return x if isinstance(x, bytes) else x.encode("latin-1")
 
 
-def http1(port: int, method: str | bytes, path: str | bytes, headers=(), body: bytes = b"", timeout: float = 10) -> Response:
+def http1(
+    port: int, method: str | bytes, path: str | bytes, headers=(), body: bytes = b"", timeout: float = 10
+) -> Response:
     """One request on a fresh connection, sent byte for byte as given."""
     head = _b(method) + b" " + _b(path) + b" HTTP/1.1\r\nhost: localhost\r\n"
     for k, v in headers:
@@ -335,7 +342,7 @@ class Envoy:
             return [static_cluster(name, port) for name, port in self.clusters.items()]
         return list(self.clusters)
 
-    def start(self, expect_failure: bool = False, timeout: float = 30) -> "Envoy":
+    def start(self, expect_failure: bool = False, timeout: float = 30) -> Envoy:
         cfg = self.workdir / "envoy.yaml"
         cfg.write_text(json.dumps(self.render(), indent=1))
         cmd = envoy_command() + ["-c", str(cfg), "--base-id", str(next(_base_ids)),
@@ -343,8 +350,8 @@ class Envoy:
                                  "-l", self.log_level, "--disable-hot-restart", "--file-flush-interval-msec", "100"]
         if self.component_log_level:
             cmd += ["--component-log-level", self.component_log_level]
-        log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        with open(self.log_path, "wb") as log:  # Envoy keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -396,14 +403,10 @@ class Envoy:
             return r.read().decode()
 
     def stats(self, filter: str = "keygate") -> dict[str, int]:
-        """Envoy's integer stats whose names match `filter` (a regex; "" for all).
-
-        keygate adds its counts to Envoy's counters on a 50 ms tick (COUNTER_FLUSH_MS in
-        src/filter/handlers.rs), so wait three ticks for requests already answered to show.
-        """
-        time.sleep(COUNTER_SETTLE)
+        """Envoy's integer stats whose names match `filter` (a regex; "" for all), as they are
+        now: keygate's own counts show up to one flush tick later (see counters)."""
         out = {}
-        for line in self.admin(f"/stats?filter={filter}").splitlines():
+        for line in self.admin("/stats?filter=" + urllib.parse.quote(filter, safe="")).splitlines():
             name, _, value = line.partition(": ")
             if value.strip().isdigit():
                 out[name] = int(value)
@@ -412,13 +415,73 @@ class Envoy:
     def stats_all(self) -> dict[str, int]:
         return self.stats(filter="")
 
-    def counter(self, outcome: str) -> int:
-        """The `wasmcustom.keygate.<outcome>` counter (0 when not yet reported)."""
-        return self.stats().get(f"wasmcustom.keygate.{outcome}", 0)
+    def stat(self, name: str) -> int:
+        """One stat by its full name, now; KeyError when Envoy has no such stat."""
+        found = self.stats(filter=f"^{re.escape(name)}$")
+        if name not in found:
+            raise KeyError(f"Envoy has no stat {name!r}")
+        return found[name]
 
     def counters(self) -> dict[str, int]:
+        """keygate's counters and gauges (`wasmcustom.keygate.<name>` by <name>), once what was
+        answered so far is in them. keygate adds its counts on a tick (COUNTER_FLUSH_MS in
+        src/filter/handlers.rs) in each VM: they are read until a read a whole tick after the
+        previous one finds them unchanged (bounded by COUNTER_TIMEOUT)."""
+        deadline = time.monotonic() + COUNTER_TIMEOUT
+        last = self._counters_now()
+        while True:
+            time.sleep(COUNTER_TICK)
+            now = self._counters_now()
+            if now == last:
+                return now
+            assert time.monotonic() < deadline, f"keygate's counters still moving after {COUNTER_TIMEOUT} s"
+            last = now
+
+    def counter(self, outcome: str) -> int:
+        """One of counters(). keygate defines every counter when it is configured, so a missing
+        one is a wrong name: KeyError, never 0."""
+        found = self.counters()
+        if outcome not in found:
+            raise KeyError(f"Envoy has no counter wasmcustom.keygate.{outcome}")
+        return found[outcome]
+
+    def _counters_now(self) -> dict[str, int]:
         prefix = "wasmcustom.keygate."
-        return {k[len(prefix):]: v for k, v in self.stats().items() if k.startswith(prefix)}
+        return {k[len(prefix):]: v for k, v in self.stats(filter=r"^wasmcustom\.keygate\.").items()}
+
+    def wait_counter(self, outcome: str, want: int, at_least: bool = False,
+                     timeout: float = COUNTER_TIMEOUT) -> int:
+        """Polls the counter (or gauge) until it is `want` (or, `at_least`, until it reaches it)
+        and returns it; fails after `timeout` seconds."""
+        return self.wait_counters({outcome: want}, at_least=at_least, timeout=timeout)[outcome]
+
+    def wait_counters(self, want: dict[str, int], at_least: bool = False,
+                      timeout: float = COUNTER_TIMEOUT) -> dict[str, int]:
+        """wait_counter for several counters at once; returns every keygate counter as it was
+        when all of them matched."""
+        deadline = time.monotonic() + timeout
+        while True:
+            now = self._counters_now()
+            missing = [name for name in want if name not in now]
+            if missing:
+                raise KeyError(f"Envoy has no counters {missing}")
+            if all(now[name] >= n if at_least else now[name] == n for name, n in want.items()):
+                return now
+            assert time.monotonic() < deadline, (
+                f"counters {({name: now[name] for name in want})} never reached {want} in {timeout} s")
+            time.sleep(0.02)
+
+    def memory_in_use_kib(self) -> int:
+        """Envoy's resident memory less what its allocator holds free: RSS minus tcmalloc's
+        mapped free memory (heap_size - pageheap_unmapped - allocated, from admin /memory).
+        RSS alone moves in steps of hundreds of KiB whenever the allocator maps more for its
+        caches, whatever is in use; this figure moves with what is allocated (Envoy's heap) and
+        what lives outside it (the wasm VMs' memory, stacks, code)."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            rss = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+        m = json.loads(self.admin("/memory"))
+        free = int(m["heap_size"]) - int(m["pageheap_unmapped"]) - int(m["allocated"])
+        return rss - free // 1024
 
     def get(self, path: str, headers=(), method: str = "GET", body: bytes = b"") -> Response:
         return http1(self.port, method, path, headers, body)

@@ -1,5 +1,5 @@
 """Continuous mixed load through Envoy, with every answer checked against the expectation of
-the moment it was sent in (issue 15, "Faults ... under continuous mixed load").
+the moment it was sent in.
 
 Several client threads, each with one keep-alive `http.client` connection to Envoy (loopback
 only), send a weighted mix of request classes:
@@ -50,8 +50,8 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 UNAUTHORIZED = b'{"error": "Unauthorized", "message": "Invalid API key"}'
 UNAVAILABLE = b'{"error": "Service Unavailable", "message": "API key could not be verified"}'
@@ -142,7 +142,9 @@ def upstream_requests(admin_port: int) -> int:
                                 timeout=5) as r:
         text = r.read().decode()
     m = re.search(r"cluster\.echo\.upstream_rq_total: (\d+)", text)
-    return int(m.group(1)) if m else 0
+    if m is None:
+        raise KeyError(f"Envoy has no cluster.echo.upstream_rq_total: {text[:200]!r}")
+    return int(m.group(1))
 
 
 class MixedLoad:
@@ -183,6 +185,11 @@ class MixedLoad:
         self._started = time.monotonic()
 
     # -- fault windows --------------------------------------------------------------------------
+
+    def answered(self) -> int:
+        """Requests answered (or failed) so far, flood included."""
+        with self.lock:
+            return sum(self.statuses.values())
 
     def window(self, name: str, allow: dict | None = None, expect: Callable | None = None,
                settle: float = 2.0) -> Window:
@@ -400,7 +407,7 @@ class MixedLoad:
 
     # -- running --------------------------------------------------------------------------------
 
-    def start(self) -> "MixedLoad":
+    def start(self) -> MixedLoad:
         classes = [c for c, w in self.weights.items() if w > 0]
         weights = [self.weights[c] for c in classes]
         self._started = time.monotonic()

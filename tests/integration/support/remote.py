@@ -108,7 +108,7 @@ def together(fns: list) -> list:
 
 def worker_connections(e: Envoy) -> dict[str, int]:
     """Connections accepted so far on the api listener, per worker (`worker_0`, ...)."""
-    pat = re.compile(r"^listener\.[0-9.]+_%d\.(worker_\d+)\.downstream_cx_total$" % e.port)
+    pat = re.compile(rf"^listener\.[0-9.]+_{e.port}\.(worker_\d+)\.downstream_cx_total$")
     out = {}
     for name, value in e.stats(filter=r"downstream_cx_total").items():
         m = pat.match(name)
