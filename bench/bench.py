@@ -8,6 +8,7 @@ median of the rounds. Loopback only. Run through bench/run.sh.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
@@ -15,15 +16,15 @@ import platform
 import re
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 import urllib.request
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
 from support.harness import ROUTER, envoy_command, free_port, hcm, http_filter_wasm, listener, static_cluster
+
+ROOT = Path(__file__).resolve().parents[1]
 
 KEYGATE = ROOT / "dist" / "keygate.wasm"
 FLOOR = ROOT / "bench" / "floor" / "target" / "wasm32-wasip1" / "release" / "wasm_floor.wasm"
@@ -44,7 +45,10 @@ def keygate_config(n: int, cors: bool = False) -> dict:
                      "cors": {"allowed_origins": [ORIGIN]}, "resources": ["stream-7f3a"]})
         config["cors_endpoints"] = [
             {"methods": ["POST"], "paths": ["/api/stream", "/api/multistream/target"]},
-            {"methods": ["GET", "PATCH"], "paths": ["/api/stream/{id}", "/api/multistream/target/{id}", "/api/asset/{id}"]},
+            {
+                "methods": ["GET", "PATCH"],
+                "paths": ["/api/stream/{id}", "/api/multistream/target/{id}", "/api/asset/{id}"],
+            },
             {"methods": ["GET"], "paths": ["/api/stream/{id}/sessions", "/api/session/{id}", "/data/views/{id}/total"]},
         ]
     return config
@@ -67,19 +71,22 @@ class Variant:
         self.bootstrap = {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin}}},
             "static_resources": {
-                "listeners": [listener("bench", self.port, hcm("bench", filters + [ROUTER], DIRECT))] + list(extra_listeners),
-                "clusters": list(extra_clusters)},
+                "listeners": [listener("bench", self.port, hcm("bench", filters + [ROUTER], DIRECT))]
+                + list(extra_listeners),
+                "clusters": list(extra_clusters),
+            },
         }
         self.proc = None
         self.command: list[str] | None = None  # replaces `taskset -c 1 envoy`, e.g. to run under valgrind
 
-    def start(self, timeout: float = 120) -> "Variant":
+    def start(self, timeout: float = 120) -> Variant:
         cfg = self.dir / "envoy.json"
         cfg.write_text(json.dumps(self.bootstrap))
         self.log = self.dir / "envoy.log"
         cmd = (self.command or ["taskset", "-c", "1"] + envoy_command()) + [
             "-c", str(cfg), "--concurrency", "1", "--disable-hot-restart", "--base-id", str(self.port), "-l", "info"]
-        self.proc = subprocess.Popen(cmd, stdout=open(self.log, "wb"), stderr=subprocess.STDOUT, cwd=ROOT)
+        with open(self.log, "wb") as log:  # Envoy keeps its own copy of the descriptor
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -125,7 +132,9 @@ def keygate_remote_variant(n: int) -> tuple[Variant, object]:
         server.add(k, {"id": f"k{i}"}, feed=False)
     config = {"keys": [], "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 600_000, "timeout_ms": 60_000,
                                           "cache": {"ttl_seconds": 86_400}}}
-    v = Variant("keygate_remote", [http_filter_wasm(config)], extra_clusters=[static_cluster("keygate-keys", server.port)])
+    v = Variant(
+        "keygate_remote", [http_filter_wasm(config)], extra_clusters=[static_cluster("keygate-keys", server.port)]
+    )
     return v, server
 
 
@@ -147,7 +156,11 @@ MIX_REQUESTS = {
     "valid": lambda n: ("GET", "/api/x", {"Authorization": f"Bearer {bench_keys(n)[n // 2]}"}),
     "unknown": lambda n: ("GET", "/api/x", {"Authorization": "Bearer not-a-configured-key-0000000"}),
     "malformed": lambda n: ("GET", "/api/x", {"Authorization": "Bearer  two-spaces"}),
-    "preflight": lambda n: ("OPTIONS", "/api/stream/stream-7f3a", {"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH"}),
+    "preflight": lambda n: (
+        "OPTIONS",
+        "/api/stream/stream-7f3a",
+        {"Origin": ORIGIN, "Access-Control-Request-Method": "PATCH"},
+    ),
     "cors": lambda n: ("GET", "/api/stream/stream-7f3a", {"Authorization": f"Bearer {CORS_KEY}", "Origin": ORIGIN}),
 }
 
@@ -156,10 +169,8 @@ def cpu_ns(pid: int) -> int:
     """CPU time the process's threads have run, in nanoseconds (schedstat: no tick rounding)."""
     total = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
-        try:
+        with contextlib.suppress(OSError, ValueError, IndexError):
             total += int((task / "schedstat").read_text().split()[0])
-        except (OSError, ValueError, IndexError):
-            pass
     return total
 
 
@@ -168,10 +179,28 @@ def wrk(port: int, mix: str, n: int, seconds: float, workdir: Path, pid: int | N
     req/s it does not depend on how fast the load generator was served in that second."""
     method, path, headers = MIX_REQUESTS[mix](n)
     script = workdir / f"{mix}.lua"
-    script.write_text(f'wrk.method = "{method}"\n' + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items()))
+    script.write_text(
+        f'wrk.method = "{method}"\n' + "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in headers.items())
+    )
     cpu_before = cpu_ns(pid) if pid else 0
-    out = subprocess.run(["taskset", "-c", "0", "wrk", "-t1", "-c32", f"-d{seconds:g}s", "--latency", "-s", str(script),
-                          f"http://127.0.0.1:{port}{path}"], capture_output=True, text=True, timeout=seconds + 60).stdout
+    out = subprocess.run(
+        [
+            "taskset",
+            "-c",
+            "0",
+            "wrk",
+            "-t1",
+            "-c32",
+            f"-d{seconds:g}s",
+            "--latency",
+            "-s",
+            str(script),
+            f"http://127.0.0.1:{port}{path}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
     cpu = cpu_ns(pid) - cpu_before if pid else 0
     if "Requests/sec:" not in out:
         raise RuntimeError(f"wrk against :{port} printed no result:\n{out}")
@@ -197,7 +226,8 @@ def probe_runtimes() -> dict[str, str]:
             v.start()
             result[runtime] = "loads"
         except RuntimeError as e:
-            lines = [l for l in str(e).splitlines() if "wasm" in l.lower() and ("fail" in l.lower() or "unable" in l.lower())]
+            lines = [ln for ln in str(e).splitlines()
+                     if "wasm" in ln.lower() and ("fail" in ln.lower() or "unable" in ln.lower())]
             result[runtime] = "fails: " + (lines[-1].split("] ")[-1] if lines else "Envoy refused the config")
         finally:
             v.stop()
@@ -218,8 +248,15 @@ def main():
                     help="instead: count instructions per request under callgrind, over N requests per row")
     ap.add_argument("--only", metavar="REGEX", help="with --instructions: only no auth and the variants whose name "
                     "matches (add sdk_floor|native to the regex for the ratios)")
-    ap.add_argument("--keygate-wasm", type=Path, action="append", default=[], metavar="FILE",
-                    help="with --instructions: also count this keygate build (10 keys; the count is the same at 100,000); with --memory: measure it")
+    ap.add_argument(
+        "--keygate-wasm",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="with --instructions: also count this keygate build (10 keys; the count is the same at 100,000); "
+        "with --memory: measure it",
+    )
     ap.add_argument("--warmup", type=int, metavar="N", default=0,
                     help="with --instructions: warm-up requests per row (default: 2,000 or N, whichever is more)")
     ap.add_argument("--memory", action="store_true", help="instead: memory per VM for 100,000 keys")
@@ -282,15 +319,21 @@ def paired(n: int):
     """
     big, small = 100_000, 10
     work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
-    v = {"keygate": keygate_variant("keygate", big), "keygate_10": keygate_variant("keygate_10", small),
-         "floor": Variant("wasm_floor", [http_filter_wasm("", wasm=FLOOR)]), "native": Variant("native", [native_filter(big)])}
-    pairs = [("keygate / wasm floor, valid key, 100,000 keys", "keygate", big, "floor", big, "valid", ">= 0.97"),
-             ("keygate / wasm floor, unknown key, 100,000 keys", "keygate", big, "floor", big, "unknown", ">= 0.97"),
-             ("keygate / native api_key_auth, valid key, 100,000 keys", "keygate", big, "native", big, "valid", ">= 0.90"),
-             ("keygate 100,000 keys / 10 keys, valid key", "keygate", big, "keygate_10", small, "valid", ">= 0.97")]
+    v = {
+        "keygate": keygate_variant("keygate", big),
+        "keygate_10": keygate_variant("keygate_10", small),
+        "floor": Variant("wasm_floor", [http_filter_wasm("", wasm=FLOOR)]),
+        "native": Variant("native", [native_filter(big)]),
+    }
+    pairs = [
+        ("keygate / wasm floor, valid key, 100,000 keys", "keygate", big, "floor", big, "valid", ">= 0.97"),
+        ("keygate / wasm floor, unknown key, 100,000 keys", "keygate", big, "floor", big, "unknown", ">= 0.97"),
+        ("keygate / native api_key_auth, valid key, 100,000 keys", "keygate", big, "native", big, "valid", ">= 0.90"),
+        ("keygate 100,000 keys / 10 keys, valid key", "keygate", big, "keygate_10", small, "valid", ">= 0.97"),
+    ]
     for x in v.values():
         x.start()
-    lines = [f"# keygate paired ratios {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+    lines = [f"# keygate paired ratios {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
              f"{n} pairs of back-to-back 1 s cells each; load average at start {os.getloadavg()[0]:.2f}.", "",
              "| ratio | median | quartiles | target |", "|---|---:|---|---|"]
     try:
@@ -307,7 +350,7 @@ def paired(n: int):
         for x in v.values():
             x.stop()
     text = "\n".join(lines) + "\n"
-    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-paired.md"
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-paired.md"
     out.write_text(text)
     print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
 
@@ -340,11 +383,16 @@ def probes(probe_dir: Path, rounds: int, seconds: float):
     finally:
         for x in v.values():
             x.stop()
-    lines = [f"# keygate cost probes {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
-             f"{rounds} rounds of {seconds:g} s cells, order reversed every round; Envoy one worker on CPU 1, wrk on CPU 0. "
-             f"Machine: {os.cpu_count()} CPUs ({cpu_model()}). Extra = per-round difference to no auth, median "
-             "(quartiles).", "",
-             "| variant | req/s | extra wall us/req | Envoy CPU us/req | extra CPU us/req |", "|---|---:|---:|---:|---:|"]
+    lines = [
+        f"# keygate cost probes {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        f"{rounds} rounds of {seconds:g} s cells, order reversed every round; Envoy one worker on CPU 1, wrk on CPU 0. "
+        f"Machine: {os.cpu_count()} CPUs ({cpu_model()}). Extra = per-round difference to no auth, median "
+        "(quartiles).",
+        "",
+        "| variant | req/s | extra wall us/req | Envoy CPU us/req | extra CPU us/req |",
+        "|---|---:|---:|---:|---:|",
+    ]
 
     def q(xs):
         qs = statistics.quantiles(xs, n=4) if len(xs) > 1 else [xs[0]] * 3
@@ -352,11 +400,11 @@ def probes(probe_dir: Path, rounds: int, seconds: float):
 
     base = rows["no_auth"]
     for name, rs in rows.items():
-        wall = [1e6 / a["rps"] - 1e6 / b["rps"] for a, b in zip(rs, base)]
-        cpu = [a["cpu_us"] - b["cpu_us"] for a, b in zip(rs, base)]
+        wall = [1e6 / a["rps"] - 1e6 / b["rps"] for a, b in zip(rs, base, strict=True)]
+        cpu = [a["cpu_us"] - b["cpu_us"] for a, b in zip(rs, base, strict=True)]
         lines.append(f"| {name} | {median(rs, 'rps'):,.0f} | {q(wall)} | {median(rs, 'cpu_us'):.2f} | {q(cpu)} |")
     text = "\n".join(lines) + "\n"
-    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-probes.md"
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-probes.md"
     out.write_text(text)
     print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
 
@@ -394,7 +442,6 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
     every run of the same binaries, however busy the machine is. Each variant runs under
     valgrind, is warmed up (V8 compiles hot wasm code in tiers), its counters are zeroed,
     and then exactly `count` keep-alive requests are counted."""
-    work = Path(tempfile.mkdtemp(prefix="keygate-bench-"))
     probe_dir = ROOT / "bench" / "work" / "probes"
     plan = [("no_auth", Variant("no_auth", []), ["valid"], 10),
             ("native", Variant("native", [native_filter(100_000)]), ["valid", "unknown", "malformed"], 100_000),
@@ -435,7 +482,7 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
     key_server.kill()
     base = results[("no_auth", "valid")]
     floor, native = results.get(("sdk_floor", "valid"), float("nan")), results.get(("native", "valid"), float("nan"))
-    lines = [f"# keygate instructions per request {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
+    lines = [f"# keygate instructions per request {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
              f"callgrind, Envoy {envoy_version()} with one worker; {warmup:,} warm-up requests, then {count:,} "
              "counted keep-alive requests per row (all Envoy threads, instructions retired). Deterministic: "
              "a rerun of the same binaries gives the same figures within a fraction of a percent.", "",
@@ -446,7 +493,7 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
     for (name, mix), ir in results.items():
         lines.append(f"| {name} | {mix} | {ir:,.0f} | {ir - base:+,.0f} | {floor / ir:.3f} | {native / ir:.3f} |")
     text = "\n".join(lines) + "\n"
-    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-instructions.md"
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-instructions.md"
     out.write_text(text)
     print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
 
@@ -478,9 +525,11 @@ def median(rows, key):
 
 
 def report(results, configure, rss, runtimes, sizes, rounds, seconds):
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     load = os.getloadavg()
-    lines = [f"# keygate benchmark {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {sha}", "",
+    lines = [f"# keygate benchmark {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {sha}", "",
              f"Machine: {platform.machine()}, {os.cpu_count()} CPUs ({cpu_model()}), Linux {platform.release()}; "
              f"Envoy {envoy_version()}, one worker on CPU 1, wrk -t1 -c32 on CPU 0; {rounds} interleaved round(s) of "
              f"{seconds:g} s per cell, medians shown. Load average before the report: {load[0]:.2f}.", "",
@@ -497,16 +546,46 @@ def report(results, configure, rss, runtimes, sizes, rounds, seconds):
 
     big, small = max(sizes), min(sizes)
     ratios = [
-        ("keygate / wasm floor, valid key, %s keys" % f"{big:,}", rps(big, "keygate", "valid") / rps(big, "wasm_floor", "valid"), ">= 0.97"),
-        ("keygate / wasm floor, unknown key, %s keys" % f"{big:,}", rps(big, "keygate", "unknown") / rps(big, "wasm_floor", "valid"), ">= 0.97"),
-        ("keygate / native api_key_auth, valid key, %s keys" % f"{big:,}", rps(big, "keygate", "valid") / rps(big, "native", "valid"), ">= 0.90"),
-        ("keygate / ext_authz, valid key, %s keys" % f"{big:,}", rps(big, "keygate", "valid") / rps(big, "ext_authz", "valid"), ">= 2"),
-        ("keygate %s keys / %s keys, valid key" % (f"{big:,}", f"{small:,}"), rps(big, "keygate", "valid") / rps(small, "keygate", "valid"), ">= 0.97"),
-        ("wasm floor / native api_key_auth", rps(big, "wasm_floor", "valid") / rps(big, "native", "valid"), "(context)"),
+        (
+            "keygate / wasm floor, valid key, {} keys".format(f"{big:,}"),
+            rps(big, "keygate", "valid") / rps(big, "wasm_floor", "valid"),
+            ">= 0.97",
+        ),
+        (
+            "keygate / wasm floor, unknown key, {} keys".format(f"{big:,}"),
+            rps(big, "keygate", "unknown") / rps(big, "wasm_floor", "valid"),
+            ">= 0.97",
+        ),
+        (
+            "keygate / native api_key_auth, valid key, {} keys".format(f"{big:,}"),
+            rps(big, "keygate", "valid") / rps(big, "native", "valid"),
+            ">= 0.90",
+        ),
+        (
+            "keygate / ext_authz, valid key, {} keys".format(f"{big:,}"),
+            rps(big, "keygate", "valid") / rps(big, "ext_authz", "valid"),
+            ">= 2",
+        ),
+        (
+            "keygate {} keys / {} keys, valid key".format(f"{big:,}", f"{small:,}"),
+            rps(big, "keygate", "valid") / rps(small, "keygate", "valid"),
+            ">= 0.97",
+        ),
+        (
+            "wasm floor / native api_key_auth",
+            rps(big, "wasm_floor", "valid") / rps(big, "native", "valid"),
+            "(context)",
+        ),
         ("keygate / no auth, valid key", rps(big, "keygate", "valid") / rps(big, "no_auth", "valid"), "(context)"),
     ]
     if (big, "keygate_o3", "valid") in results:
-        ratios.append(("keygate opt-level 3 / opt-level z, valid key", rps(big, "keygate_o3", "valid") / rps(big, "keygate", "valid"), "(context)"))
+        ratios.append(
+            (
+                "keygate opt-level 3 / opt-level z, valid key",
+                rps(big, "keygate_o3", "valid") / rps(big, "keygate", "valid"),
+                "(context)",
+            )
+        )
     lines += ["", "| ratio | value | target |", "|---|---:|---|"]
     lines += [f"| {name} | {value:.3f} | {target} |" for name, value, target in ratios]
     lines += ["", "| keys | on_configure (ms, per VM as logged) | Envoy RSS after load (MiB) |", "|---:|---|---:|"]
@@ -515,7 +594,7 @@ def report(results, configure, rss, runtimes, sizes, rounds, seconds):
         lines.append(f"\nRSS added by {big:,} keys over {small:,}: {rss[big] - rss[small]:.1f} MiB for the process "
                      f"(two keygate VMs: main thread and the worker).")
     text = "\n".join(lines) + "\n"
-    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-{sha}.md"
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-{sha}.md"
     out.write_text(text)
     print("\n" + text + f"\nwritten to {out.relative_to(ROOT)}")
 

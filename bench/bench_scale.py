@@ -1,4 +1,4 @@
-"""The remote key source at a million keys (issue 15, "Scale", first bullet): `keygate serve`
+"""The remote key source at a million keys: `keygate serve`
 holding N keys (default 1,000,000) in SQLite and/or PostgreSQL, and a real Envoy whose keygate
 filter looks keys up in it. Loopback only; every step is bounded in time.
 
@@ -21,8 +21,8 @@ support/service.py's `Postgres`):
   a `key_service` (cache `max_entries` at least 100,000 and above everything this run caches,
   `ttl_seconds` a day, feed polled every 10 minutes: no entry expires or is dropped during the
   run). RSS (`soak.rss_kib`) is read after a few primer keys were cached and asked again over as
-  many connections as the warm pass uses, then after `--warm` (100,000) distinct keys, drawn at random from the N, have each
-  been sent once. The growth is the worker VM's cache plus whatever Envoy and the allocator
+  many connections as the warm pass uses, then after `--warm` (100,000) distinct keys, drawn at
+  random from the N, have each been sent once. The growth is the worker VM's cache plus whatever Envoy and the allocator
   keep; divided by the entries it added (the `remote.cache_entries` gauge) it is "bytes per
   cached key".
 - **warm**: the time those `--warm` distinct keys took through Envoy, each a miss (one lookup to
@@ -61,17 +61,18 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
+
+from bench_remote import key_service, pct
+
+from support import service as service_module
+from support.harness import WASM, Envoy
+from support.service import Postgres, Service, sha256_hex
+from support.soak import rss_kib
 
 ROOT = Path(__file__).resolve().parents[1]
 RELEASE = ROOT / "target" / "release" / "keygate"
-os.environ["KEYGATE_BIN"] = str(RELEASE)  # support.service runs this binary
-from support.harness import WASM, Envoy
-from bench_remote import key_service, pct
-from support import service as service_module
-from support.service import Postgres, Service, sha256_hex
-from support.soak import rss_kib
 
 
 def secret(i: int) -> str:
@@ -219,7 +220,7 @@ def snapshot(path: Path, into: Path) -> tuple[Path, str]:
     naming what was measured."""
     copy = into / path.name
     shutil.copy2(path, copy)
-    built = datetime.fromtimestamp(path.stat().st_mtime, timezone.utc)
+    built = datetime.fromtimestamp(path.stat().st_mtime, UTC)
     digest = hashlib.sha256(copy.read_bytes()).hexdigest()[:12]
     return copy, (f"`{path.relative_to(ROOT)}` {copy.stat().st_size:,} bytes, built {built:%Y-%m-%d %H:%M} UTC, "
                   f"sha256 {digest}")
@@ -244,8 +245,10 @@ def run(kind: str, seed: Path, args, rng: random.Random) -> dict:
         except RuntimeError:
             time.sleep(1)  # the stderr reader's last lines
             pg_log = (pg.dir / "log").read_text(errors="replace")[-3000:] if pg else ""
-            raise RuntimeError(f"keygate serve exited with {svc.proc.returncode} after {time.monotonic() - start:.0f} s: "
-                               f"{svc.output()[-3000:]}\n{pg_log}") from None
+            raise RuntimeError(
+                f"keygate serve exited with {svc.proc.returncode} after {time.monotonic() - start:.0f} s: "
+                f"{svc.output()[-3000:]}\n{pg_log}"
+            ) from None
         r["seed_s"] = time.monotonic() - start
         imported = re.search(r"imported (\d+) keys", svc.output())
         if not imported or int(imported.group(1)) != args.keys:
@@ -337,18 +340,26 @@ def mib(kib: float) -> str:
 
 def report(results: list[dict], args, seed_s: float, seed_bytes: int, instructions: Path | None,
            load_all: dict, binaries: list[str]) -> str:
-    sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    sha = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
     name = {"sqlite": "SQLite", "postgres": "PostgreSQL"}
-    lines = [f"# keygate at {args.keys:,} keys {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC, commit {sha}", "",
-             f"`bench/bench_scale.py --keys {args.keys} --db {args.db} --warm {args.warm} --samples {args.samples} "
-             f"--connections {args.connections}`: `target/release/keygate serve` holding the keys, Envoy "
-             f"(`--concurrency 1`) with `dist/keygate.wasm`, an empty static table and a `key_service` pointed at it; loopback, "
-             f"{os.cpu_count()} CPUs, nothing pinned. The seed file ({seed_bytes / 2**20:,.0f} MiB, written in "
-             f"{seed_s:.0f} s) has 10 % CORS keys.", "",
-             "Measured: " + "; ".join(binaries) + " (copies taken at the start of the run; the checkout at "
-             f"the start: {args.checkout}).", "",
-             "| | " + " | ".join(name[r["db"]] for r in results) + " |",
-             "|---|" + "---:|" * len(results)]
+    lines = [
+        f"# keygate at {args.keys:,} keys {datetime.now(UTC):%Y-%m-%d %H:%M} UTC, commit {sha}",
+        "",
+        f"`bench/bench_scale.py --keys {args.keys} --db {args.db} --warm {args.warm} --samples {args.samples} "
+        f"--connections {args.connections}`: `target/release/keygate serve` holding the keys, Envoy "
+        f"(`--concurrency 1`) with `dist/keygate.wasm`, an empty static table and a `key_service` pointed at it; "
+        f"loopback, "
+        f"{os.cpu_count()} CPUs, nothing pinned. The seed file ({seed_bytes / 2**20:,.0f} MiB, written in "
+        f"{seed_s:.0f} s) has 10 % CORS keys.",
+        "",
+        "Measured: " + "; ".join(binaries) + " (copies taken at the start of the run; the checkout at "
+        f"the start: {args.checkout}).",
+        "",
+        "| | " + " | ".join(name[r["db"]] for r in results) + " |",
+        "|---|" + "---:|" * len(results),
+    ]
 
     def row(label, fmt):
         lines.append(f"| {label} | " + " | ".join(fmt(r) for r in results) + " |")
@@ -378,37 +389,48 @@ def report(results: list[dict], args, seed_s: float, seed_bytes: int, instructio
     for r in results:
         s = {k.rsplit(".", 1)[-1]: v for k, v in r["stats"].items()}
         w = {k.rsplit(".", 1)[-1]: v for k, v in r["after_warm"].items()}
-        lines.append(f"- {name[r['db']]}: after the warm pass lookups {w.get('lookups')}, "
-                     f"cache_hits {w.get('cache_hits')}, cache_entries {w.get('cache_entries')}; at the end "
-                     f"lookups {s.get('lookups')}, cache_entries {s.get('cache_entries')}, evictions "
-                     f"{s.get('evictions', 0)}, errors {s.get('errors', 0)}, unavailable {s.get('unavailable', 0)}, "
-                     f"feed_errors {s.get('feed_errors', 0)}, invalidations {s.get('invalidations', 0)} (the first feed poll "
-                     f"drops what was cached before it: the primers) (cache max_entries {r['max_entries']:,}).")
+        lines.append(
+            f"- {name[r['db']]}: after the warm pass lookups {w.get('lookups')}, "
+            f"cache_hits {w.get('cache_hits')}, cache_entries {w.get('cache_entries')}; at the end "
+            f"lookups {s.get('lookups')}, cache_entries {s.get('cache_entries')}, evictions "
+            f"{s.get('evictions', 0)}, errors {s.get('errors', 0)}, unavailable {s.get('unavailable', 0)}, "
+            f"feed_errors {s.get('feed_errors', 0)}, invalidations {s.get('invalidations', 0)} (the first feed poll "
+            f"drops what was cached before it: the primers) (cache max_entries {r['max_entries']:,})."
+        )
     lines += ["", f"Load average over the whole run: start {load_all['start']:.2f}, mean {load_all['mean']:.2f}, "
                   f"max {load_all['max']:.2f}, end {load_all['end']:.2f} (2 CPUs: above 2 means runnable work "
                   "waited for a core). Other work on the machine (another engineer's tests) ran beside this "
                   "one when the load is well above what this run alone makes; the wall-clock figures are "
                   "orders of magnitude.", ""]
-    lines += ["How to read it: the RSS growth is the process's, so it holds the cache of the one worker VM plus "
-              "allocator slack; the main thread's VM serves no requests and caches nothing. The warm pass is "
-              "bounded by the one Envoy worker, the service (and PostgreSQL) and wrk sharing two cores; the "
-              "all-cached pass, the same keys without a lookup, is Envoy's own ceiling beside wrk here. Cold and cached latencies are wall-clock, "
-              "one request at a time; \"added by the miss\" is the difference within each pair (same key, "
-              "first and second request).", ""]
+    lines += [
+        "How to read it: the RSS growth is the process's, so it holds the cache of the one worker VM plus "
+        "allocator slack; the main thread's VM serves no requests and caches nothing. The warm pass is "
+        "bounded by the one Envoy worker, the service (and PostgreSQL) and wrk sharing two cores; the "
+        "all-cached pass, the same keys without a lookup, is Envoy's own ceiling beside wrk here. Cold and cached "
+        "latencies are wall-clock, "
+        'one request at a time; "added by the miss" is the difference within each pair (same key, '
+        "first and second request).",
+        "",
+    ]
     if instructions:
         rows = instructions_rows(instructions.read_text())
         static, cached = rows.get("keygate 10 keys"), rows.get("keygate remote cached")
         lines += ["## Instructions per request: a cached remote key against a static one", ""]
         if static and cached:
-            lines += [f"From [{instructions.name}]({instructions.name}) (`bench/bench.py --instructions`, callgrind, "
-                      "one worker; bench.py's in-process key service holding the 10 bench keys). A cache hit is a "
-                      "SipHash of the key and a hash-map probe in the VM's cache: it does not depend on how many "
-                      "keys the service holds, so this is measured once and applies to the "
-                      f"{args.keys:,}-key databases above.", "",
-                      "| valid key | instructions per request |", "|---|---:|",
-                      f"| static table (10 keys) | {static:,.0f} |",
-                      f"| cached remote key (`key_service`, empty static table) | {cached:,.0f} |",
-                      f"| ratio remote / static | **{cached / static:.4f}** ({(cached / static - 1) * 100:+.2f} %) |", ""]
+            lines += [
+                f"From [{instructions.name}]({instructions.name}) (`bench/bench.py --instructions`, callgrind, "
+                "one worker; bench.py's in-process key service holding the 10 bench keys). A cache hit is a "
+                "SipHash of the key and a hash-map probe in the VM's cache: it does not depend on how many "
+                "keys the service holds, so this is measured once and applies to the "
+                f"{args.keys:,}-key databases above.",
+                "",
+                "| valid key | instructions per request |",
+                "|---|---:|",
+                f"| static table (10 keys) | {static:,.0f} |",
+                f"| cached remote key (`key_service`, empty static table) | {cached:,.0f} |",
+                f"| ratio remote / static | **{cached / static:.4f}** ({(cached / static - 1) * 100:+.2f} %) |",
+                "",
+            ]
         else:
             lines += [f"{instructions.name} holds no 'keygate 10 keys' / 'keygate remote cached' valid rows.", ""]
     else:
@@ -425,7 +447,9 @@ def main() -> None:
     ap.add_argument("--connections", type=int, default=8, help="client connections while warming (default 8)")
     ap.add_argument("--warm-timeout", type=float, default=1800, help="seconds the warm pass may take (default 1800)")
     ap.add_argument("--seed-timeout", type=float, default=3600, help="seconds the import may take (default 3600)")
-    ap.add_argument("--save-json", type=Path, metavar="FILE", help="write each database's figures here as soon as it is done")
+    ap.add_argument(
+        "--save-json", type=Path, metavar="FILE", help="write each database's figures here as soon as it is done"
+    )
     ap.add_argument("--add-json", type=Path, nargs="*", metavar="FILE",
                     help="add the figures of an earlier run's --save-json to the report")
     ap.add_argument("--instructions", type=int, default=0, metavar="N",
@@ -441,8 +465,12 @@ def main() -> None:
     dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "tools", "Cargo.toml", "Cargo.lock"], cwd=ROOT,
                            capture_output=True, text=True).stdout.split("\n")
     dirty = [line[3:] for line in dirty if line.strip()]
-    head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    args.checkout = f"commit {head}" + (f", uncommitted changes in {', '.join(dirty)}" if dirty else ", Rust sources clean")
+    head = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+    ).stdout.strip()
+    args.checkout = f"commit {head}" + (
+        f", uncommitted changes in {', '.join(dirty)}" if dirty else ", Rust sources clean"
+    )
     load_all = LoadSampler(every=15)
     rng = random.Random(15)
     results = []
@@ -465,7 +493,7 @@ def main() -> None:
         instructions = run_instructions(args.instructions)
     text = report(results, args, seed_s, seed_bytes, instructions, load_all.stop(), [keygate_line, wasm_line])
     print("\n" + text)
-    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-scale.md"
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-scale.md"
     out.write_text(text + "\n")
     print(f"written to {out.relative_to(ROOT)}")
 

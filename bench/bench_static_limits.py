@@ -1,5 +1,5 @@
-"""The static table at its limits, for the README's "static table or key service" advice
-(issue 15): per table size, the configuration's size, the filter's own configure time (its
+"""The static table at its limits, for the README's "static table or key service" advice:
+per table size, the configuration's size, the filter's own configure time (its
 `configured N keys in M ms` line), Envoy's RSS, and the largest table an Istio WasmPlugin
 holds under etcd's 1.5 MiB request limit. Loopback only.
 
@@ -14,15 +14,14 @@ import argparse
 import hashlib
 import json
 import re
-import sys
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
-
-ROOT = Path(__file__).resolve().parents[1]
 from support.harness import Envoy
 from support.soak import rss_kib
+
+ROOT = Path(__file__).resolve().parents[1]
 
 ETCD_LIMIT = 1_572_864  # etcd's default --max-request-bytes (1.5 MiB)
 
@@ -73,10 +72,15 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", default="10,10000,100000,1000000")
     args = ap.parse_args()
-    lines = [f"# keygate static table limits {datetime.now(timezone.utc):%Y-%m-%d %H:%M} UTC", "",
-             "Envoy 1.40.0, `--concurrency 1` (one worker VM plus the main thread's), backend keys with id, owner "
-             "and digest. Configure time is the filter's own log line (the slowest VM); RSS is the whole Envoy.", "",
-             "| keys | configuration | configure, per VM | Envoy RSS | Envoy ready after |", "|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"# keygate static table limits {datetime.now(UTC):%Y-%m-%d %H:%M} UTC",
+        "",
+        "Envoy 1.40.0, `--concurrency 1` (one worker VM plus the main thread's), backend keys with id, owner "
+        "and digest. Configure time is the filter's own log line (the slowest VM); RSS is the whole Envoy.",
+        "",
+        "| keys | configuration | configure, per VM | Envoy RSS | Envoy ready after |",
+        "|---:|---:|---:|---:|---:|",
+    ]
     for n in [int(s) for s in args.sizes.split(",")]:
         size, ms, rss, started = measure(n)
         lines.append(f"| {n:,} | {size / 2**20:.2f} MiB | {ms:,} ms | {rss:.0f} MiB | {started:.1f} s |")
@@ -87,7 +91,7 @@ def main() -> None:
                   "object in its last-applied annotation, which halves that: use server-side apply.", ""]
     text = "\n".join(lines)
     print(text)
-    out = ROOT / "bench" / "results" / f"{datetime.now(timezone.utc):%Y-%m-%d-%H%M}-static-limits.md"
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-static-limits.md"
     out.write_text(text + "\n")
     print(f"written to {out.relative_to(ROOT)}")
 

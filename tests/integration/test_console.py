@@ -1,4 +1,4 @@
-"""The key console (issue 14), driven in a real headless Chromium through Selenium and
+"""The key console, driven in a real headless Chromium through Selenium and
 Debian's chromedriver: the page served by `keygate serve` on its admin listener, the real
 service behind it, and the demo Envoy whose keygate filter looks keys up in that service.
 
@@ -20,10 +20,6 @@ from pathlib import Path
 
 import pytest
 
-from support.demo import demo_envoy
-from support.harness import ROOT, UNAUTHORIZED, bearer
-from support.service import Service, request
-
 # Pinned in tests/requirements.txt; scripts/setup.sh installs it into .venv.
 from selenium import webdriver
 from selenium.common.exceptions import StaleElementReferenceException
@@ -31,6 +27,10 @@ from selenium.webdriver.chrome.service import Service as DriverService
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 from selenium.webdriver.support.ui import Select, WebDriverWait
+
+from support.demo import demo_envoy
+from support.harness import ROOT, UNAUTHORIZED, bearer
+from support.service import Service, request
 
 DOCS = ROOT / "docs"
 ADMIN = "kg_console_admin_7c41d09e2b"
@@ -503,10 +503,10 @@ def test_the_page_runs_under_its_policy_without_a_violation_or_an_error(browser,
     wait(browser, lambda d: row(d, "web-player") is not None)
     for opener, dialog in (("new-key", "key-dialog"),):
         by_id(browser, opener).click()
-        wait(browser, lambda d: visible(d, dialog))
+        wait(browser, lambda d, dialog=dialog: visible(d, dialog))
         by_id(browser, "f-cors").click()
         browser.switch_to.active_element.send_keys(Keys.ESCAPE)
-        wait(browser, lambda d: not visible(d, dialog))
+        wait(browser, lambda d, dialog=dialog: not visible(d, dialog))
     row_action(browser, "web-player", "rotate")
     wait(browser, lambda d: visible(d, "rotate-dialog"))
     by_id(browser, "f-grace").send_keys(Keys.ESCAPE)
@@ -607,7 +607,7 @@ def test_a_table_of_100000_keys_is_paged_never_loaded_whole(browser, tmp_path):
         for last in (99, 149, 199):
             wait(browser, lambda d: by_id(d, "next-page").is_enabled(), timeout=5)
             by_id(browser, "next-page").click()
-            wait(browser, lambda d: row(d, f"bulk-{last:06}") is not None, timeout=5)
+            wait(browser, lambda d, last=last: row(d, f"bulk-{last:06}") is not None, timeout=5)
         next_pages = time.monotonic() - start
         assert len(browser.find_elements(By.CSS_SELECTOR, "#key-rows tr")) == 50
         assert "keys 151–200" in text_of(browser, "page-info")

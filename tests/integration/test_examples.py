@@ -14,7 +14,9 @@ COMPOSE = ROOT / "examples" / "docker-compose" / "compose.yaml"
 
 
 def keygate_cli() -> Path:
-    subprocess.run(["cargo", "build", "--quiet", "-p", "keygate-tools", "--bin", "keygate"], cwd=ROOT, check=True, timeout=600)
+    subprocess.run(
+        ["cargo", "build", "--quiet", "-p", "keygate-tools", "--bin", "keygate"], cwd=ROOT, check=True, timeout=600
+    )
     return ROOT / "target" / "debug" / "keygate"
 
 

@@ -17,6 +17,7 @@ from http import HTTPStatus
 from pathlib import Path
 
 import pytest
+
 from support.service import Service, sha256_hex
 
 PACKAGE = "keygate_admin_client"

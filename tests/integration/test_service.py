@@ -9,29 +9,28 @@ Needs `cargo build -p keygate-tools` (target/debug/keygate) and Debian's postgre
 from __future__ import annotations
 
 import calendar
+import contextlib
 import http.client
 import json
 import re
 import threading
 import time
 import urllib.parse
-from pathlib import Path
 
 import pytest
 
-from support.service import (KEYGATE, UNAUTHORIZED, Postgres, Service, free_port, request,
-                     run_keygate, sha256_hex)
+from support.service import KEYGATE, UNAUTHORIZED, Postgres, Service, free_port, request, run_keygate, sha256_hex
 
 SECRET = re.compile(r"kg_[A-Za-z0-9_-]{43}")
 GENERATED_ID = re.compile(r"key_[0-9a-f]{16}")
 
 
-def pytest_sessionstart_check():
+def require_keygate_binary():
     if not KEYGATE.exists():
         raise RuntimeError(f"{KEYGATE} is missing: run cargo build -p keygate-tools")
 
 
-pytest_sessionstart_check()
+require_keygate_binary()
 
 
 @pytest.fixture(scope="module")
@@ -193,14 +192,12 @@ def test_create_refuses_bad_input_of_every_kind(svc):
     error(post(big, headers={"content-type": "application/json"}), 413, "request body over 1 MiB")
     # Without a content-length (chunked), the limit holds all the same.
     conn = http.client.HTTPConnection("127.0.0.1", svc.admin_port, timeout=30)
-    try:
+    # The service answers once the limit is passed and closes; the last chunk can then meet a
+    # closed socket. Its answer is already here to read.
+    with contextlib.suppress(BrokenPipeError, ConnectionResetError):
         conn.request("POST", "/v1/keys", body=iter([big[i:i + 65536] for i in range(0, len(big), 65536)]),
                      headers={"authorization": f"Bearer {svc.token}", "content-type": "application/json"},
                      encode_chunked=True)
-    except (BrokenPipeError, ConnectionResetError):
-        # The service answers once the limit is passed and closes; the last chunk can then
-        # meet a closed socket. Its answer is already here to read.
-        pass
     r = conn.getresponse()
     assert r.status == 413 and json.loads(r.read())["message"] == "request body over 1 MiB"
     conn.close()
@@ -682,7 +679,10 @@ def test_the_cli_is_a_client_of_the_admin_api(svc, tmp_path):
     assert json.loads(p.stdout) == svc.admin("GET", "/v1/keys/web").json()
 
     p = cli("keys", "update", "web", "--disable", "--name", "Web (off)")
-    assert p.returncode == 0 and p.stdout.splitlines()[0] == 'updated web  "Web (off)"  owner acme  cors https://a.example  DISABLED'
+    assert (
+        p.returncode == 0
+        and p.stdout.splitlines()[0] == 'updated web  "Web (off)"  owner acme  cors https://a.example  DISABLED'
+    )
     p = cli("keys", "update", "web", "--json", "--patch", '{"disabled": null}')
     assert "disabled" not in json.loads(p.stdout)["entry"]
 

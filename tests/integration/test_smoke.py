@@ -1,5 +1,6 @@
-from support.harness import UNAUTHORIZED, bearer, sha256_hex, module_envoy
 import pytest
+
+from support.harness import UNAUTHORIZED, bearer, module_envoy, sha256_hex
 
 KEY = "smoke-key-1"
 

@@ -1,4 +1,4 @@
-"""The issue-3 example configuration, plus keys that exercise every CORS rule."""
+"""A configuration with CORS keys, rules, resources and public endpoints: keys that exercise every CORS rule."""
 
 from support.harness import sha256_hex
 
@@ -17,9 +17,15 @@ FULL_ORIGIN = "https://admin.example.net"
 DEAD_ORIGIN = "https://dead.example.org"   # only allowed by disabled / expired keys
 
 CORS_ENDPOINTS = [
-    {"methods": ["POST"], "paths": ["/api/stream", "/api/multistream/target", "/api/asset/request-upload", "/api/asset/url"]},
+    {
+        "methods": ["POST"],
+        "paths": ["/api/stream", "/api/multistream/target", "/api/asset/request-upload", "/api/asset/url"],
+    },
     {"methods": ["GET", "PATCH"], "paths": ["/api/stream/{id}", "/api/multistream/target/{id}", "/api/asset/{id}"]},
-    {"methods": ["GET"], "paths": ["/api/stream/{id}/sessions", "/api/session/{id}", "/api/task/{id}", "/data/views/{id}/total"]},
+    {
+        "methods": ["GET"],
+        "paths": ["/api/stream/{id}/sessions", "/api/session/{id}", "/api/task/{id}", "/data/views/{id}/total"],
+    },
 ]
 
 

@@ -1,8 +1,9 @@
-"""A small fault-injecting key service that speaks keygate's remote-key protocol (issue 12).
+"""A small fault-injecting key service that speaks keygate's remote-key protocol.
 
     GET {prefix}/keys/{sha256}        -> 200 {"sha256": sha256, "key": {...}} | 404
     GET {prefix}/origins/{origin}     -> 200 {"keys": [{...}, ...]}
-    GET {prefix}/changes[?after=c]    -> 200 {"cursor": c, "keys": [...], "origins": [...]} | {"cursor": c, "reset": true}
+    GET {prefix}/changes[?after=c]    -> 200 {"cursor": c, "keys": [...], "origins": [...]}
+                                         | {"cursor": c, "reset": true}
 
 Keys live in memory; add/update/remove/set_disabled append the digest (and the key's CORS
 origins) to the change feed. `add` of a digest the server neither holds nor was ever asked about
@@ -25,6 +26,7 @@ Run on its own for a manual look: `.venv/bin/python -m support.keyserver` (serve
 from __future__ import annotations
 
 import collections
+import contextlib
 import hashlib
 import json
 import secrets
@@ -140,7 +142,7 @@ class KeyServer:
 
     # -- lifecycle ---------------------------------------------------------------------------
 
-    def start(self) -> "KeyServer":
+    def start(self) -> KeyServer:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.bind(("127.0.0.1", self.port))
@@ -157,10 +159,8 @@ class KeyServer:
         """The service goes away: the listener and every open connection are closed at once."""
         self._running = False
         if self._listener is not None:
-            try:
+            with contextlib.suppress(OSError):
                 self._listener.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             self._listener.close()
             self._listener = None
         if self._accept_thread is not None:
@@ -174,7 +174,7 @@ class KeyServer:
 
     stop = kill
 
-    def restart(self) -> "KeyServer":
+    def restart(self) -> KeyServer:
         """Back on the same port (the keys and the feed are kept)."""
         if self._listener is not None:
             return self
@@ -192,7 +192,7 @@ class KeyServer:
     def running(self) -> bool:
         return self._listener is not None
 
-    def __enter__(self) -> "KeyServer":
+    def __enter__(self) -> KeyServer:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -553,14 +553,10 @@ def _cors(entry: dict | None) -> bool:
 
 
 def _close(sock: socket.socket) -> None:
-    try:
+    with contextlib.suppress(OSError):
         sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    try:
+    with contextlib.suppress(OSError):
         sock.close()
-    except OSError:
-        pass
 
 
 if __name__ == "__main__":

@@ -85,7 +85,7 @@ class Service:
         env.update(self.extra_env)
         return env
 
-    def start(self, timeout=30.0) -> "Service":
+    def start(self, timeout=30.0) -> Service:
         self.lines, self.errors = [], []
         self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=self.environment(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -119,7 +119,7 @@ class Service:
                 self.proc.kill()
                 self.proc.wait()
 
-    def restart(self) -> "Service":
+    def restart(self) -> Service:
         self.stop()
         return self.start()
 
@@ -179,7 +179,7 @@ class Postgres:
             cmd = ("runuser", "-u", "postgres", "--", *cmd)
         return subprocess.run(cmd, capture_output=True, text=True, check=check, timeout=120)
 
-    def start(self) -> "Postgres":
+    def start(self) -> Postgres:
         if os.geteuid() == 0:
             shutil.chown(self.dir, "postgres", "postgres")
         self._as_postgres(str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "kg")
