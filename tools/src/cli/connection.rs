@@ -18,13 +18,16 @@ pub struct Connection {
     /// Print the admin API's own JSON response.
     #[arg(long)]
     pub json: bool,
+    /// A certificate authority (PEM) to trust for an https:// server, beside the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca: Option<std::path::PathBuf>,
 }
 
 impl Connection {
     /// One admin API call; a non-2xx answer is an error naming the API's message and path
     /// (with `--json`, the API's own answer is printed first).
     pub fn call(&self, method: &str, path: &str, body: Option<Value>) -> Result<Answer, String> {
-        let client = Client::new(&self.server, self.token()?)?;
+        let client = Client::new(&self.server, self.token()?, self.ca.as_deref())?;
         client.call(method, path, body).map_err(|failure| {
             if self.json && !failure.text.is_empty() {
                 println!("{}", failure.text.trim_end());
