@@ -10,6 +10,7 @@ echo "== format and lints (native and wasm32-wasip1)"
 cargo fmt --all --check
 cargo clippy --locked --workspace --all-targets -- -D warnings
 cargo clippy --locked -p keygate --target wasm32-wasip1 --lib -- -D warnings
+.venv/bin/ruff check tests bench
 # The fuzz and bench crates are workspaces of their own (the bench ones build for
 # wasm32-wasip1); sharing target/ reuses what the lines above built.
 for crate in fuzz bench/floor bench/probe; do cargo fmt --manifest-path "$crate/Cargo.toml" --check; done
