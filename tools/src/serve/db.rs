@@ -283,18 +283,37 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<StoredKey, ApiError> {
     })
 }
 
-/// The database URL without a password, for messages.
+/// The database URL without a password, for messages: the one in the user information
+/// (`postgres://u:***@h/db`) and any query parameter naming one (`?password=***`,
+/// `sslpassword`).
 pub fn redact(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            let user_info = &url[scheme + 3..at];
-            match user_info.split_once(':') {
-                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme + 3], &url[at..]),
-                None => url.to_string(),
-            }
-        }
-        _ => url.to_string(),
+    let Some(scheme) = url.find("://").map(|i| i + 3) else { return url.to_string() };
+    let (mut out, rest) = match url[scheme..].rfind('@').map(|i| scheme + i) {
+        Some(at) => match url[scheme..at].split_once(':') {
+            Some((user, _)) => (format!("{}{user}:***", &url[..scheme]), &url[at..]),
+            None => (url[..at].to_string(), &url[at..]),
+        },
+        None => (url[..scheme].to_string(), &url[scheme..]),
+    };
+    let (before, query) = match rest.split_once('?') {
+        Some((before, query)) => (before, Some(query)),
+        None => (rest, None),
+    };
+    out.push_str(before);
+    if let Some(query) = query {
+        let params: Vec<String> = query
+            .split('&')
+            .map(|param| match param.split_once('=') {
+                Some((name, _)) if name.to_ascii_lowercase().contains("password") => {
+                    format!("{name}=***")
+                }
+                _ => param.to_string(),
+            })
+            .collect();
+        out.push('?');
+        out.push_str(&params.join("&"));
     }
+    out
 }
 
 /// One write transaction, holding change number `seq`. Dropped without [`Write::commit`],
@@ -430,5 +449,14 @@ mod tests {
         );
         assert_eq!(redact("postgres://kg@127.0.0.1:5432/kg"), "postgres://kg@127.0.0.1:5432/kg");
         assert_eq!(redact("sqlite:keygate.db"), "sqlite:keygate.db");
+        assert_eq!(
+            redact("postgres://kg@h/kg?sslmode=disable&password=s3cret&PassWord=x"),
+            "postgres://kg@h/kg?sslmode=disable&password=***&PassWord=***"
+        );
+        assert_eq!(
+            redact("postgresql://kg:p@ss:w0rd@h:5432/kg?sslpassword=s3cret"),
+            "postgresql://kg:***@h:5432/kg?sslpassword=***"
+        );
+        assert_eq!(redact("postgres://h/kg?password=s3cret"), "postgres://h/kg?password=***");
     }
 }
