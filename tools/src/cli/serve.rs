@@ -1,10 +1,11 @@
 //! `keygate serve`: runs the key service (`crate::serve`) with these options.
 
-use crate::serve::{self, Settings};
+use crate::serve::{self, Limits, Settings};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -31,6 +32,21 @@ pub struct ServeArgs {
     /// ids the database does not hold yet: a static table moved into the service.
     #[arg(long, value_name = "FILE")]
     import: Option<PathBuf>,
+    /// PostgreSQL: how long a statement waits for a lock (the write lock included) before it
+    /// fails and the call answers 503; 0 waits forever.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().lock_timeout_ms)]
+    db_lock_timeout_ms: u32,
+    /// PostgreSQL: how long one statement may run; 0 for no limit.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().statement_timeout_ms)]
+    db_statement_timeout_ms: u32,
+    /// PostgreSQL: how long a session may sit idle inside a transaction before the server
+    /// ends it, releasing its locks (a frozen replica's write lock); 0 for no limit.
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().idle_in_transaction_timeout_ms)]
+    db_idle_in_transaction_timeout_ms: u32,
+    /// How long an admin call may take before it is answered 503.
+    #[arg(long, value_name = "MS", default_value_t = 20_000,
+          value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
+    admin_timeout_ms: u64,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
@@ -42,5 +58,11 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         ecds_base: args.ecds_base,
         ecds_wasm: args.ecds_wasm,
         import: args.import,
+        limits: Limits {
+            lock_timeout_ms: args.db_lock_timeout_ms,
+            statement_timeout_ms: args.db_statement_timeout_ms,
+            idle_in_transaction_timeout_ms: args.db_idle_in_transaction_timeout_ms,
+        },
+        admin_timeout: Duration::from_millis(args.admin_timeout_ms),
     })
 }

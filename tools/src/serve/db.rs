@@ -14,6 +14,17 @@
 //! A reader first reads `feed.last` (committed, so every change up to it is committed and
 //! visible to the next statement) and then the change rows up to that number. Nothing can
 //! later appear below a cursor the service has answered.
+//!
+//! # PostgreSQL sessions
+//! Every connection (the pool's and the lookups') pins `READ COMMITTED` and sets
+//! `lock_timeout`, `statement_timeout` and `idle_in_transaction_session_timeout` ([`Limits`]).
+//! `READ COMMITTED` because a write's first statement waits for the write lock: under
+//! `REPEATABLE READ` (a database default an operator may have set) its snapshot would predate
+//! the previous writer's commit, and `UPDATE feed` would fail to serialize. The timeouts
+//! because one replica that freezes while holding the write lock (a stopped VM, a stalled
+//! process) would otherwise stop every write on every replica: a waiting write now fails
+//! after `lock_timeout` with a 503, and PostgreSQL ends the frozen session (and its lock)
+//! after `idle_in_transaction_session_timeout`.
 
 use crate::serve::error::{one_line, ApiError};
 use crate::serve::postgres_reader::PostgresReader;
@@ -39,6 +50,39 @@ pub struct Db {
     writer: Mutex<()>,
     /// The filter's key lookups, off the pool (see the two modules for why).
     reader: Reader,
+}
+
+/// PostgreSQL session settings, in milliseconds (0: none). See the module's documentation.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    pub lock_timeout_ms: u32,
+    pub statement_timeout_ms: u32,
+    pub idle_in_transaction_timeout_ms: u32,
+}
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            lock_timeout_ms: 5_000,
+            statement_timeout_ms: 15_000,
+            idle_in_transaction_timeout_ms: 10_000,
+        }
+    }
+}
+
+impl Limits {
+    /// The statements that set up a PostgreSQL session.
+    pub fn session(&self) -> Vec<String> {
+        vec![
+            "SET SESSION CHARACTERISTICS AS TRANSACTION ISOLATION LEVEL READ COMMITTED".into(),
+            format!("SET lock_timeout = {}", self.lock_timeout_ms),
+            format!("SET statement_timeout = {}", self.statement_timeout_ms),
+            format!(
+                "SET idle_in_transaction_session_timeout = {}",
+                self.idle_in_transaction_timeout_ms
+            ),
+        ]
+    }
 }
 
 enum Reader {
@@ -88,7 +132,7 @@ pub struct KeyRow<'a> {
 
 impl Db {
     /// Opens (creating a SQLite file if missing) and migrates; the error is one line.
-    pub async fn open(url: &str) -> Result<Db, String> {
+    pub async fn open(url: &str, limits: Limits) -> Result<Db, String> {
         sqlx::any::install_default_drivers();
         let (connect, postgres) = if let Some(path) = url.strip_prefix("sqlite:") {
             if path.is_empty() || path.contains('?') {
@@ -108,16 +152,26 @@ impl Db {
         };
         // One connection first: the pool would retry until its timeout and then report only
         // that it timed out, where this says why (refused, no such database, no such file).
-        let probe = sqlx::AnyConnection::connect(&connect)
+        let mut probe = sqlx::AnyConnection::connect(&connect)
             .await
             .map_err(|e| fail("cannot open database", &e))?;
+        // Migrations run on this connection, without the session limits below: a replica
+        // waiting for another's migration, or a migration moving many rows, may take longer.
+        let migrator = if postgres { &POSTGRES } else { &SQLITE };
+        migrator.run(&mut probe).await.map_err(|e| fail("cannot migrate database", &e))?;
         let _ = probe.close().await;
+        let session = limits.session();
         let pool = AnyPoolOptions::new()
             .max_connections(if postgres { 16 } else { 8 })
             .acquire_timeout(Duration::from_secs(10))
             .after_connect(move |conn, _| {
+                let session = session.clone();
                 Box::pin(async move {
-                    if !postgres {
+                    if postgres {
+                        for statement in &session {
+                            sqlx::query(statement).execute(&mut *conn).await?;
+                        }
+                    } else {
                         // WAL: readers never wait for the writer; busy_timeout: a second
                         // process on the same file waits instead of failing.
                         for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000"] {
@@ -130,15 +184,13 @@ impl Db {
             .connect(&connect)
             .await
             .map_err(|e| fail("cannot open database", &e))?;
-        let migrator = if postgres { &POSTGRES } else { &SQLITE };
-        migrator.run(&pool).await.map_err(|e| fail("cannot migrate database", &e))?;
         let database_id: String =
             sqlx::query_scalar("SELECT value FROM meta WHERE name = 'database_id'")
                 .fetch_one(&pool)
                 .await
                 .map_err(|e| fail("cannot read database", &e))?;
         let reader = if postgres {
-            Reader::Postgres(PostgresReader::new(&connect))
+            Reader::Postgres(PostgresReader::new(&connect, limits.session()))
         } else {
             // The file SQLite itself opened, however the URL spelled it.
             let file: String =

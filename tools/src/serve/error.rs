@@ -2,7 +2,9 @@
 //!
 //! Every error is `{"error": "<reason phrase>", "message": "<why>"}` (plus `"path"` when an
 //! entry was refused), written with keygate's spacing so the admin API's 401 is byte for
-//! byte the filter's. Database errors are logged here, never returned.
+//! byte the filter's. Database errors are logged here, never returned; those that mean
+//! "try again" (a lock or statement timeout, no free connection, SQLite busy) answer 503
+//! with `retry-after: 1`, the others 500.
 
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -42,6 +44,11 @@ impl ApiError {
         ApiError::new(StatusCode::UNAUTHORIZED, "Invalid API key")
     }
 
+    /// A 503: the database did not answer in time; the caller may try again.
+    pub fn unavailable(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message)
+    }
+
     pub fn internal() -> ApiError {
         ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error (see the service's log)")
     }
@@ -69,14 +76,47 @@ fn database(e: &dyn std::fmt::Display) -> ApiError {
     ApiError::internal()
 }
 
+/// A database error that is worth trying again: which, and what to tell the caller.
+fn busy(e: &sqlx::Error) -> Option<&'static str> {
+    match e {
+        sqlx::Error::PoolTimedOut => Some("no database connection came free in time; try again"),
+        sqlx::Error::Database(d) => match d.code().as_deref() {
+            // PostgreSQL's lock_not_available (lock_timeout): the write lock is held elsewhere.
+            Some("55P03") => Some(
+                "the database's write lock is held elsewhere (another replica's write?); try again",
+            ),
+            // query_canceled (statement_timeout).
+            Some("57014") => Some("the database did not answer in time; try again"),
+            // SQLite's SQLITE_BUSY and its extended codes: another process holds the file.
+            Some(code) if code == "5" || code.parse::<u32>().is_ok_and(|c| c & 0xff == 5) => {
+                Some("the database file is locked by another writer; try again")
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
 impl From<sqlx::Error> for ApiError {
     fn from(e: sqlx::Error) -> ApiError {
-        database(&e)
+        match busy(&e) {
+            Some(message) => {
+                eprintln!("keygate serve: database busy: {}", one_line(&e.to_string()));
+                ApiError::unavailable(message)
+            }
+            None => database(&e),
+        }
     }
 }
 
 impl From<rusqlite::Error> for ApiError {
     fn from(e: rusqlite::Error) -> ApiError {
+        if e.sqlite_error_code() == Some(rusqlite::ErrorCode::DatabaseBusy) {
+            eprintln!("keygate serve: database busy: {}", one_line(&e.to_string()));
+            return ApiError::unavailable(
+                "the database file is locked by another writer; try again",
+            );
+        }
         database(&e)
     }
 }
@@ -88,6 +128,9 @@ impl IntoResponse for ApiError {
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         if self.status == StatusCode::UNAUTHORIZED {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
         }
         response
     }

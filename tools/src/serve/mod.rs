@@ -24,13 +24,15 @@ pub mod request;
 mod sqlite_reader;
 
 pub use admin::{openapi, routes as admin_routes};
+use axum::response::IntoResponse;
+pub use db::Limits;
 use keygate::core::hex;
 use keygate::core::keytable::Digest;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
@@ -44,6 +46,10 @@ pub struct Settings {
     pub ecds_base: Option<PathBuf>,
     pub ecds_wasm: String,
     pub import: Option<PathBuf>,
+    /// PostgreSQL session limits (`db::Limits`).
+    pub limits: db::Limits,
+    /// How long an admin call may take before it is answered 503.
+    pub admin_timeout: Duration,
 }
 
 /// What every handler shares.
@@ -78,7 +84,7 @@ async fn serve(
     admins: Vec<Digest>,
     ecds: Option<ecds::Ecds>,
 ) -> Result<ExitCode, String> {
-    let db = Arc::new(db::Db::open(&args.db).await?);
+    let db = Arc::new(db::Db::open(&args.db, args.limits).await?);
     if let Some(path) = &args.import {
         let done = import::import(&db, path, rfc3339(now_ms())).await?;
         println!(
@@ -105,7 +111,13 @@ async fn serve(
         local(&filter_listener, args.filter_listen),
         db::redact(&args.db)
     );
-    let admin = axum::serve(admin_listener, admin::router(state.clone()));
+    let timeout = args.admin_timeout;
+    let admin_routes = admin::router(state.clone()).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| async move {
+            bounded(timeout, next.run(request)).await
+        },
+    ));
+    let admin = axum::serve(admin_listener, admin_routes);
     let filter = axum::serve(filter_listener, filter_api::router(state));
     tokio::select! {
         r = admin => r.map_err(|e| format!("admin listener: {e}"))?,
@@ -113,6 +125,28 @@ async fn serve(
         () = stopped() => {}
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// An admin call's answer, or a 503 when it takes longer than `limit`: a database that does
+/// not answer (a write lock held elsewhere, a stalled server) never holds a caller forever.
+async fn bounded(
+    limit: Duration,
+    answer: impl std::future::Future<Output = axum::response::Response>,
+) -> axum::response::Response {
+    match tokio::time::timeout(limit, answer).await {
+        Ok(response) => response,
+        Err(_) => {
+            eprintln!(
+                "keygate serve: an admin call took over {} ms; answered 503",
+                limit.as_millis()
+            );
+            error::ApiError::unavailable(format!(
+                "no answer within {} ms: the database is slow or its write lock is held elsewhere; try again",
+                limit.as_millis()
+            ))
+            .into_response()
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM.

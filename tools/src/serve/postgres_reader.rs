@@ -5,7 +5,8 @@
 //! hot read (`/v1/filter/keys/{sha256}`) takes a connection from this small set instead and
 //! sends just its query; a connection that fails is dropped, and a lookup whose idle
 //! connection died (a PostgreSQL restart) is retried once on a new one. Everything
-//! else (writes, lists, the feed) stays on the pool.
+//! else (writes, lists, the feed) stays on the pool. Each connection gets the same session
+//! settings as the pool's (`db::Limits`), so a lookup never waits without a bound.
 
 use sqlx::{Connection, PgConnection};
 use std::sync::Mutex;
@@ -17,14 +18,17 @@ const MAX: usize = 16;
 
 pub struct PostgresReader {
     url: String,
+    /// Statements run on each new connection.
+    session: Vec<String>,
     idle: Mutex<Vec<PgConnection>>,
     slots: Semaphore,
 }
 
 impl PostgresReader {
-    pub fn new(url: &str) -> PostgresReader {
+    pub fn new(url: &str, session: Vec<String>) -> PostgresReader {
         PostgresReader {
             url: url.to_string(),
+            session,
             idle: Mutex::new(Vec::new()),
             slots: Semaphore::new(MAX),
         }
@@ -41,7 +45,15 @@ impl PostgresReader {
                 return Ok(entry);
             }
         }
-        self.lookup(PgConnection::connect(&self.url).await?, sha256).await
+        self.lookup(self.connect().await?, sha256).await
+    }
+
+    async fn connect(&self) -> Result<PgConnection, sqlx::Error> {
+        let mut conn = PgConnection::connect(&self.url).await?;
+        for statement in &self.session {
+            sqlx::query(statement).execute(&mut conn).await?;
+        }
+        Ok(conn)
     }
 
     async fn lookup(
