@@ -292,29 +292,54 @@ fn a_reset_drops_everything() {
 }
 
 #[test]
-fn a_key_listed_while_its_lookup_is_in_flight_is_not_kept_and_its_streams_ask_afresh() {
+fn a_key_listed_while_its_lookup_is_in_flight_serves_only_the_streams_that_waited_before() {
     let mut r = rig("");
     feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
     let ask = Ask::Key { tag: r.tag("k"), digest: sha256(b"k") };
     assert_eq!(r.ask(5, ask, Pass::FIRST), Ok(()));
-    let lookup = r.last_token();
+    let before = r.last_token();
     feed(&mut r, NOW + 1_000, &format!(r#"{{"cursor": "db.2", "keys": ["{}"]}}"#, hex("k")));
-    // A request arriving after the change joins the lookup in flight...
+    // A request arriving after the change does not join the lookup from before it.
     assert_eq!(r.ask(6, ask, Pass::FIRST), Ok(()));
-    assert_eq!(r.lookups(), 1, "joined, no new call");
-    // ...but neither is decided on its answer, which may predate the change: the cache does
-    // not hold it when they are decided again, so they ask afresh, in one new lookup.
-    let back = r.answer(lookup, key_answer("k", "web"));
-    assert_eq!(back, [(5, resumed(Failed::NONE)), (6, resumed(Failed::NONE))]);
+    assert_eq!(r.lookups(), 2, "a fresh lookup");
+    let after = r.last_token();
+    // The old answer decides the stream that waited for it, and no one else: it is there
+    // while that stream is decided, and gone once settled.
+    assert_eq!(r.answer(before, key_answer("k", "web")), [(5, resumed(Failed::NONE))]);
+    assert!(r.cached("k"));
+    r.source.settle();
     assert!(!r.cached("k"));
-    assert_eq!(r.ask(5, ask, resumed(Failed::NONE)), Ok(()));
-    assert_eq!(r.ask(6, ask, resumed(Failed::NONE)), Ok(()));
-    assert_eq!(r.lookups(), 2);
-    let fresh = r.last_token();
-    let twice = Pass { resumed: true, failed: Failed::NONE, asks: 2 };
-    assert_eq!(r.answer(fresh, status(404)), [(5, twice), (6, twice)]);
+    assert_eq!(r.answer(after, status(404)), [(6, resumed(Failed::NONE))]);
+    r.source.settle();
     let cache = r.source.cache(ROOT);
     assert!(cache.is_some_and(|c| matches!(c.get(c.tag(b"k"), NOW), Cached::Absent)));
+}
+
+#[test]
+fn the_old_answer_arriving_after_the_fresh_one_never_outlives_it() {
+    let mut r = rig("");
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    let ask = Ask::Key { tag: r.tag("k"), digest: sha256(b"k") };
+    assert_eq!(r.ask(5, ask, Pass::FIRST), Ok(()));
+    let before = r.last_token();
+    feed(&mut r, NOW + 1_000, r#"{"cursor": "db2.1", "reset": true}"#);
+    assert_eq!(r.ask(6, ask, Pass::FIRST), Ok(()));
+    let after = r.last_token();
+    assert_eq!(r.answer(after, status(404)), [(6, resumed(Failed::NONE))]);
+    r.source.settle();
+    assert_eq!(r.answer(before, key_answer("k", "web")), [(5, resumed(Failed::NONE))]);
+    r.source.settle();
+    assert!(!r.cached("k"), "the answer from before the reset is not kept");
+}
+
+#[test]
+fn overtaken_lookups_still_count_against_max_pending() {
+    let mut r = rig(r#", "max_pending": 1"#);
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    assert_eq!(r.ask(5, key_ask("a"), Pass::FIRST), Ok(()));
+    feed(&mut r, NOW + 1_000, r#"{"cursor": "db2.1", "reset": true}"#);
+    let refused = Pass { failed: Failed::KEY, ..Pass::FIRST };
+    assert_eq!(r.ask(6, key_ask("a"), Pass::FIRST), Err((6, refused)));
 }
 
 #[test]
@@ -328,6 +353,7 @@ fn an_origin_listed_while_its_lookup_is_in_flight_is_not_kept() {
         let body =
             r#"{"keys": [{"id": "w", "cors": {"allowed_origins": ["https://app.example"]}}]}"#;
         assert_eq!(r.answer(lookup, ok(body.into())), [(5, resumed(Failed::NONE))]);
+        r.source.settle();
         let cache = r.source.cache(ROOT);
         assert!(cache.is_some_and(|c| c.origin(b"https://app.example", NOW).is_none()), "{listed}");
     }
@@ -398,7 +424,7 @@ fn cache_hits_are_counted_by_kind() {
 }
 
 #[test]
-fn a_feed_answer_listing_changes_or_more_is_followed_by_the_next_poll_at_once() {
+fn a_feed_answer_saying_more_is_followed_by_the_next_poll_at_once() {
     let mut r = rig("");
     feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
     assert_eq!(r.calls.paths.len(), 1, "the first answer learns the cursor; the next poll waits");
@@ -413,13 +439,28 @@ fn a_feed_answer_listing_changes_or_more_is_followed_by_the_next_poll_at_once() 
     assert_eq!(r.calls.paths[2], "/v1/filter/changes?after=db.257");
     assert_eq!(r.tick(NOW + 1_010).feed_lag, 4744);
     let token = r.last_token();
-    r.answer_at(token, changes(r#"{"cursor": "db.300", "keys": []}"#), NOW + 1_020);
-    assert_eq!(r.calls.paths.len(), 3, "an empty answer: the next poll waits changes_poll_ms");
-    assert_eq!(r.tick(NOW + 1_020).feed_lag, 0);
-    r.tick(NOW + 1_999);
+    r.answer_at(token, changes(r#"{"cursor": "db.257"}"#), NOW + 1_020);
     assert_eq!(r.calls.paths.len(), 3);
-    r.tick(NOW + 2_010);
-    assert_eq!(r.calls.paths.len(), 4);
+    // Changes without `more`, a `more` that does not move on, a reset: the usual pace.
+    for (i, json) in [
+        format!(r#"{{"cursor": "db.300", "keys": ["{}"]}}"#, hex("b")),
+        r#"{"cursor": "db.300", "more": true}"#.to_string(),
+        r#"{"cursor": "db2.1", "reset": true, "more": true}"#.to_string(),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let at = NOW + 2_010 + 1_000 * i as i64;
+        r.tick(at);
+        let sent = r.calls.paths.len();
+        assert_eq!(sent, 4 + i, "one poll per interval");
+        let token = r.last_token();
+        r.answer_at(token, changes(json), at + 10);
+        assert_eq!(r.calls.paths.len(), sent, "{json}");
+        r.tick(at + 999);
+        assert_eq!(r.calls.paths.len(), sent, "{json}");
+    }
+    assert_eq!(r.tick(NOW + 5_100).feed_lag, 0);
 }
 
 #[test]

@@ -241,6 +241,8 @@ fn is_waiting(stream: u32) -> bool {
 /// The key service answered one of the root's calls.
 pub fn call_response(token: u32, body_size: usize) {
     resume(remote::call_response(token, body_size));
+    // An answer the feed overtook served the streams that waited for it, and no one else.
+    remote::with_source(|s| s.settle());
 }
 
 /// Decides streams that waited for a lookup again, with its answer now cached (or failed).

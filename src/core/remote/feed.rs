@@ -1,12 +1,13 @@
 //! The change feed, as one root context follows it: when to poll, where it is, and what a
 //! poll's answer invalidates.
 //!
-//! A poll starts at most once per `changes_poll_ms`, unless the last answer listed changes
-//! or said `more`: then the next starts at once, so a filter behind a burst of changes
-//! catches up at the speed of round trips. A service that holds polls open (`wait_ms`)
-//! answers an idle feed only after the wait, so the next poll starts at once then too; one
-//! that ignores `wait_ms` answers at once and is polled once per `changes_poll_ms`, as
-//! without it.
+//! A poll starts at most once per `changes_poll_ms` after the last one started, unless the
+//! last answer said `more` and moved the cursor on: then the next starts at once, so a
+//! filter behind a burst of changes catches up at the speed of round trips (a service that
+//! says `more` without moving on is polled at the usual pace, never in a loop). A service
+//! that holds polls open (`wait_ms`) answers an idle feed only after the wait, which is
+//! longer than `changes_poll_ms`, so the next poll starts at once then too; one that ignores
+//! `wait_ms` answers at once and is polled once per `changes_poll_ms`, as without it.
 
 use crate::core::remote::protocol::Changes;
 
@@ -66,8 +67,8 @@ impl Feed {
         self.in_flight = false;
         let ended = std::mem::take(&mut self.failures);
         let first = self.cursor.is_none();
-        let listed = changes.reset || !changes.keys.is_empty() || !changes.origins.is_empty();
-        if changes.more || (listed && !first) {
+        let moved_on = self.cursor.as_deref() != Some(changes.cursor.as_str());
+        if changes.more && moved_on && !changes.reset {
             self.next_ms = now_ms;
         }
         self.behind = changes.behind.unwrap_or(0);

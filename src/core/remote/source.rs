@@ -11,6 +11,12 @@
 //! per root context, and every stream waiting on it is decided again when the answer
 //! comes, with the answer cached. Calls are issued on the root context, so an answer may
 //! arrive for a stream that is gone; the glue skips those.
+//!
+//! When the feed lists a key (or origin, or resets) while its lookup is in flight, the
+//! answer may predate the change. The streams already waiting arrived before the filter
+//! knew of the change: they are decided on the answer they waited for. A stream arriving
+//! after it starts a fresh lookup instead of joining, and the old answer is dropped as soon
+//! as its streams are decided ([`RemoteSource::settle`]), so it never serves anyone else.
 
 use crate::core::decide::{Ask, Failed};
 use crate::core::hex;
@@ -20,7 +26,7 @@ use crate::core::remote::cache::RemoteCache;
 use crate::core::remote::feed::{Applied, Feed};
 use crate::core::remote::protocol::{self, ProtocolError};
 use crate::core::verdict::RemoteUse;
-use hashbrown::{HashMap, HashSet};
+use hashbrown::HashMap;
 use log::{info, warn};
 
 /// Sends a GET to the key service, answered within `timeout_ms`: the call's token, or
@@ -82,14 +88,19 @@ impl Subject {
 struct Root {
     service: KeyService,
     cache: RemoteCache,
-    /// Lookups in flight: what each is about → the streams waiting on it.
-    pending: HashMap<Subject, Vec<u32>>,
+    /// Lookups in flight that new streams may join: what each is about → its call.
+    pending: HashMap<Subject, Lookup>,
     feed: Feed,
-    /// Lookups in flight that the feed listed (or reset) meanwhile: their answers may predate
-    /// the change, so they are not kept, and the streams waiting on them ask again.
-    overtaken: HashSet<Subject>,
+    /// Lookups in flight that the feed listed (or reset) meanwhile, by call token → the
+    /// streams that waited before the change (see the module comment).
+    overtaken: HashMap<u32, Vec<u32>>,
     /// Cache entries last added to the gauge, so each VM adds only its change.
     reported_entries: i64,
+}
+
+struct Lookup {
+    token: u32,
+    streams: Vec<u32>,
 }
 
 enum CallKind {
@@ -102,6 +113,21 @@ struct Waiter<W> {
     payload: W,
     /// How the stream was being decided when it asked.
     pass: Pass,
+}
+
+impl Root {
+    /// Moves the lookups in flight about what `listed` matches out of reach of new streams.
+    fn overtake(&mut self, listed: impl Fn(&Subject) -> bool) {
+        let overtaken = &mut self.overtaken;
+        self.pending.retain(|subject, lookup| {
+            if listed(subject) {
+                overtaken.insert(lookup.token, std::mem::take(&mut lookup.streams));
+                false
+            } else {
+                true
+            }
+        });
+    }
 }
 
 /// The `remote.*` counters (the 503s are `keygate.remote.unavailable`, an outcome).
@@ -184,6 +210,8 @@ pub struct RemoteSource<W> {
     waiting: HashMap<u32, Waiter<W>>,
     counts: Counts,
     failures: FailureLog,
+    /// Overtaken answers to drop once their streams are decided: (root, what).
+    unsettled: Vec<(u32, Subject)>,
 }
 
 impl<W> Default for RemoteSource<W> {
@@ -194,6 +222,7 @@ impl<W> Default for RemoteSource<W> {
             waiting: HashMap::new(),
             counts: [0; Counter::ALL.len()],
             failures: FailureLog::default(),
+            unsettled: Vec::new(),
         }
     }
 }
@@ -210,14 +239,19 @@ impl<W> RemoteSource<W> {
             return true;
         }
         let Some(cache) = RemoteCache::new(service.cache) else { return false };
-        // Lookups in flight keep their waiting streams: their answers land here.
-        let pending = self.roots.remove(&root).map(|r| r.pending).unwrap_or_default();
+        // Lookups in flight keep their waiting streams: their answers land here. They may
+        // predate changes the new feed will list, so all of them count as overtaken.
+        let mut overtaken = HashMap::new();
+        if let Some(old) = self.roots.remove(&root) {
+            overtaken = old.overtaken;
+            overtaken.extend(old.pending.into_values().map(|l| (l.token, l.streams)));
+        }
         let root_state = Root {
             service: service.clone(),
             cache,
-            pending,
+            pending: HashMap::new(),
             feed: Feed::default(),
-            overtaken: HashSet::new(),
+            overtaken,
             reported_entries: 0,
         };
         self.roots.insert(root, root_state);
@@ -269,10 +303,10 @@ impl<W> RemoteSource<W> {
             return failed(payload);
         }
         let Some(r) = self.roots.get_mut(&root) else { return failed(payload) };
-        if let Some(waiters) = r.pending.get_mut(&subject) {
-            waiters.push(stream);
+        if let Some(lookup) = r.pending.get_mut(&subject) {
+            lookup.streams.push(stream);
         } else {
-            if r.pending.len() >= r.service.max_pending as usize {
+            if r.pending.len() + r.overtaken.len() >= r.service.max_pending as usize {
                 self.count(Counter::Errors, 1);
                 return failed(payload);
             }
@@ -284,7 +318,7 @@ impl<W> RemoteSource<W> {
                 self.count(Counter::Errors, 1);
                 return failed(payload);
             };
-            r.pending.insert(subject.clone(), vec![stream]);
+            r.pending.insert(subject.clone(), Lookup { token, streams: vec![stream] });
             self.calls.insert(token, (root, CallKind::Lookup { subject, tag }));
             self.count(Counter::Lookups, 1);
         }
@@ -316,26 +350,28 @@ impl<W> RemoteSource<W> {
                 Vec::new()
             }
             CallKind::Lookup { subject, tag } => {
-                let resume = self.lookup_answered(root, &subject, tag, answer, now_ms);
-                if let Some(r) = self.roots.get_mut(&root) {
-                    if r.overtaken.remove(&subject) {
-                        // It may predate the change: dropped before its streams are decided
-                        // again, so they ask afresh instead of being decided on it.
-                        match &subject {
-                            Subject::Key(digest) => r.cache.invalidate(digest),
-                            Subject::Origin(origin) => r.cache.invalidate_origin(Some(origin)),
-                        };
-                    }
-                }
-                resume
+                self.lookup_answered(root, token, subject, tag, answer, now_ms)
             }
+        }
+    }
+
+    /// Drops the overtaken answers whose streams have now been decided. The glue calls it
+    /// after deciding the streams an answer handed back.
+    pub fn settle(&mut self) {
+        for (root, subject) in std::mem::take(&mut self.unsettled) {
+            let Some(r) = self.roots.get_mut(&root) else { continue };
+            match &subject {
+                Subject::Key(digest) => r.cache.invalidate(digest),
+                Subject::Origin(origin) => r.cache.invalidate_origin(Some(origin)),
+            };
         }
     }
 
     fn lookup_answered(
         &mut self,
         root: u32,
-        subject: &Subject,
+        token: u32,
+        subject: Subject,
         tag: u128,
         answer: Answer,
         now_ms: i64,
@@ -344,7 +380,7 @@ impl<W> RemoteSource<W> {
         // A root gone while the call was in flight handed its streams back then; the answer
         // is still judged, so that its failures count.
         let mut cache = self.roots.get_mut(&root).map(|r| &mut r.cache);
-        let outcome: Result<(), String> = match (subject, answer.status, &answer.body) {
+        let outcome: Result<(), String> = match (&subject, answer.status, &answer.body) {
             (_, 200, Err(e)) => Err(e.to_string()),
             (Subject::Key(digest), 200, Ok(body)) => match protocol::parse_key(body, digest) {
                 Ok(entry) => {
@@ -383,7 +419,7 @@ impl<W> RemoteSource<W> {
                 // At most one line a second per VM: a flood of keys against a failing
                 // service must not flood the log. The count says what was not logged.
                 if let Some(unlogged) = self.failures.note(now_ms) {
-                    let what = match subject {
+                    let what = match &subject {
                         Subject::Key(d) => format!("key {}", &hex::encode(&d[..4])),
                         Subject::Origin(_) => "origin".to_string(),
                     };
@@ -392,8 +428,16 @@ impl<W> RemoteSource<W> {
                 subject.failure()
             }
         };
-        let streams = self.roots.get_mut(&root).and_then(|r| r.pending.remove(subject));
-        self.resume(streams.unwrap_or_default(), failed)
+        let mut streams = Vec::new();
+        if let Some(r) = self.roots.get_mut(&root) {
+            if let Some(before) = r.overtaken.remove(&token) {
+                streams = before;
+                self.unsettled.push((root, subject));
+            } else if r.pending.get(&subject).is_some_and(|l| l.token == token) {
+                streams = r.pending.remove(&subject).map(|l| l.streams).unwrap_or_default();
+            }
+        }
+        self.resume(streams, failed)
     }
 
     /// The waiting streams among `streams`, to decide again on their next pass.
@@ -436,28 +480,18 @@ impl<W> RemoteSource<W> {
             Applied::Everything => {
                 dropped += r.cache.len() as u32;
                 r.cache.clear();
-                r.overtaken.extend(r.pending.keys().cloned());
+                r.overtake(|_| true);
             }
             Applied::Listed(changes) => {
                 for digest in &changes.keys {
                     dropped += u32::from(r.cache.invalidate(digest));
-                    let subject = Subject::Key(*digest);
-                    if r.pending.contains_key(&subject) {
-                        r.overtaken.insert(subject);
-                    }
+                    r.overtake(|s| *s == Subject::Key(*digest));
                 }
                 for origin in &changes.origins {
                     dropped += u32::from(r.cache.invalidate_origin(origin.as_deref()));
                     match origin {
-                        Some(o) => {
-                            let subject = Subject::Origin(o.clone());
-                            if r.pending.contains_key(&subject) {
-                                r.overtaken.insert(subject);
-                            }
-                        }
-                        None => r.overtaken.extend(
-                            r.pending.keys().filter(|s| matches!(s, Subject::Origin(_))).cloned(),
-                        ),
+                        Some(o) => r.overtake(|s| matches!(s, Subject::Origin(x) if x == o)),
+                        None => r.overtake(|s| matches!(s, Subject::Origin(_))),
                     }
                 }
             }
@@ -477,7 +511,8 @@ impl<W> RemoteSource<W> {
         let (mut orphans, mut entries_delta) = (Vec::new(), 0);
         for id in gone {
             if let Some(r) = self.roots.remove(id) {
-                orphans.extend(r.pending.into_values().flatten());
+                orphans.extend(r.pending.into_values().flat_map(|l| l.streams));
+                orphans.extend(r.overtaken.into_values().flatten());
                 entries_delta -= r.reported_entries;
             }
         }
