@@ -781,12 +781,13 @@ def test_a_change_listed_while_its_lookup_is_in_flight_wins(change):
             server.release()
             t.join(10)
             assert held, "no answer"
-            # The request in flight gets the key's state before the change (the answer it waited
-            # for) or after it (that answer dropped, the key asked again): exactly one of the two.
-            if held[0].status == 200:
-                assert held[0].upstream_all("x-api-key-id") == ["r-race"], held[0].body
-            else:
+            # The request in flight came before the change: it gets the answer it waited for,
+            # the key's state before the change.
+            if change == "created":
                 assert_unauthorized(held[0])
+            else:
+                assert held[0].status == 200, (held[0].status, held[0].body)
+                assert held[0].upstream_all("x-api-key-id") == ["r-race"], held[0].body
             server.clear_faults()
             want = 200 if change == "created" else 401
             # After the change every later request sees it (allow one more poll and a round trip).
