@@ -33,7 +33,7 @@ use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
 use std::time::Duration;
-use tokio::sync::{Mutex, MutexGuard};
+use tokio::sync::{watch, Mutex, MutexGuard};
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -50,6 +50,9 @@ pub struct Db {
     writer: Mutex<()>,
     /// The filter's key lookups, off the pool (see the two modules for why).
     reader: Reader,
+    /// The newest change number this process knows committed: its own writes publish it at
+    /// commit, and `feed::watch` what it reads while polls are held. Never goes down.
+    committed: watch::Sender<i64>,
 }
 
 /// PostgreSQL session settings, in milliseconds (0: none). See the module's documentation.
@@ -200,7 +203,9 @@ impl Db {
                     .map_err(|e| fail("cannot read database", &e))?;
             Reader::Sqlite(SqliteReader::open(&file).map_err(|e| fail("cannot open database", &e))?)
         };
-        Ok(Db { pool, postgres, database_id, writer: Mutex::new(()), reader })
+        let (last, _) = feed_state(&pool).await.map_err(|e| fail("cannot read database", &e))?;
+        let (committed, _) = watch::channel(last);
+        Ok(Db { pool, postgres, database_id, writer: Mutex::new(()), reader, committed })
     }
 
     /// Starts a write: serialized against every other writer, holding the next change number.
@@ -214,7 +219,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut write = Write { tx, _serial: serial, seq: 0, now };
+        let mut write = Write { tx, _serial: serial, seq: 0, now, db: self };
         write.next_change().await?;
         Ok(write)
     }
@@ -274,9 +279,17 @@ impl Db {
 
     /// The newest committed change number and the oldest one a cursor may still name.
     pub async fn feed_state(&self) -> Result<(i64, i64), ApiError> {
-        let row =
-            sqlx::query("SELECT last, floor FROM feed WHERE id = 1").fetch_one(&self.pool).await?;
-        Ok((row.try_get("last")?, row.try_get("floor")?))
+        Ok(feed_state(&self.pool).await?)
+    }
+
+    /// Notes that change `seq` committed (read by `feed::watch`); wakes held polls.
+    pub fn published(&self, seq: i64) {
+        publish(&self.committed, seq);
+    }
+
+    /// Follows the newest committed change number this process knows of.
+    pub fn subscribe(&self) -> watch::Receiver<i64> {
+        self.committed.subscribe()
     }
 
     /// The rows of changes `after+1 ..= upto`, in order. Call with `upto` at most the
@@ -324,6 +337,21 @@ impl Db {
             })
             .collect()
     }
+}
+
+async fn feed_state(pool: &AnyPool) -> Result<(i64, i64), sqlx::Error> {
+    let row = sqlx::query("SELECT last, floor FROM feed WHERE id = 1").fetch_one(pool).await?;
+    Ok((row.try_get("last")?, row.try_get("floor")?))
+}
+
+fn publish(committed: &watch::Sender<i64>, seq: i64) {
+    committed.send_if_modified(|known| {
+        let newer = seq > *known;
+        if newer {
+            *known = seq;
+        }
+        newer
+    });
 }
 
 fn stored(r: &sqlx::any::AnyRow) -> Result<StoredKey, ApiError> {
@@ -376,6 +404,7 @@ pub struct Write<'a> {
     pub seq: i64,
     /// RFC 3339 UTC, for `created_at`, `updated_at` and the audit record.
     pub now: String,
+    db: &'a Db,
 }
 
 impl Write<'_> {
@@ -485,6 +514,7 @@ impl Write<'_> {
 
     pub async fn commit(self) -> Result<(), ApiError> {
         self.tx.commit().await?;
+        publish(&self.db.committed, self.seq);
         Ok(())
     }
 }

@@ -1,15 +1,24 @@
-//! The change feed: `GET /v1/filter/changes?after=CURSOR`.
+//! The change feed: `GET /v1/filter/changes?after=CURSOR&wait_ms=N`.
 //!
 //! A cursor is `<database id>.<change number>`. The database id is random, made by the
 //! first migration, so a cursor from another database (or a restored copy of another one)
 //! never names a change here: it answers `reset`, as does a number the service no longer
 //! keeps (below `feed.floor`) or one it has not reached (a database restored from an older
 //! backup). Numbers commit in order (see `db.rs`), so "every change after N" is exact.
+//!
+//! Every answer says `"more": true` when changes remain after its cursor, and `"behind": N`,
+//! how many (the newest change number minus the cursor's); both are left out when nothing
+//! remains.
 
 use crate::serve::db::{ChangeRow, Db};
 use crate::serve::error::ApiError;
-use serde_json::json;
+use serde_json::{json, Map, Value};
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+use tokio::time::Instant;
 
 /// Change numbers one answer covers at most; the filter asks again on its next poll.
 const MAX_CHANGES: i64 = 256;
@@ -17,6 +26,14 @@ const MAX_CHANGES: i64 = 256;
 /// 64 KiB. A single change over the budget answers `reset` (which drops everything, so the
 /// change is still seen).
 const BUDGET: usize = 48 * 1024;
+/// The longest `wait_ms` a poll may ask for.
+pub const MAX_WAIT_MS: u64 = 30_000;
+/// Polls held at once at most, per process; past it a poll is answered at once (the filter
+/// then polls again after `changes_poll_ms`, as with a service that does not hold polls).
+pub const MAX_HELD: usize = 10_000;
+/// How often the database is read while polls are held, to notice changes this process did
+/// not make (another replica's, or another process's on the same SQLite file).
+const RECHECK: Duration = Duration::from_millis(100);
 
 pub fn encode(database_id: &str, seq: i64) -> String {
     format!("{database_id}.{seq}")
@@ -31,23 +48,136 @@ pub fn decode(cursor: &str, database_id: &str) -> Option<i64> {
     number.parse().ok()
 }
 
-/// The answer to `changes?after=` (`None`: the current cursor, nothing listed).
-pub async fn changes(db: &Db, after: Option<&str>) -> Result<String, ApiError> {
+/// Polls held now, and the task that reads the database for them.
+pub struct Held {
+    count: AtomicUsize,
+    /// Wakes [`watch`] when the first poll is held.
+    first: Notify,
+}
+
+impl Held {
+    pub fn new() -> Arc<Held> {
+        Arc::new(Held { count: AtomicUsize::new(0), first: Notify::new() })
+    }
+
+    /// A place among the held polls, or `None` when [`MAX_HELD`] are held already.
+    fn enter(self: &Arc<Held>) -> Option<Slot> {
+        let before = self.count.fetch_add(1, Ordering::SeqCst);
+        if before >= MAX_HELD {
+            self.count.fetch_sub(1, Ordering::SeqCst);
+            return None;
+        }
+        if before == 0 {
+            self.first.notify_one();
+        }
+        Some(Slot(self.clone()))
+    }
+}
+
+/// One held poll; dropped when it answers or its client goes away.
+struct Slot(Arc<Held>);
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.count.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// While any poll is held, reads the newest change number every [`RECHECK`] and publishes
+/// it, which wakes the held polls. One read per process however many polls are held; this
+/// process's own writes wake them at once, at commit (`db.rs`).
+///
+/// Polling rather than PostgreSQL's LISTEN/NOTIFY: it works the same on SQLite (where
+/// another process may write the same file) and on PostgreSQL, needs no connection held
+/// for listening (and re-listening after a restart or failover), and notices every writer,
+/// a replica of an older version included. It costs one small read every 100 ms, only while
+/// polls are held, and up to 100 ms of latency for other writers' changes.
+pub async fn watch(db: Arc<Db>, held: Arc<Held>) {
+    loop {
+        let first = held.first.notified();
+        tokio::pin!(first);
+        first.as_mut().enable();
+        if held.count.load(Ordering::SeqCst) == 0 {
+            first.await;
+        }
+        tokio::time::sleep(RECHECK).await;
+        if held.count.load(Ordering::SeqCst) > 0 {
+            if let Ok((last, _)) = db.feed_state().await {
+                db.published(last);
+            }
+        }
+    }
+}
+
+/// The answer to `changes?after=` (`None`: the current cursor, nothing listed, at once).
+/// With `wait_ms` and nothing after the cursor, the answer waits until a change commits or
+/// the time is up.
+pub async fn changes(
+    db: &Db,
+    held: &Arc<Held>,
+    after: Option<&str>,
+    wait_ms: u64,
+) -> Result<String, ApiError> {
+    // Subscribed before the first read: a change committed after that read wakes us.
+    let mut committed = db.subscribe();
+    let (body, idle) = answer(db, after).await?;
+    if !idle || wait_ms == 0 {
+        return Ok(body);
+    }
+    let Some(_slot) = held.enter() else { return Ok(body) };
+    let deadline = Instant::now() + Duration::from_millis(wait_ms.min(MAX_WAIT_MS));
+    loop {
+        match tokio::time::timeout_at(deadline, committed.changed()).await {
+            Ok(Ok(())) => {
+                let (body, idle) = answer(db, after).await?;
+                if !idle {
+                    return Ok(body);
+                }
+            }
+            // The time is up (or the sender is gone): answer as things are.
+            _ => return Ok(answer(db, after).await?.0),
+        }
+    }
+}
+
+/// One answer, and whether it is idle: a valid cursor with nothing after it.
+async fn answer(db: &Db, after: Option<&str>) -> Result<(String, bool), ApiError> {
     let (last, floor) = db.feed_state().await?;
+    let id = &db.database_id;
     let Some(after) = after else {
-        return Ok(listing(&db.database_id, last, &[], &[]));
+        return Ok((body(&encode(id, last), &Page::empty(last), last), false));
     };
-    let after = match decode(after, &db.database_id) {
+    let after = match decode(after, id) {
         Some(n) if (floor..=last).contains(&n) => n,
-        _ => return Ok(reset(&db.database_id, last)),
+        _ => return Ok((body(&encode(id, last), &Page::reset(last), last), false)),
     };
     let upto = last.min(after.saturating_add(MAX_CHANGES));
     let rows = db.changes(after, upto).await?;
-    Ok(answer(&db.database_id, &rows, upto))
+    let page = page(&rows, upto);
+    Ok((body(&encode(id, page.seq), &page, last), after == last))
+}
+
+/// What one answer lists: whole changes up to `seq`, or a reset at `seq`.
+#[derive(Debug, PartialEq)]
+struct Page<'a> {
+    seq: i64,
+    reset: bool,
+    keys: Vec<&'a str>,
+    origins: Vec<&'a str>,
+}
+
+impl Page<'_> {
+    fn empty(seq: i64) -> Page<'static> {
+        Page { seq, reset: false, keys: Vec::new(), origins: Vec::new() }
+    }
+
+    fn reset(seq: i64) -> Page<'static> {
+        Page { reset: true, ..Page::empty(seq) }
+    }
 }
 
 /// Lists whole changes (never half of a rotation) until the budget is spent.
-fn answer(database_id: &str, rows: &[ChangeRow], upto: i64) -> String {
+fn page(rows: &[ChangeRow], upto: i64) -> Page<'_> {
     let (mut keys, mut origins) = (Vec::new(), Vec::new());
     let mut seen = HashSet::new();
     let mut size = 0;
@@ -63,7 +193,7 @@ fn answer(database_id: &str, rows: &[ChangeRow], upto: i64) -> String {
             .sum();
         if size + cost > BUDGET {
             if start == 0 {
-                return reset(database_id, seq);
+                return Page::reset(seq);
             }
             cursor = rows[start - 1].seq;
             break;
@@ -81,15 +211,25 @@ fn answer(database_id: &str, rows: &[ChangeRow], upto: i64) -> String {
         }
         start = end;
     }
-    listing(database_id, cursor, &keys, &origins)
+    Page { seq: cursor, reset: false, keys, origins }
 }
 
-fn listing(database_id: &str, seq: i64, keys: &[&str], origins: &[&str]) -> String {
-    json!({ "cursor": encode(database_id, seq), "keys": keys, "origins": origins }).to_string()
-}
-
-fn reset(database_id: &str, seq: i64) -> String {
-    json!({ "cursor": encode(database_id, seq), "reset": true }).to_string()
+/// The JSON of an answer whose cursor names `page.seq`, `last` being the newest change.
+fn body(cursor: &str, page: &Page, last: i64) -> String {
+    let mut answer = Map::new();
+    answer.insert("cursor".into(), cursor.into());
+    if page.reset {
+        answer.insert("reset".into(), true.into());
+    } else {
+        answer.insert("keys".into(), json!(page.keys));
+        answer.insert("origins".into(), json!(page.origins));
+    }
+    let behind = last - page.seq;
+    if behind > 0 {
+        answer.insert("more".into(), true.into());
+        answer.insert("behind".into(), behind.into());
+    }
+    Value::Object(answer).to_string()
 }
 
 #[cfg(test)]
@@ -102,6 +242,11 @@ mod tests {
             sha256: sha.into(),
             origins: origins.iter().map(|o| o.to_string()).collect(),
         }
+    }
+
+    fn answer(rows: &[ChangeRow], upto: i64, last: i64) -> String {
+        let page = page(rows, upto);
+        body(&encode("db", page.seq), &page, last)
     }
 
     #[test]
@@ -126,10 +271,18 @@ mod tests {
             row(5, "aa", &[]),
         ];
         assert_eq!(
-            answer("db", &rows, 6),
+            answer(&rows, 6, 6),
             r#"{"cursor":"db.6","keys":["aa","bb","cc"],"origins":["https://a.example","*"]}"#
         );
-        assert_eq!(answer("db", &[], 2), r#"{"cursor":"db.2","keys":[],"origins":[]}"#);
+        assert_eq!(answer(&[], 2, 2), r#"{"cursor":"db.2","keys":[],"origins":[]}"#);
+    }
+
+    #[test]
+    fn an_answer_short_of_the_newest_change_says_more_and_how_far_behind() {
+        assert_eq!(
+            answer(&[row(3, "aa", &[])], 3, 1000),
+            r#"{"cursor":"db.3","keys":["aa"],"origins":[],"more":true,"behind":997}"#
+        );
     }
 
     #[test]
@@ -143,11 +296,16 @@ mod tests {
         ];
         // Change 2 (a rotation: two keys) does not fit after change 1: the answer ends at 1.
         assert_eq!(
-            answer("db", &rows, 3),
-            format!(r#"{{"cursor":"db.1","keys":["aa"],"origins":["{long}"]}}"#)
+            answer(&rows, 3, 3),
+            format!(
+                r#"{{"cursor":"db.1","keys":["aa"],"origins":["{long}"],"more":true,"behind":2}}"#
+            )
         );
         // A single change over the budget: reset, so the filter still drops it.
         let huge = "o".repeat(BUDGET);
-        assert_eq!(answer("db", &[row(7, "aa", &[&huge])], 9), r#"{"cursor":"db.7","reset":true}"#);
+        assert_eq!(
+            answer(&[row(7, "aa", &[&huge])], 9, 9),
+            r#"{"cursor":"db.7","reset":true,"more":true,"behind":2}"#
+        );
     }
 }

@@ -70,21 +70,49 @@ fn is_live(entry: &str, now_ms: i64) -> bool {
     }
 }
 
+/// `?after=CURSOR&wait_ms=N` (both optional; `wait_ms` 0-30000, read only with `after`).
 async fn changes(
     State(s): State<AppState>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let Query(query) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
-    if let Some(other) = query.keys().find(|k| *k != "after") {
+    if let Some(other) = query.keys().find(|k| *k != "after" && *k != "wait_ms") {
         return Err(ApiError::bad_request(format!("unknown query parameter {other:?}")));
     }
-    let body = feed::changes(&s.db, query.get("after").map(String::as_str)).await?;
+    let wait_ms = match query.get("wait_ms") {
+        None => 0,
+        Some(text) => wait_ms(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "wait_ms: expected milliseconds, 0 to {}",
+                feed::MAX_WAIT_MS
+            ))
+        })?,
+    };
+    let body =
+        feed::changes(&s.db, &s.held, query.get("after").map(String::as_str), wait_ms).await?;
     Ok(json(StatusCode::OK, body))
+}
+
+fn wait_ms(text: &str) -> Option<u64> {
+    if text.is_empty() || text.len() > 5 || !text.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    text.parse().ok().filter(|n| *n <= feed::MAX_WAIT_MS)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::is_live;
+    use super::{is_live, wait_ms};
+
+    #[test]
+    fn wait_ms_is_a_plain_number_up_to_30000() {
+        assert_eq!(wait_ms("0"), Some(0));
+        assert_eq!(wait_ms("30000"), Some(30_000));
+        assert_eq!(wait_ms("00250"), Some(250));
+        for bad in ["", "30001", "-1", "+5", "1.5", "1e3", "99999", "000000", " 5"] {
+            assert_eq!(wait_ms(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn disabled_and_expired_keys_are_not_live() {

@@ -60,6 +60,8 @@ pub struct AppState {
     admins: Arc<[Digest]>,
     /// Woken after each change this replica commits (for the ECDS file).
     changed: Arc<Notify>,
+    /// Feed polls held open (`wait_ms`).
+    held: Arc<feed::Held>,
 }
 
 pub fn run(args: Settings) -> Result<ExitCode, String> {
@@ -94,8 +96,13 @@ async fn serve(
             done.kept
         );
     }
-    let state =
-        AppState { db: db.clone(), admins: admins.into(), changed: Arc::new(Notify::new()) };
+    let state = AppState {
+        db: db.clone(),
+        admins: admins.into(),
+        changed: Arc::new(Notify::new()),
+        held: feed::Held::new(),
+    };
+    tokio::spawn(feed::watch(db.clone(), state.held.clone()));
     let bind = |addr: SocketAddr, flag: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| format!("--{flag} {addr}: {e}"))
     };
