@@ -1,6 +1,7 @@
 """The key service's change feed (`GET /v1/filter/changes`), run as the filter uses it: paging
-with `more` and `behind`, and polls held open with `wait_ms` (woken by this replica's writes,
-by another replica's on one PostgreSQL and by another process's on one SQLite file).
+with `more` and `behind`, polls held open with `wait_ms` (woken by this replica's writes, by
+another replica's on one PostgreSQL and by another process's on one SQLite file), and cursors
+that answer `reset` when the database was restored from a backup and written past them.
 
 Needs `cargo build -p keygate-tools` (target/debug/keygate) and Debian's postgresql package.
 """
@@ -8,6 +9,8 @@ Needs `cargo build -p keygate-tools` (target/debug/keygate) and Debian's postgre
 from __future__ import annotations
 
 import json
+import shutil
+import sqlite3
 import threading
 import time
 import urllib.parse
@@ -164,3 +167,74 @@ def test_wait_ms_outside_0_to_30000_is_a_400(services):
         r = s.filter(f"/v1/filter/changes?after={cursor}&wait_ms={bad}")
         assert r.status == 400 and r.headers["content-type"] == "application/json", (bad, r)
         assert r.json()["error"] == "Bad Request" and "wait_ms" in r.json()["message"], r
+
+
+# A restored database --------------------------------------------------------------------------
+
+def test_a_restored_database_written_past_a_cursor_answers_it_reset(services, tmp_path):
+    """The backup is an online copy of the SQLite file (sqlite3's backup API) while the service
+    runs; after more changes the service stops, the copy is put back, and other changes take
+    the numbers the filter's cursor had already passed."""
+    s = services()
+    s.create({"id": "before-backup"})
+    with sqlite3.connect(tmp_path / "keys.db") as live, sqlite3.connect(tmp_path / "backup.db") as copy:
+        live.backup(copy)
+    s.create({"id": "after-backup-1"})
+    s.create({"id": "after-backup-2"})
+    held = s.cursor()                               # the filter's cursor: change 3
+    s.stop()
+    for suffix in ["", "-wal", "-shm"]:
+        (tmp_path / f"keys.db{suffix}").unlink(missing_ok=True)
+    shutil.copy(tmp_path / "backup.db", tmp_path / "keys.db")
+    s.start()
+    restored = s.cursor().split(".")
+    assert restored[0] == held.split(".")[0] and restored[2] == "1"
+    for i in range(3):                              # changes 2-4: past the cursor's 3
+        s.create({"id": f"restored-{i}"})
+    current = s.cursor()
+    assert current.split(".")[2] == "4"
+    assert s.changes(urllib.parse.quote(held)) == {"cursor": current, "reset": True}
+    # A cursor of the restored database itself pages on as usual.
+    one = s.changes(urllib.parse.quote(s.cursor()))["cursor"]
+    assert s.changes(urllib.parse.quote(one)) == {"cursor": current, "keys": [], "origins": []}
+    # The older cursor form, without the mark: reset too.
+    db_id, _mark, number = current.split(".")
+    assert s.changes(f"{db_id}.{number}") == {"cursor": current, "reset": True}
+    assert s.changes(f"{db_id}.1") == {"cursor": current, "reset": True}
+
+
+def test_cursors_carry_a_mark_that_survives_restarts(services):
+    s = services()
+    s.create({"id": "a"})
+    cursor = s.cursor()
+    db_id, mark, number = cursor.split(".")
+    assert len(db_id) == 32 and number == "1" and len(mark) == 8 and int(mark, 16) >= 0
+    s.restart()
+    assert s.cursor() == cursor
+    k, _ = s.create({"id": "b"})
+    assert s.changes(urllib.parse.quote(cursor))["keys"] == [sha256_hex(k)]
+    # Another mark on the same number is another history: reset.
+    other = f"{db_id}.{'0' * 8 if mark != '0' * 8 else '1' * 8}.{number}"
+    assert s.changes(other)["reset"] is True
+
+
+def test_a_database_from_before_cursor_marks_is_migrated_and_its_old_cursors_reset(services, tmp_path):
+    """The database as the previous schema left it (no marks, no epoch): the migration gives
+    its changes marks, new cursors page as usual, and a cursor of the older form resets."""
+    s = services()
+    for i in range(3):
+        s.create({"id": f"m{i}"})
+    db_id = s.cursor().split(".")[0]
+    s.stop()
+    with sqlite3.connect(tmp_path / "keys.db") as db:
+        db.execute("DROP TABLE marks")
+        db.execute("DELETE FROM meta WHERE name = 'epoch'")
+        db.execute("DELETE FROM _sqlx_migrations WHERE version = 2")
+    s.start()
+    assert s.changes(f"{db_id}.1") == {"cursor": s.cursor(), "reset": True}
+    start = s.filter("/v1/filter/changes").json()["cursor"]
+    assert start.startswith(db_id + ".") and start.endswith(".3")
+    k, _ = s.create({"id": "after-migration"})
+    assert s.changes(urllib.parse.quote(start))["keys"] == [sha256_hex(k)]
+    one = s.changes("x")["cursor"]
+    assert s.changes(urllib.parse.quote(one))["keys"] == []

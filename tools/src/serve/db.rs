@@ -15,6 +15,13 @@
 //! visible to the next statement) and then the change rows up to that number. Nothing can
 //! later appear below a cursor the service has answered.
 //!
+//! Every change number also gets a mark (the `marks` table), which feed cursors carry: the
+//! database's epoch when it was written (`meta.epoch`, 8 random hex characters). Every
+//! service process draws a new epoch when it starts, and a writer draws one when it finds
+//! the database behind a number this process saw committed (a restore under a running
+//! service). So the same number written twice, in a database and in a restored copy of it,
+//! has two different marks (unless by a 1 in 2^32 chance): see `feed.rs`.
+//!
 //! # PostgreSQL sessions
 //! Every connection (the pool's and the lookups') pins `READ COMMITTED` and sets
 //! `lock_timeout`, `statement_timeout` and `idle_in_transaction_session_timeout` ([`Limits`]).
@@ -51,7 +58,8 @@ pub struct Db {
     /// The filter's key lookups, off the pool (see the two modules for why).
     reader: Reader,
     /// The newest change number this process knows committed: its own writes publish it at
-    /// commit, and `feed::watch` what it reads while polls are held. Never goes down.
+    /// commit, and `feed::watch` what it reads while polls are held. Goes down only when a
+    /// write finds the database behind it (restored from a backup).
     committed: watch::Sender<i64>,
 }
 
@@ -205,6 +213,14 @@ impl Db {
         };
         let (last, _) = feed_state(&pool).await.map_err(|e| fail("cannot read database", &e))?;
         let (committed, _) = watch::channel(last);
+        // A new epoch: a copy of this database restored from a backup is written from here on
+        // with marks its old cursors cannot carry. A single statement, not under the write
+        // lock: a write that read the previous epoch just before is as good.
+        sqlx::query("UPDATE meta SET value = $1 WHERE name = 'epoch'")
+            .bind(new_mark()?)
+            .execute(&pool)
+            .await
+            .map_err(|e| fail("cannot write database", &e))?;
         Ok(Db { pool, postgres, database_id, writer: Mutex::new(()), reader, committed })
     }
 
@@ -219,7 +235,7 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        let mut write = Write { tx, _serial: serial, seq: 0, now, db: self };
+        let mut write = Write { tx, _serial: serial, seq: 0, now, db: self, epoch: None };
         write.next_change().await?;
         Ok(write)
     }
@@ -292,6 +308,32 @@ impl Db {
         self.committed.subscribe()
     }
 
+    /// The mark of change `seq` (which must be committed: at most `feed.last`); for 0 (no
+    /// change yet), the current epoch. A change written by a service from before marks
+    /// existed (a replica not yet upgraded) has none: it gets one here, once (the first
+    /// writer wins, everyone reads that one).
+    pub async fn mark(&self, seq: i64) -> Result<String, ApiError> {
+        if seq == 0 {
+            return Ok(sqlx::query_scalar("SELECT value FROM meta WHERE name = 'epoch'")
+                .fetch_one(&self.pool)
+                .await?);
+        }
+        let read = || {
+            sqlx::query_scalar::<_, String>("SELECT mark FROM marks WHERE seq = $1")
+                .bind(seq)
+                .fetch_optional(&self.pool)
+        };
+        if let Some(mark) = read().await? {
+            return Ok(mark);
+        }
+        sqlx::query("INSERT INTO marks (seq, mark) VALUES ($1, $2) ON CONFLICT DO NOTHING")
+            .bind(seq)
+            .bind(new_mark().map_err(|_| ApiError::internal())?)
+            .execute(&self.pool)
+            .await?;
+        read().await?.ok_or_else(ApiError::internal)
+    }
+
     /// The rows of changes `after+1 ..= upto`, in order. Call with `upto` at most the
     /// `last` that [`Db::feed_state`] returned, so that every one of them is committed.
     pub async fn changes(&self, after: i64, upto: i64) -> Result<Vec<ChangeRow>, ApiError> {
@@ -354,6 +396,13 @@ fn publish(committed: &watch::Sender<i64>, seq: i64) {
     });
 }
 
+/// 32 random bits as 8 hex characters: an epoch.
+fn new_mark() -> Result<String, String> {
+    let mut bytes = [0u8; 4];
+    getrandom::fill(&mut bytes).map_err(|e| format!("OS random source: {e}"))?;
+    Ok(keygate::core::hex::encode(&bytes))
+}
+
 fn stored(r: &sqlx::any::AnyRow) -> Result<StoredKey, ApiError> {
     Ok(StoredKey {
         id: r.try_get("id")?,
@@ -405,6 +454,8 @@ pub struct Write<'a> {
     /// RFC 3339 UTC, for `created_at`, `updated_at` and the audit record.
     pub now: String,
     db: &'a Db,
+    /// The epoch this transaction's changes are marked with, read at its first change.
+    epoch: Option<String>,
 }
 
 impl Write<'_> {
@@ -416,6 +467,38 @@ impl Write<'_> {
             sqlx::query_scalar("UPDATE feed SET last = last + 1 WHERE id = 1 RETURNING last")
                 .fetch_one(&mut *self.tx)
                 .await?;
+        // A number at or below one this process saw committed: the database was restored
+        // from a backup under the running service. A new epoch, so that cursors of the lost
+        // history answer `reset`.
+        if self.seq <= *self.db.committed.borrow() {
+            let epoch = new_mark().map_err(|e| {
+                eprintln!("keygate serve: {e}");
+                ApiError::internal()
+            })?;
+            sqlx::query("UPDATE meta SET value = $1 WHERE name = 'epoch'")
+                .bind(&epoch)
+                .execute(&mut *self.tx)
+                .await?;
+            self.db.committed.send_replace(self.seq - 1);
+            self.epoch = Some(epoch);
+            eprintln!(
+                "keygate serve: the database is behind changes this service saw committed \
+                 (restored from a backup?): a new epoch from change {} on",
+                self.seq
+            );
+        }
+        if self.epoch.is_none() {
+            self.epoch = Some(
+                sqlx::query_scalar("SELECT value FROM meta WHERE name = 'epoch'")
+                    .fetch_one(&mut *self.tx)
+                    .await?,
+            );
+        }
+        sqlx::query("INSERT INTO marks (seq, mark) VALUES ($1, $2)")
+            .bind(self.seq)
+            .bind(self.epoch.as_deref())
+            .execute(&mut *self.tx)
+            .await?;
         Ok(())
     }
 

@@ -1,10 +1,18 @@
 //! The change feed: `GET /v1/filter/changes?after=CURSOR&wait_ms=N`.
 //!
-//! A cursor is `<database id>.<change number>`. The database id is random, made by the
-//! first migration, so a cursor from another database (or a restored copy of another one)
-//! never names a change here: it answers `reset`, as does a number the service no longer
-//! keeps (below `feed.floor`) or one it has not reached (a database restored from an older
-//! backup). Numbers commit in order (see `db.rs`), so "every change after N" is exact.
+//! A cursor is `<database id>.<mark>.<change number>`. The database id is random, made by
+//! the first migration, so a cursor from another database never names a change here: it
+//! answers `reset`, as does a number the service no longer keeps (below `feed.floor`) or one
+//! it has not reached (a database restored from an older backup). The mark is the one
+//! stored with that change number (the `marks` table): the database's epoch when it was
+//! written, 8 random hex characters drawn anew at every start of the service (see `db.rs`).
+//! A copy restored from a backup under the same id and then written past a filter's cursor
+//! stores other marks for those numbers, so the cursor no longer matches and answers
+//! `reset` (the filter drops its cache) instead of silently skipping the changes it missed.
+//! Number 0 (no change yet) carries the current epoch and matches any: every change of
+//! every copy comes after it. A cursor of the older form `<database id>.<change number>`
+//! answers `reset` too. The number stays last, so a cursor reads in order. Numbers commit
+//! in order (see `db.rs`), so "every change after N" is exact.
 //!
 //! Every answer says `"more": true` when changes remain after its cursor, and `"behind": N`,
 //! how many (the newest change number minus the cursor's); both are left out when nothing
@@ -35,17 +43,19 @@ pub const MAX_HELD: usize = 10_000;
 /// not make (another replica's, or another process's on the same SQLite file).
 const RECHECK: Duration = Duration::from_millis(100);
 
-pub fn encode(database_id: &str, seq: i64) -> String {
-    format!("{database_id}.{seq}")
+pub fn encode(database_id: &str, mark: &str, seq: i64) -> String {
+    format!("{database_id}.{mark}.{seq}")
 }
 
-/// The change number a cursor names, if it is one of this database's.
-pub fn decode(cursor: &str, database_id: &str) -> Option<i64> {
-    let (id, number) = cursor.rsplit_once('.')?;
-    if id != database_id || number.is_empty() || !number.bytes().all(|c| c.is_ascii_digit()) {
+/// The mark and change number a cursor names, if it is one of this database's.
+pub fn decode<'a>(cursor: &'a str, database_id: &str) -> Option<(&'a str, i64)> {
+    let rest = cursor.strip_prefix(database_id)?.strip_prefix('.')?;
+    let (mark, number) = rest.split_once('.')?;
+    let hex = |s: &str| s.len() == 8 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'));
+    if number.is_empty() || !number.bytes().all(|c| c.is_ascii_digit()) || !hex(mark) {
         return None;
     }
-    number.parse().ok()
+    Some((mark, number.parse().ok()?))
 }
 
 /// Polls held now, and the task that reads the database for them.
@@ -145,16 +155,26 @@ async fn answer(db: &Db, after: Option<&str>) -> Result<(String, bool), ApiError
     let (last, floor) = db.feed_state().await?;
     let id = &db.database_id;
     let Some(after) = after else {
-        return Ok((body(&encode(id, last), &Page::empty(last), last), false));
+        return Ok((
+            body(&encode(id, &db.mark(last).await?, last), &Page::empty(last), last),
+            false,
+        ));
     };
-    let after = match decode(after, id) {
-        Some(n) if (floor..=last).contains(&n) => n,
-        _ => return Ok((body(&encode(id, last), &Page::reset(last), last), false)),
+    let valid = match decode(after, id) {
+        Some((mark, n)) if (floor..=last).contains(&n) => n == 0 || db.mark(n).await? == mark,
+        _ => false,
+    };
+    let Some((_, after)) = decode(after, id).filter(|_| valid) else {
+        return Ok((
+            body(&encode(id, &db.mark(last).await?, last), &Page::reset(last), last),
+            false,
+        ));
     };
     let upto = last.min(after.saturating_add(MAX_CHANGES));
     let rows = db.changes(after, upto).await?;
     let page = page(&rows, upto);
-    Ok((body(&encode(id, page.seq), &page, last), after == last))
+    let cursor = encode(id, &db.mark(page.seq).await?, page.seq);
+    Ok((body(&cursor, &page, last), after == last))
 }
 
 /// What one answer lists: whole changes up to `seq`, or a reset at `seq`.
@@ -246,18 +266,32 @@ mod tests {
 
     fn answer(rows: &[ChangeRow], upto: i64, last: i64) -> String {
         let page = page(rows, upto);
-        body(&encode("db", page.seq), &page, last)
+        body(&encode("db", "0a0b0c0d", page.seq), &page, last)
     }
 
     #[test]
-    fn cursors_name_their_database() {
-        let c = encode("4f1c", 42);
-        assert_eq!(c, "4f1c.42");
-        assert_eq!(decode(&c, "4f1c"), Some(42));
+    fn cursors_name_their_database_and_the_mark_of_their_change() {
+        let c = encode("4f1c", "0123abcd", 42);
+        assert_eq!(c, "4f1c.0123abcd.42");
+        assert_eq!(decode(&c, "4f1c"), Some(("0123abcd", 42)));
         assert_eq!(decode(&c, "9a9a"), None);
-        for bad in
-            ["", "4f1c", "4f1c.", "4f1c.-1", "4f1c.+1", "4f1c.1x", "4f1c.99999999999999999999"]
-        {
+        for bad in [
+            "",
+            "4f1c",
+            "4f1c.",
+            "4f1c.42",
+            "4f1c.0123abcd.-1",
+            "4f1c.0123abcd.+1",
+            "4f1c.0123abcd.1x",
+            "4f1c.0123abcd.",
+            "4f1c.0123ABCD.1",
+            "4f1c.0123abc.1",
+            "4f1c.0123abcde.1",
+            "4f1c.0123abcd.1.",
+            "4f1c.0123abcd.1.2",
+            "4f1cc.0123abcd.1",
+            "4f1c.0123abcd.99999999999999999999",
+        ] {
             assert_eq!(decode(bad, "4f1c"), None, "{bad}");
         }
     }
@@ -272,16 +306,16 @@ mod tests {
         ];
         assert_eq!(
             answer(&rows, 6, 6),
-            r#"{"cursor":"db.6","keys":["aa","bb","cc"],"origins":["https://a.example","*"]}"#
+            r#"{"cursor":"db.0a0b0c0d.6","keys":["aa","bb","cc"],"origins":["https://a.example","*"]}"#
         );
-        assert_eq!(answer(&[], 2, 2), r#"{"cursor":"db.2","keys":[],"origins":[]}"#);
+        assert_eq!(answer(&[], 2, 2), r#"{"cursor":"db.0a0b0c0d.2","keys":[],"origins":[]}"#);
     }
 
     #[test]
     fn an_answer_short_of_the_newest_change_says_more_and_how_far_behind() {
         assert_eq!(
             answer(&[row(3, "aa", &[])], 3, 1000),
-            r#"{"cursor":"db.3","keys":["aa"],"origins":[],"more":true,"behind":997}"#
+            r#"{"cursor":"db.0a0b0c0d.3","keys":["aa"],"origins":[],"more":true,"behind":997}"#
         );
     }
 
@@ -298,14 +332,14 @@ mod tests {
         assert_eq!(
             answer(&rows, 3, 3),
             format!(
-                r#"{{"cursor":"db.1","keys":["aa"],"origins":["{long}"],"more":true,"behind":2}}"#
+                r#"{{"cursor":"db.0a0b0c0d.1","keys":["aa"],"origins":["{long}"],"more":true,"behind":2}}"#
             )
         );
         // A single change over the budget: reset, so the filter still drops it.
         let huge = "o".repeat(BUDGET);
         assert_eq!(
             answer(&[row(7, "aa", &[&huge])], 9, 9),
-            r#"{"cursor":"db.7","reset":true,"more":true,"behind":2}"#
+            r#"{"cursor":"db.0a0b0c0d.7","reset":true,"more":true,"behind":2}"#
         );
     }
 }
