@@ -101,7 +101,8 @@ def test_the_key_service_is_wired_the_same_way_everywhere():
     # Istio: the WasmPlugin names the Service's outbound cluster and authority.
     docs = list(yaml.safe_load_all((ROOT / "examples/istio/keyservice.yaml").read_text()))
     kinds = {d["kind"]: d for d in docs}
-    assert set(kinds) == {"Namespace", "Secret", "Deployment", "Service", "DestinationRule"}
+    assert set(kinds) == {"Namespace", "Secret", "Deployment", "Service", "DestinationRule",
+                          "PeerAuthentication", "AuthorizationPolicy", "NetworkPolicy"}
     service, deploy = kinds["Service"], kinds["Deployment"]
     host = f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     # A dead replica leaves the rotation on failed lookups (an http_call has no retries).
@@ -116,3 +117,32 @@ def test_the_key_service_is_wired_the_same_way_everywhere():
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
     assert args[0] == "serve" and "0.0.0.0:9101" in args
     assert deploy["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
+
+
+def test_istio_lets_only_the_gateway_reach_the_filter_listener():
+    """The filter listener answers any caller with every key's entry: under Istio, mutual TLS is
+    required, only the gateway's principal may call it (GETs of the filter API only), and the
+    admin listener is open to the gateway and the service's namespace alone."""
+    docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "examples/istio/keyservice.yaml").read_text())}
+    labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
+    gateway = "cluster.local/ns/istio-system/sa/istio-ingressgateway-service-account"
+    peer = docs["PeerAuthentication"]["spec"]
+    assert peer["mtls"]["mode"] == "STRICT" and peer["selector"]["matchLabels"] == labels
+    policy = docs["AuthorizationPolicy"]["spec"]
+    assert policy["action"] == "ALLOW" and policy["selector"]["matchLabels"] == labels
+    by_port: dict[str, list] = {}
+    for rule in policy["rules"]:
+        for op in rule["to"]:
+            for port in op["operation"]["ports"]:
+                by_port.setdefault(port, []).append((rule["from"], op["operation"]))
+    assert set(by_port) == {"9101", "9100"}
+    [(sources, op)] = by_port["9101"]
+    assert sources == [{"source": {"principals": [gateway]}}]
+    assert op["methods"] == ["GET"] and op["paths"] == ["/v1/filter/*"]
+    [(sources, _)] = by_port["9100"]
+    assert sources == [{"source": {"principals": [gateway]}}, {"source": {"namespaces": ["keygate"]}}]
+    net = docs["NetworkPolicy"]["spec"]
+    assert net["podSelector"]["matchLabels"] == labels and net["policyTypes"] == ["Ingress"]
+    filter_from = [r["from"] for r in net["ingress"] if {"port": 9101} in r["ports"]]
+    assert filter_from == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
+                             "podSelector": {"matchLabels": {"istio": "ingressgateway"}}}]]
