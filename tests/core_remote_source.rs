@@ -279,6 +279,15 @@ fn the_first_poll_drops_answers_cached_before_it_and_later_ones_drop_what_they_l
     assert!(!r.cached("a"));
     assert!(r.cached("b"), "kept when the feed moves on without listing it");
     assert_eq!(r.counted(Counter::Invalidations, NOW + 1_000), 2);
+    // A negative answer is kept too while the feed moves on without listing it.
+    let ask = Ask::Key { tag: r.tag("unknown"), digest: sha256(b"unknown") };
+    assert_eq!(r.ask(9, ask, Pass::FIRST), Ok(()));
+    let token = r.last_token();
+    r.answer(token, status(404));
+    feed(&mut r, NOW + 2_000, &format!(r#"{{"cursor": "db.3", "keys": ["{}"]}}"#, hex("b")));
+    let cache = r.source.cache(ROOT);
+    assert!(cache.is_some_and(|c| matches!(c.get(c.tag(b"unknown"), NOW), Cached::Absent)));
+    assert!(!r.cached("b"));
 }
 
 #[test]
