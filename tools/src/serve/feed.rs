@@ -297,6 +297,18 @@ mod tests {
     }
 
     #[test]
+    fn at_most_max_held_polls_are_held_at_once() {
+        let held = Held::new();
+        let slots: Vec<Slot> = (0..MAX_HELD).filter_map(|_| held.enter()).collect();
+        assert_eq!(slots.len(), MAX_HELD);
+        assert!(held.enter().is_none(), "one past the bound is answered at once");
+        assert_eq!(held.count.load(Ordering::SeqCst), MAX_HELD);
+        drop(slots);
+        assert_eq!(held.count.load(Ordering::SeqCst), 0);
+        assert!(held.enter().is_some());
+    }
+
+    #[test]
     fn an_answer_lists_each_digest_and_origin_once_in_order() {
         let rows = [
             row(3, "aa", &["https://a.example"]),
