@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import re
 import shutil
@@ -32,6 +33,7 @@ import sys
 import tempfile
 import threading
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from support.service import Postgres, Service, sha256_hex
@@ -236,6 +238,7 @@ def main():
     for tool in ("wrk", "taskset"):
         if not shutil.which(tool):
             sys.exit(f"{tool} is missing (bench/run.sh installs it)")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     results = []
     with tempfile.TemporaryDirectory(prefix="keygate-bench-", dir=args.dir) as tmp:
         workdir = Path(tmp)
@@ -249,13 +252,23 @@ def main():
                 print(json.dumps(results[-1]), flush=True)
             finally:
                 pg.stop()
-    print("| db | keys | seeded by | seeded in | keys/s | lookups/s (1 core) | p50 | p99 | p99.9 | max | mean "
-          "(from the rate) | wrk's corrected p99 | non-2xx |")
-    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    lines = [
+        f"# keygate service lookups {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
+        f"`.venv/bin/python bench/bench_service.py {' '.join(sys.argv[1:])}`; load average before: {load}; "
+        f"the SQLite file in {args.dir or 'a temporary folder'}. Percentiles are of each request's own time; "
+        "wrk's corrected p99 (its coordinated-omission estimate) is shown beside them.", "",
+        "| db | keys | seeded by | seeded in | keys/s | lookups/s (1 core) | p50 | p99 | p99.9 | max | mean "
+        "(from the rate) | wrk's corrected p99 | non-2xx |",
+        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
     for r in results:
-        print(f"| {r['db']} | {r['keys']:,} | {r['seed']} | {r['create_seconds']} s | {r['creates_per_s']:,} | "
-              f"{r['lookups_per_s']:,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} | {r['max']} | "
-              f"{r['mean_us']} us ({r['mean_from_rate_us']} us) | {r['wrk_corrected_p99']} | {r['non_2xx']} |")
+        lines.append(f"| {r['db']} | {r['keys']:,} | {r['seed']} | {r['create_seconds']} s | {r['creates_per_s']:,} | "
+                     f"{r['lookups_per_s']:,.0f} | {r['p50']} | {r['p99']} | {r['p99.9']} | {r['max']} | "
+                     f"{r['mean_us']} us ({r['mean_from_rate_us']} us) | {r['wrk_corrected_p99']} | {r['non_2xx']} |")
+    print("\n".join(lines))
+    out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-service.md"
+    out.write_text("\n".join(lines) + "\n")
+    print(f"written to {out.relative_to(ROOT)}")
 
 
 if __name__ == "__main__":
