@@ -3,12 +3,15 @@
 //! - `abi`: the callbacks keygate exports to the host, each forwarding to `handlers`;
 //! - `handlers`: what each callback does: read the request, ask the core, act on the verdict;
 //! - `host`: every host call keygate makes, as small wrappers that never panic;
-//! - `remote`: the key service: lookups in flight, paused streams, the change feed;
+//! - `remote`: the key service's host calls (lookups and feed polls sent, answers read,
+//!   `remote.*` counters flushed) around the core's `RemoteSource`, which decides what they
+//!   mean;
 //! - `headers`: the request header map read in place; `contexts`: which configuration serves
 //!   which stream. Both are pure and tested natively.
 //!
-//! Where things go: a new host call in `host`, used from `handlers`; a new exported callback
-//! in `abi`.
+//! Where things go: a new host call in `host`, used from `handlers` (or `remote`, for the
+//! key service), with what to make of its answer in the core; a new exported callback in
+//! `abi`. `handlers` calls `remote`, never the other way round.
 
 pub mod contexts;
 pub mod headers;

@@ -5,6 +5,11 @@
 //! Imports run one way: `main.rs` → `cli` (the commands) → `client` (the admin API's HTTP
 //! client), `serve`, `explain` → shared helpers (`secret`, `source`) → the filter's core
 //! (`keygate::core`).
+//!
+//! Where things go: a new command as a file in `cli/`, listed in `cli/mod.rs`; a new admin
+//! endpoint in `serve/admin.rs`, registered in `admin::api()` with its `#[utoipa::path]`, so
+//! the OpenAPI document and its check (`tools/tests/openapi.rs`) cover it; a database change
+//! as the next numbered file in `tools/migrations/`.
 
 #[cfg(target_arch = "wasm32")]
 compile_error!(
