@@ -17,6 +17,7 @@ import urllib.parse
 
 import pytest
 
+from support.harness import Envoy, bearer
 from support.service import KEYGATE, Postgres, Service, sha256_hex
 
 if not KEYGATE.exists():
@@ -167,6 +168,36 @@ def test_wait_ms_outside_0_to_30000_is_a_400(services):
         r = s.filter(f"/v1/filter/changes?after={cursor}&wait_ms={bad}")
         assert r.status == 400 and r.headers["content-type"] == "application/json", (bad, r)
         assert r.json()["error"] == "Bad Request" and "wait_ms" in r.json()["message"], r
+
+
+def test_a_filter_whose_polls_are_held_sees_a_revocation_at_once(services):
+    """The real filter in Envoy, polling every 5 s with `changes_wait_ms`: its poll waits in the
+    service, so a key revoked through the admin API is refused at once, not at the next poll
+    (about 5 s later from a service that answers every poll at once)."""
+    s = services()
+    key, _ = s.create({"id": "held-by-envoy"})
+    config = {"keys": [], "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 5000,
+                                          "changes_wait_ms": 20_000}}
+    e = Envoy(plugin_config=config, clusters={"keygate-keys": s.filter_port}).start()
+    try:
+        deadline = time.monotonic() + 10
+        while e.get("/api/x", [bearer(key)]).status != 200:
+            assert time.monotonic() < deadline, "the key never worked"
+            time.sleep(0.05)
+        # The first polls (one per VM: the worker's and the main thread's) only learn the
+        # cursor; the next ones, changes_poll_ms later, wait in the service: active requests.
+        deadline = time.monotonic() + 15
+        while e.stats("cluster.keygate-keys.upstream_rq_active").get("cluster.keygate-keys.upstream_rq_active") != 2:
+            assert time.monotonic() < deadline, "the feed polls were never held"
+            time.sleep(0.1)
+        assert e.get("/api/x", [bearer(key)]).status == 200
+        assert s.admin("DELETE", "/v1/keys/held-by-envoy").status == 204
+        revoked = time.monotonic()
+        while e.get("/api/x", [bearer(key)]).status != 401:
+            assert time.monotonic() - revoked < 1.0, "still accepted a second after the revocation"
+            time.sleep(0.02)
+    finally:
+        e.stop()
 
 
 # A restored database --------------------------------------------------------------------------
