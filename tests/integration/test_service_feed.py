@@ -234,6 +234,28 @@ def test_a_restored_database_written_past_a_cursor_answers_it_reset(services, tm
     assert s.changes(f"{db_id}.1") == {"cursor": current, "reset": True}
 
 
+def test_a_database_restored_under_the_running_service_answers_old_cursors_reset(services, tmp_path):
+    """The copy is written back into the live file with sqlite3's backup API while the service
+    runs: no restart draws a new epoch, but the first write finds the database behind a
+    number the service saw committed, and draws one."""
+    s = services()
+    s.create({"id": "before-backup"})
+    with sqlite3.connect(tmp_path / "keys.db") as live, sqlite3.connect(tmp_path / "backup.db") as copy:
+        live.backup(copy)
+    s.create({"id": "after-backup-1"})
+    s.create({"id": "after-backup-2"})
+    held = s.cursor()
+    with sqlite3.connect(tmp_path / "backup.db") as copy, sqlite3.connect(tmp_path / "keys.db") as live:
+        copy.backup(live)
+    assert s.cursor().rsplit(".", 1)[1] == "1"
+    for i in range(3):
+        s.create({"id": f"restored-{i}"})
+    current = s.cursor()
+    assert current.rsplit(".", 1)[1] == "4"
+    assert s.changes(urllib.parse.quote(held)) == {"cursor": current, "reset": True}
+    assert "a new epoch from change 2 on" in s.output()
+
+
 def test_cursors_carry_a_mark_that_survives_restarts(services):
     s = services()
     s.create({"id": "a"})

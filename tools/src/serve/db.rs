@@ -58,8 +58,9 @@ pub struct Db {
     /// The filter's key lookups, off the pool (see the two modules for why).
     reader: Reader,
     /// The newest change number this process knows committed: its own writes publish it at
-    /// commit, and `feed::watch` what it reads while polls are held. Goes down only when a
-    /// write finds the database behind it (restored from a backup).
+    /// commit, every feed answer what it read, and `feed::watch` what it reads while polls
+    /// are held. Goes down only when a write finds the database behind it (restored from a
+    /// backup).
     committed: watch::Sender<i64>,
 }
 

@@ -153,6 +153,9 @@ pub async fn changes(
 /// One answer, and whether it is idle: a valid cursor with nothing after it.
 async fn answer(db: &Db, after: Option<&str>) -> Result<(String, bool), ApiError> {
     let (last, floor) = db.feed_state().await?;
+    // What every replica serving the feed knows committed: a write that later finds the
+    // database behind it (restored under the running service) starts a new epoch.
+    db.published(last);
     let id = &db.database_id;
     let Some(after) = after else {
         return Ok((
