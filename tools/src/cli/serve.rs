@@ -7,6 +7,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+/// PostgreSQL's largest timeout setting, in milliseconds (`INT_MAX`).
+const PG_MAX_MS: i64 = i32::MAX as i64;
+
 #[derive(Args)]
 pub struct ServeArgs {
     /// The database: sqlite:PATH (the file is created if missing) or
@@ -34,14 +37,17 @@ pub struct ServeArgs {
     import: Option<PathBuf>,
     /// PostgreSQL: how long a statement waits for a lock (the write lock included) before it
     /// fails and the call answers 503; 0 waits forever.
-    #[arg(long, value_name = "MS", default_value_t = Limits::default().lock_timeout_ms)]
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().lock_timeout_ms,
+          value_parser = clap::value_parser!(u32).range(0..=PG_MAX_MS))]
     db_lock_timeout_ms: u32,
     /// PostgreSQL: how long one statement may run; 0 for no limit.
-    #[arg(long, value_name = "MS", default_value_t = Limits::default().statement_timeout_ms)]
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().statement_timeout_ms,
+          value_parser = clap::value_parser!(u32).range(0..=PG_MAX_MS))]
     db_statement_timeout_ms: u32,
     /// PostgreSQL: how long a session may sit idle inside a transaction before the server
     /// ends it, releasing its locks (a frozen replica's write lock); 0 for no limit.
-    #[arg(long, value_name = "MS", default_value_t = Limits::default().idle_in_transaction_timeout_ms)]
+    #[arg(long, value_name = "MS", default_value_t = Limits::default().idle_in_transaction_timeout_ms,
+          value_parser = clap::value_parser!(u32).range(0..=PG_MAX_MS))]
     db_idle_in_transaction_timeout_ms: u32,
     /// How long an admin call may take before it is answered 503.
     #[arg(long, value_name = "MS", default_value_t = 20_000,
