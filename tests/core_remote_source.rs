@@ -36,6 +36,9 @@ impl Calls for Recorder {
 }
 
 fn service_policy(extra: &str) -> Policy {
+    // Plain polling unless a test asks for held polls.
+    let wait = if extra.contains("changes_wait_ms") { "" } else { r#", "changes_wait_ms": 0"# };
+    let extra = format!("{extra}{wait}");
     policy(&format!(
         r#"{{"keys": [], "key_service": {{"cluster": "keys", "changes_poll_ms": 1000{extra},
             "cache": {{"ttl_seconds": 60, "negative_ttl_seconds": 10, "stale_if_error_seconds": 300}}}}}}"#
@@ -490,4 +493,20 @@ fn held_polls_ask_the_service_to_wait_and_allow_for_it_in_their_timeout() {
     // A lookup's timeout stays its own.
     assert_eq!(r.ask(5, key_ask("k"), Pass::FIRST), Ok(()));
     assert_eq!(r.calls.timeouts.last(), Some(&300));
+}
+
+#[test]
+fn polls_are_held_by_default_and_a_service_refusing_that_is_polled_plainly() {
+    let p = policy(r#"{"keys": [], "key_service": {"cluster": "keys"}}"#);
+    assert_eq!(p.remote.as_ref().map(|s| s.changes_wait_ms), Some(25_000));
+    let mut r = rig(r#", "changes_wait_ms": 25000"#);
+    feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
+    r.tick(NOW + 1_000);
+    assert_eq!(r.calls.paths[1], "/v1/filter/changes?after=db.1&wait_ms=25000");
+    let token = r.last_token();
+    r.answer_at(token, status(400), NOW + 1_010);
+    r.tick(NOW + 2_000);
+    assert_eq!(r.calls.paths[2], "/v1/filter/changes?after=db.1");
+    assert_eq!(r.calls.timeouts[2], 250, "no longer held, so no longer waited for");
+    assert_eq!(r.counted(Counter::FeedErrors, NOW + 2_000), 1);
 }

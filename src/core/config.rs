@@ -141,7 +141,7 @@ pub struct RawKeyService {
     pub changes_poll_ms: u32,
     /// How long the service may hold a feed poll open until something changes; 0: it answers
     /// at once.
-    #[serde(default)]
+    #[serde(default = "default_changes_wait_ms")]
     pub changes_wait_ms: u32,
     #[serde(default = "default_max_pending")]
     pub max_pending: u32,
@@ -157,6 +157,9 @@ fn default_timeout_ms() -> u32 {
 }
 fn default_changes_poll_ms() -> u32 {
     1000
+}
+fn default_changes_wait_ms() -> u32 {
+    25_000
 }
 fn default_max_pending() -> u32 {
     256

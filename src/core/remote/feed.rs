@@ -23,6 +23,8 @@ pub struct Feed {
     failures: u32,
     /// Changes behind, as the service last counted them.
     pub behind: u64,
+    /// The service refused a held poll (a 400 to `wait_ms`): poll without it from now on.
+    pub no_wait: bool,
 }
 
 /// What a poll's answer asks of the cache.
@@ -52,6 +54,11 @@ impl Feed {
 
     pub fn sent(&mut self) {
         self.in_flight = true;
+    }
+
+    /// Whether the next poll may ask the service to hold it.
+    pub fn holds(&self) -> bool {
+        self.cursor.is_some() && !self.no_wait
     }
 
     /// A poll failed: its failures in a row, and whether to log this one (the first, then

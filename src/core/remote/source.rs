@@ -453,8 +453,18 @@ impl<W> RemoteSource<W> {
     }
 
     fn feed_answered(&mut self, root: u32, answer: Answer, now_ms: i64) {
+        let held =
+            self.roots.get(&root).is_some_and(|r| r.feed.holds() && r.service.changes_wait_ms > 0);
         let changes = match (answer.status, answer.body) {
             (200, Ok(body)) => protocol::parse_changes(&body).map_err(|e| e.to_string()),
+            // A service that does not know `wait_ms` may refuse it: poll as it expects.
+            (400, _) if held => {
+                if let Some(r) = self.roots.get_mut(&root) {
+                    r.feed.no_wait = true;
+                }
+                info!("the key service refused a held change-feed poll (400 to wait_ms); polling every changes_poll_ms instead");
+                Err("status 400 to wait_ms".to_string())
+            }
             (200, Err(e)) => Err(e.to_string()),
             (0, _) => Err("no answer".to_string()),
             (status, _) => Err(format!("status {status}")),
@@ -537,9 +547,8 @@ impl<W> RemoteSource<W> {
             return;
         }
         let s = &r.service;
-        let path =
-            protocol::changes_path(&s.path_prefix, r.feed.cursor.as_deref(), s.changes_wait_ms);
-        let held = if r.feed.cursor.is_some() { s.changes_wait_ms } else { 0 };
+        let held = if r.feed.holds() { s.changes_wait_ms } else { 0 };
+        let path = protocol::changes_path(&s.path_prefix, r.feed.cursor.as_deref(), held);
         match calls.get(s, &path, s.timeout_ms.saturating_add(held)) {
             Some(token) => {
                 r.feed.sent();
