@@ -5,6 +5,7 @@ system service), and a small HTTP client.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import http.client
@@ -52,7 +53,11 @@ def request(port: int, method: str, path: str, body=None, headers=None, timeout=
         headers.setdefault("content-type", "application/json")
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        conn.request(method, path, body=body, headers=headers)
+        # A service may answer before it has read the whole body (a 413 for a body over its
+        # limit) and close: the rest of the body then meets a closed socket, and the answer
+        # is already there to read.
+        with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+            conn.request(method, path, body=body, headers=headers)
         r = conn.getresponse()
         return Answer(r.status, {k.lower(): v for k, v in r.getheaders()}, r.read())
     finally:
