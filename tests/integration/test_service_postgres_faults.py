@@ -135,6 +135,7 @@ def test_an_admin_call_that_outlasts_its_timeout_is_a_503(services, pg, db):
     try:
         r, took = timed(lambda: a.admin("POST", "/v1/keys", {"id": "during"}))
         unavailable(r, "no answer within 1500 ms")
+        assert r.headers["x-content-type-options"] == "nosniff" and r.headers["cache-control"] == "no-store", r.headers
         assert 1.5 <= took < 3.5, took
     finally:
         frozen.kill()

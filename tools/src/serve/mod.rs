@@ -124,6 +124,8 @@ async fn serve(
             bounded(timeout, next.run(request)).await
         },
     ));
+    // The console's headers (nosniff, no-store, ...) on the timeout's 503 too.
+    let admin_routes = admin_routes.layer(axum::middleware::from_fn(console::headers));
     let admin = axum::serve(admin_listener, admin_routes);
     let filter = axum::serve(filter_listener, filter_api::router(state));
     tokio::select! {
