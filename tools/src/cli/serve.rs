@@ -53,6 +53,8 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     admin_timeout_ms: u64,
+    #[command(flatten)]
+    pub listen: serve::listen::ListenArgs,
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
@@ -70,5 +72,6 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             idle_in_transaction_timeout_ms: args.db_idle_in_transaction_timeout_ms,
         },
         admin_timeout: Duration::from_millis(args.admin_timeout_ms),
+        listen: args.listen.load().map_err(|e| format!("serve: {e}"))?,
     })
 }

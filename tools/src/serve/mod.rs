@@ -19,6 +19,7 @@ pub mod error;
 mod feed;
 mod filter_api;
 mod import;
+pub mod listen;
 mod postgres_reader;
 pub mod request;
 mod sqlite_reader;
@@ -50,6 +51,8 @@ pub struct Settings {
     pub limits: db::Limits,
     /// How long an admin call may take before it is answered 503.
     pub admin_timeout: Duration,
+    /// The listeners' limits, allowed hosts and TLS (`listen`).
+    pub listen: listen::Listen,
 }
 
 /// What every handler shares.
@@ -126,8 +129,13 @@ async fn serve(
     ));
     // The console's headers (nosniff, no-store, ...) on the timeout's 503 too.
     let admin_routes = admin_routes.layer(axum::middleware::from_fn(console::headers));
-    let admin = axum::serve(admin_listener, admin_routes);
-    let filter = axum::serve(filter_listener, filter_api::router(state));
+    let admin = listen::serve(admin_listener, admin_routes, &args.listen, listen::Which::Admin);
+    let filter = listen::serve(
+        filter_listener,
+        filter_api::router(state),
+        &args.listen,
+        listen::Which::Filter,
+    );
     tokio::select! {
         r = admin => r.map_err(|e| format!("admin listener: {e}"))?,
         r = filter => r.map_err(|e| format!("filter listener: {e}"))?,
