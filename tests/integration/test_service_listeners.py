@@ -1,7 +1,8 @@
 """The key service's listeners under slow and hostile clients, through the real binary:
 slowloris connections are closed after the header timeout and never stop a lookup or an
 admin call, idle connections are closed, the connection cap closes extra connections at
-once, and `--allowed-hosts` answers 421 on both listeners."""
+once, `--allowed-hosts` answers 421 on both listeners, and wrong admin tokens are slowed
+per address while a correct one is answered at once."""
 from __future__ import annotations
 
 import resource
@@ -160,3 +161,19 @@ def test_allowed_hosts_that_are_not_hosts_stop_the_start(tmp_path):
     with pytest.raises(RuntimeError, match="--allowed-hosts: .*http://x/.* is not a host name"):
         s.start()
 
+
+def test_wrong_admin_tokens_are_slowed_and_a_right_one_is_not(service):
+    s = service()
+    waits = []
+    for _ in range(6):
+        answer, took = timed(lambda: s.admin("GET", "/v1/keys", token="kg_wrong"))
+        assert answer.status == 401, answer
+        waits.append(took)
+    assert max(waits[:3]) < 0.2, waits  # a few typos cost nothing
+    assert waits[3] >= 0.24 and waits[4] >= 0.49 and waits[5] >= 0.99, waits
+    right, took = timed(lambda: s.admin("GET", "/v1/keys"))
+    assert right.status == 200 and took < 0.2, (right, took)
+    # The right token reset the address's failures.
+    again, took = timed(lambda: s.admin("GET", "/v1/keys", token="kg_wrong"))
+    assert again.status == 401 and took < 0.2, (again, took)
+    assert "failed admin-token attempts" in s.output()

@@ -22,7 +22,7 @@ use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::request::{check, json_body, patched, rotation, with_id, Checked};
 use crate::serve::{now_ms, rfc3339, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{FromRequest, FromRequestParts, Path, Query, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::middleware;
@@ -36,6 +36,7 @@ use keygate::core::token::bearer_key;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::OnceLock;
 use utoipa::OpenApi as _;
 use utoipa_axum::router::OpenApiRouter;
@@ -110,10 +111,145 @@ impl FromRequestParts<AppState> for Admin {
         let known = s.admins.iter().fold(false, |found, d| {
             found | (d.iter().zip(digest.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0)
         });
+        let client = parts.extensions.get::<ConnectInfo<SocketAddr>>().map(|c| c.0.ip());
         if known {
-            Ok(Admin(hex::encode(&digest[..4])))
-        } else {
-            Err(ApiError::unauthorized())
+            if let Some(ip) = client {
+                logins::succeeded(ip);
+            }
+            return Ok(Admin(hex::encode(&digest[..4])));
+        }
+        // A wrong token: counted, and answered only after this address's backoff. A correct
+        // one above is never delayed, whatever the address's failures.
+        match client.map(logins::failed) {
+            Some(Err(wait)) => Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!(
+                    "too many failed admin-token attempts from this address; try again in {} s",
+                    wait.as_secs().max(1)
+                ),
+            )),
+            Some(Ok(delay)) => {
+                tokio::time::sleep(delay).await;
+                Err(ApiError::unauthorized())
+            }
+            None => Err(ApiError::unauthorized()),
+        }
+    }
+}
+
+/// Failed admin-token attempts: a bounded per-address backoff and a process-wide counter.
+///
+/// The first [`FREE`](logins::FREE) consecutive failures from an address are answered at
+/// once; each later one waits [`BASE`](logins::BASE) doubled per failure, up to
+/// [`CAP`](logins::CAP), and an address's failures are answered one after another (parallel
+/// connections do not guess faster). A failure that would wait longer than
+/// [`MAX_WAIT`](logins::MAX_WAIT) is answered 429 at once. A correct token resets its
+/// address. The table holds at most [`TABLE`](logins::TABLE) addresses (the one idle
+/// longest makes room) and forgets an address after [`FORGET`](logins::FORGET).
+pub mod logins {
+    use crate::serve::listen::Every;
+    use std::collections::HashMap;
+    use std::net::IpAddr;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{LazyLock, Mutex};
+    use std::time::{Duration, Instant};
+
+    pub const FREE: u32 = 3;
+    pub const BASE: Duration = Duration::from_millis(250);
+    pub const CAP: Duration = Duration::from_secs(8);
+    pub const MAX_WAIT: Duration = Duration::from_secs(15);
+    pub const TABLE: usize = 4_096;
+    pub const FORGET: Duration = Duration::from_secs(15 * 60);
+
+    struct Failures {
+        count: u32,
+        /// This address's next failure is not answered before this.
+        next: Instant,
+        last: Instant,
+    }
+
+    static FAILURES: LazyLock<Mutex<HashMap<IpAddr, Failures>>> =
+        LazyLock::new(|| Mutex::new(HashMap::new()));
+    static FAILED: AtomicU64 = AtomicU64::new(0);
+    static LOG: LazyLock<Every> = LazyLock::new(|| Every::new(Duration::from_secs(10)));
+
+    /// Failed admin-token attempts since the service started (for a metrics endpoint).
+    #[allow(dead_code)]
+    pub fn failed_total() -> u64 {
+        FAILED.load(Ordering::Relaxed)
+    }
+
+    /// The delay after the `count`-th consecutive failure.
+    pub fn delay(count: u32) -> Duration {
+        match count.checked_sub(FREE + 1) {
+            None => Duration::ZERO,
+            Some(doublings) => BASE.saturating_mul(1 << doublings.min(16)).min(CAP),
+        }
+    }
+
+    /// A failure from `ip`: how long to hold its 401, or `Err` (how long to wait) for a 429.
+    pub fn failed(ip: IpAddr) -> Result<Duration, Duration> {
+        let total = FAILED.fetch_add(1, Ordering::Relaxed) + 1;
+        if LOG.now() {
+            eprintln!(
+                "keygate serve: {total} failed admin-token attempts so far (the latest from {ip})"
+            );
+        }
+        let now = Instant::now();
+        let mut table = FAILURES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if !table.contains_key(&ip) && table.len() >= TABLE {
+            table.retain(|_, f| now.duration_since(f.last) < FORGET);
+            if table.len() >= TABLE {
+                if let Some(oldest) = table.iter().min_by_key(|(_, f)| f.last).map(|(ip, _)| *ip) {
+                    table.remove(&oldest);
+                }
+            }
+        }
+        let f = table.entry(ip).or_insert(Failures { count: 0, next: now, last: now });
+        if now.duration_since(f.last) >= FORGET {
+            f.count = 0;
+        }
+        let at = f.next.max(now) + delay(f.count + 1);
+        if at - now > MAX_WAIT {
+            return Err(at - now - MAX_WAIT);
+        }
+        f.count += 1;
+        f.next = at;
+        f.last = now;
+        Ok(at - now)
+    }
+
+    /// A correct token from `ip`: its failures are forgotten.
+    pub fn succeeded(ip: IpAddr) {
+        let mut table = FAILURES.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        table.remove(&ip);
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn delays_grow_from_the_fourth_failure_up_to_the_cap() {
+            let d: Vec<u64> = (1..=10).map(|n| delay(n).as_millis() as u64).collect();
+            assert_eq!(d, [0, 0, 0, 250, 500, 1000, 2000, 4000, 8000, 8000]);
+            assert_eq!(delay(u32::MAX), CAP);
+        }
+
+        #[test]
+        fn failures_queue_per_address_and_a_success_resets() {
+            let ip: IpAddr = [192, 0, 2, 7].into();
+            let waits: Vec<Duration> = (0..5).filter_map(|_| failed(ip).ok()).collect();
+            assert_eq!(waits.len(), 5);
+            assert!(
+                waits[3] >= Duration::from_millis(240) && waits[4] >= Duration::from_millis(740)
+            );
+            // Failures not yet answered queue: the next would wait past MAX_WAIT soon.
+            let more: Vec<_> = (0..20).map(|_| failed(ip)).collect();
+            assert!(more.iter().any(Result::is_err));
+            succeeded(ip);
+            assert_eq!(failed(ip), Ok(Duration::ZERO));
+            assert!(failed_total() >= 26);
         }
     }
 }
