@@ -177,3 +177,21 @@ def test_wrong_admin_tokens_are_slowed_and_a_right_one_is_not(service):
     again, took = timed(lambda: s.admin("GET", "/v1/keys", token="kg_wrong"))
     assert again.status == 401 and took < 0.2, (again, took)
     assert "failed admin-token attempts" in s.output()
+
+
+def test_http2_and_silent_connections_without_a_request_are_closed_after_the_header_timeout(service):
+    s = service("--header-timeout-ms", "1000")
+    silent = socket.create_connection(("127.0.0.1", s.admin_port), timeout=5)
+    h2 = socket.create_connection(("127.0.0.1", s.filter_port), timeout=5)
+    h2.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")  # the preface, then no request
+    try:
+        time.sleep(0.5)
+        assert not closed(silent) and not closed(h2)
+        time.sleep(1.5)
+        assert closed(silent), "a connection that never sent a byte outlived the header timeout"
+        h2.settimeout(2)
+        while (data := h2.recv(65536)) != b"":  # the server's SETTINGS, then the end
+            assert data
+    finally:
+        silent.close()
+        h2.close()

@@ -7,8 +7,10 @@ key up through that mutual-TLS cluster and lets the request through."""
 from __future__ import annotations
 
 import http.client
+import socket
 import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -92,6 +94,15 @@ def test_client_certificates_are_required_and_checked(certs, service):
     # Plain HTTP on the TLS listener gets no answer either.
     with pytest.raises((OSError, http.client.HTTPException)):
         s.filter(path)
+
+
+def test_a_stalled_handshake_is_closed_after_the_header_timeout(certs, service):
+    s = service(*tls_args(certs), "--header-timeout-ms", "1000")
+    with socket.create_connection(("127.0.0.1", s.filter_port), timeout=5) as c:
+        c.sendall(b"\x16\x03\x01")  # the start of a ClientHello, never finished
+        start = time.monotonic()
+        assert c.recv(1) == b""
+        assert 0.8 < time.monotonic() - start < 2.5
 
 
 def test_tls_without_client_ca_encrypts_without_client_certificates(certs, service):
