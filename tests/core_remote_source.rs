@@ -490,6 +490,16 @@ fn held_polls_ask_the_service_to_wait_and_allow_for_it_in_their_timeout() {
     let token = r.last_token();
     r.answer_at(token, changes(r#"{"cursor": "db.1"}"#), NOW + 26_000);
     assert_eq!(r.calls.paths.len(), 3);
+    // Held again, it answers with a change 100 ms later: the next poll is held again within a
+    // tick, not a whole changes_poll_ms after the last one started.
+    let token = r.last_token();
+    let listed = format!(r#"{{"cursor": "db.2", "keys": ["{}"]}}"#, hex("a"));
+    r.answer_at(token, changes(&listed), NOW + 26_100);
+    r.tick(NOW + 26_140);
+    assert_eq!(r.calls.paths.len(), 3);
+    r.tick(NOW + 26_150);
+    assert_eq!(r.calls.paths.len(), 4);
+    assert_eq!(r.calls.paths[3], "/v1/filter/changes?after=db.2&wait_ms=25000");
     // A lookup's timeout stays its own.
     assert_eq!(r.ask(5, key_ask("k"), Pass::FIRST), Ok(()));
     assert_eq!(r.calls.timeouts.last(), Some(&300));

@@ -6,10 +6,16 @@
 //! filter behind a burst of changes catches up at the speed of round trips (a service that
 //! says `more` without moving on is polled at the usual pace, never in a loop). A service
 //! that holds polls open (`wait_ms`) answers an idle feed only after the wait, which is
-//! longer than `changes_poll_ms`, so the next poll starts at once then too; one that ignores
-//! `wait_ms` answers at once and is polled once per `changes_poll_ms`, as without it.
+//! longer than `changes_poll_ms`, so the next poll starts at once then too; when a held poll
+//! answers with changes, the next starts [`HELD_AGAIN_MS`] later, so that a filter is almost
+//! never without a poll held, and a service that answers held polls at once with changes
+//! over and over is polled at most 20 times a second. One that ignores `wait_ms` answers at
+//! once and is polled once per `changes_poll_ms`, as without it.
 
 use crate::core::remote::protocol::Changes;
+
+/// How soon a poll follows a held poll that answered with changes.
+pub const HELD_AGAIN_MS: i64 = 50;
 
 #[derive(Default)]
 pub struct Feed {
@@ -69,14 +75,23 @@ impl Feed {
         (self.failures, self.failures % 60 == 1)
     }
 
-    /// A poll answered at `now_ms`: the failures it ends (0 when none), and what to drop.
-    pub fn answered<'c>(&mut self, changes: &'c Changes, now_ms: i64) -> (u32, Applied<'c>) {
+    /// A poll answered at `now_ms` (`held`: it asked the service to wait): the failures it
+    /// ends (0 when none), and what to drop.
+    pub fn answered<'c>(
+        &mut self,
+        changes: &'c Changes,
+        now_ms: i64,
+        held: bool,
+    ) -> (u32, Applied<'c>) {
         self.in_flight = false;
         let ended = std::mem::take(&mut self.failures);
         let first = self.cursor.is_none();
         let moved_on = self.cursor.as_deref() != Some(changes.cursor.as_str());
+        let listed = !changes.keys.is_empty() || !changes.origins.is_empty();
         if changes.more && moved_on && !changes.reset {
             self.next_ms = now_ms;
+        } else if held && listed && !changes.reset {
+            self.next_ms = self.next_ms.min(now_ms + HELD_AGAIN_MS);
         }
         self.behind = changes.behind.unwrap_or(0);
         let applied =

@@ -481,7 +481,7 @@ impl<W> RemoteSource<W> {
                 return;
             }
         };
-        let (ended, applied) = r.feed.answered(&changes, now_ms);
+        let (ended, applied) = r.feed.answered(&changes, now_ms, held);
         if ended > 0 {
             info!("key service change feed is back after {ended} failures");
         }
