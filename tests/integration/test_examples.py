@@ -146,3 +146,19 @@ def test_istio_lets_only_the_gateway_reach_the_filter_listener():
     filter_from = [r["from"] for r in net["ingress"] if {"port": 9101} in r["ports"]]
     assert filter_from == [[{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "istio-system"}},
                              "podSelector": {"matchLabels": {"istio": "ingressgateway"}}}]]
+
+
+def test_every_shipped_key_service_cluster_closes_idle_connections_before_the_service():
+    """A lookup is an http_call with no retry: a cluster must drop an idle connection before
+    `keygate serve` does (its idle timeout is 60 s by default), never send on one it is closing."""
+    seconds = {}
+    for path in ("envoy/envoy.yaml", "examples/docker-compose/envoy.yaml", "envoy/keyservice-mtls.yaml"):
+        clusters = yaml.safe_load((ROOT / path).read_text())["static_resources"]["clusters"]
+        for c in clusters:
+            if c["name"] == "keygate-keys":
+                opts = c["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+                seconds[path] = float(opts["common_http_protocol_options"]["idle_timeout"].rstrip("s"))
+    rule = next(d for d in yaml.safe_load_all((ROOT / "examples/istio/keyservice.yaml").read_text())
+                if d["kind"] == "DestinationRule")
+    seconds["istio"] = float(rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"].rstrip("s"))
+    assert len(seconds) == 4 and all(0 < s < 60 for s in seconds.values()), seconds

@@ -85,6 +85,7 @@ def service(tmp_path):
 
 def test_client_certificates_are_required_and_checked(certs, service):
     s = service(*tls_args(certs))
+    assert f"filter https://127.0.0.1:{s.filter_port}," in s.lines[0], s.lines[0]
     key, _ = s.create({"owner": "o"})  # the admin listener stays plain HTTP
     path = f"/v1/filter/keys/{sha256_hex(key)}"
     assert lookup(s.filter_port, certs, "envoy-client", path) == 200

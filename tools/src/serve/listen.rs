@@ -115,6 +115,17 @@ pub struct Listen {
     filter_tls: Option<TlsAcceptor>,
 }
 
+impl Listen {
+    /// The filter listener's URL scheme, for the start-up line.
+    pub fn filter_scheme(&self) -> &'static str {
+        if self.filter_tls.is_some() {
+            "https"
+        } else {
+            "http"
+        }
+    }
+}
+
 /// Which listener: TLS applies to the filter's only.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Which {

@@ -116,8 +116,9 @@ async fn serve(
     }
     let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
     println!(
-        "keygate serve: admin http://{}, filter http://{}, db {}",
+        "keygate serve: admin http://{}, filter {}://{}, db {}",
         local(&admin_listener, args.admin_listen),
+        args.listen.filter_scheme(),
         local(&filter_listener, args.filter_listen),
         db::redact(&args.db)
     );
