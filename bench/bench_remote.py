@@ -5,6 +5,12 @@ revocation reaches every worker, and what the cache costs in memory. Loopback on
     .venv/bin/python bench/bench_remote.py --miss 2000 --real-service   # ... against `keygate serve`
     .venv/bin/python bench/bench_remote.py --revocations 200    # revocation latency on both workers
     .venv/bin/python bench/bench_remote.py --memory 100000      # VM memory and bytes per cached key
+    .venv/bin/python bench/bench_remote.py --burst 5000 --rounds 10   # a revocation right after a burst of changes
+    .venv/bin/python bench/bench_remote.py --revocations-real 200 --wait-ms 25000   # held polls vs polling
+    .venv/bin/python bench/bench_remote.py --idle 30            # feed calls per second of an idle fleet
+
+--burst, --revocations-real and --idle run against `keygate serve` (release build, SQLite): they
+measure the feed's paging, `more` and held polls, which the in-process key server does not have.
 
 The key service is tests/integration/support/keyserver.py, in this process, so the figures price the
 filter and Envoy, not a database; `--real-service` runs the miss against `keygate serve`. Results are printed and
@@ -38,9 +44,134 @@ class BalancedEnvoy(Envoy):
         return cfg
 
 
-def key_service(poll_ms: int, ttl: int = 3600, max_entries: int = 100_000) -> dict:
+def key_service(poll_ms: int, ttl: int = 3600, max_entries: int = 100_000, wait_ms: int = 0) -> dict:
     return {"keys": [], "key_service": {"cluster": "keygate-keys", "changes_poll_ms": poll_ms, "timeout_ms": 1000,
+                                        "changes_wait_ms": wait_ms,
                                         "cache": {"ttl_seconds": ttl, "max_entries": max_entries}}}
+
+
+def real_service():
+    """`keygate serve` from the release build, on SQLite in a temporary folder."""
+    import tempfile
+
+    from support.service import Service
+
+    server = Service("sqlite:keygate.db", Path(tempfile.mkdtemp(prefix="keygate-bench-svc-")),
+                     env={}, tokens=["kg_bench_admin"])
+    server.command = lambda: [str(ROOT / "target" / "release" / "keygate"), "serve", "--db", server.db,
+                              "--admin-listen", f"127.0.0.1:{server.admin_port}",
+                              "--filter-listen", f"127.0.0.1:{server.filter_port}"]
+    return server.start()
+
+
+def two_workers(server, poll_ms: int = 1000, wait_ms: int = 0):
+    """Envoy with two workers against `server`, and one keep-alive connection per worker."""
+    e = BalancedEnvoy(plugin_config=key_service(poll_ms, wait_ms=wait_ms),
+                      clusters={"keygate-keys": server.filter_port}, concurrency=2).start()
+    conns = [http.client.HTTPConnection("127.0.0.1", e.port, timeout=10) for _ in range(2)]
+    for c in conns:
+        c.connect()
+    return e, conns
+
+
+def cached_on_both(conns, key: str) -> None:
+    """Both workers hold `key`'s answer, cached after the feed listed its creation (which
+    would drop an answer cached before it, and the revocation would then be a fresh lookup's
+    404 instead of the feed's work)."""
+    time.sleep(1.5)  # a poll (changes_poll_ms 1000) and its round trip since the creation
+    deadline = time.monotonic() + 10
+    while not all(request(c, key)[0] == 200 for c in conns):
+        if time.monotonic() > deadline:
+            raise RuntimeError("the key never answered 200 on both workers")
+        time.sleep(0.01)
+
+
+def refused_on_both(conns, key: str, limit: float = 30) -> float:
+    """Seconds from now until both workers answer 401 for `key` (the later of the two)."""
+    t0, seen = time.perf_counter(), [None, None]
+    while None in seen and time.perf_counter() - t0 < limit:
+        for w, c in enumerate(conns):
+            if seen[w] is None and request(c, key)[0] == 401:
+                seen[w] = time.perf_counter() - t0
+        time.sleep(0.002)
+    if None in seen:
+        raise RuntimeError(f"not refused on both workers within {limit} s: {seen}")
+    return max(seen)
+
+
+def burst(changes: int, rounds: int, wait_ms: int) -> list[str]:
+    """A key cached on both workers, then `changes` creates through the admin API from 16
+    clients, then the key revoked: how long until both workers refuse it."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    server = real_service()
+    e, conns = two_workers(server, wait_ms=wait_ms)
+    latencies, rates, lags = [], [], []
+    try:
+        for _ in range(rounds):
+            secret, entry = server.create({"owner": "bench-watched"})
+            cached_on_both(conns, secret)
+            start = time.perf_counter()
+            with ThreadPoolExecutor(16) as pool:
+                list(pool.map(lambda _: server.create({"owner": "bench-burst"}), range(changes)))
+            rates.append(changes / (time.perf_counter() - start))
+            lags.append(e.stat("wasmcustom.keygate.remote.feed_lag"))
+            assert server.admin("DELETE", f"/v1/keys/{entry['id']}").status == 204
+            latencies.append(refused_on_both(conns, secret) * 1e3)
+    finally:
+        e.stop()
+        server.stop()
+    return [f"## Revocation right after a burst: {rounds} rounds of {changes:,} creates, then the revocation",
+            "", f"`keygate serve` (SQLite, release), Envoy --concurrency 2, changes_poll_ms 1000, "
+            f"changes_wait_ms {wait_ms}; creates from 16 clients at {min(rates):,.0f}-{max(rates):,.0f}/s; "
+            f"remote.feed_lag when the burst ended: {min(lags)}-{max(lags)}.", "",
+            "| p50 ms | p99 ms | max ms | bound |", "|---:|---:|---:|---|",
+            f"| {pct(latencies, 50):.0f} | {pct(latencies, 99):.0f} | {max(latencies):.0f} | p99 under 2000 |", ""]
+
+
+def revocations_real(count: int, wait_ms: int) -> list[str]:
+    """Like `revocations`, against `keygate serve`: each revocation through its admin API."""
+    server = real_service()
+    e, conns = two_workers(server, wait_ms=wait_ms)
+    latencies = []
+    try:
+        for i in range(count):
+            secret, entry = server.create({"owner": "bench"})
+            cached_on_both(conns, secret)
+            time.sleep(0.1 * (i % 10))  # spread revocations over the poll phase
+            assert server.admin("DELETE", f"/v1/keys/{entry['id']}").status == 204
+            latencies.append(refused_on_both(conns, secret) * 1e3)
+    finally:
+        e.stop()
+        server.stop()
+    how = f"polls held up to {wait_ms} ms" if wait_ms else "a poll every 1000 ms"
+    return [f"## Revocation on every worker, `keygate serve`, {how}: {count} revocations", "",
+            "| p50 ms | p99 ms | max ms |", "|---:|---:|---:|",
+            f"| {pct(latencies, 50):.0f} | {pct(latencies, 99):.0f} | {max(latencies):.0f} |", ""]
+
+
+def idle(seconds: int) -> list[str]:
+    """Feed calls per second from an idle Envoy (two workers and its main thread: three VMs
+    that poll), polling every second and with held polls, counted by Envoy's cluster stats."""
+    server = real_service()
+    rows = []
+    try:
+        for wait_ms in (0, 25_000):
+            e, _ = two_workers(server, wait_ms=wait_ms)
+            try:
+                time.sleep(2)
+                before = e.stat("cluster.keygate-keys.upstream_rq_total")
+                time.sleep(seconds)
+                calls = e.stat("cluster.keygate-keys.upstream_rq_total") - before
+            finally:
+                e.stop()
+            per_vm = calls / seconds / 3
+            how = f"held up to {wait_ms} ms" if wait_ms else "a poll every 1000 ms"
+            rows.append(f"| {how} | {calls / seconds:.2f} | {per_vm * 1000:,.0f} |")
+    finally:
+        server.stop()
+    return [f"## An idle fleet's feed calls, {seconds} s each", "",
+            "| feed | calls/s, one Envoy (3 VMs) | calls/s per 1,000 VMs |", "|---|---:|---:|", *rows, ""]
 
 
 def request(conn: http.client.HTTPConnection, key: str) -> tuple[int, float]:
@@ -191,6 +322,11 @@ def main() -> None:
                     help="--miss against the shipped key service (cargo build --release -p keygate-tools)")
     ap.add_argument("--revocations", type=int, default=0, metavar="N")
     ap.add_argument("--memory", type=int, default=0, metavar="N")
+    ap.add_argument("--burst", type=int, default=0, metavar="N", help="creates in each burst")
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--revocations-real", type=int, default=0, metavar="N")
+    ap.add_argument("--wait-ms", type=int, default=0, help="key_service.changes_wait_ms")
+    ap.add_argument("--idle", type=int, default=0, metavar="SECONDS")
     args = ap.parse_args()
     lines = [f"# keygate remote keys {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", ""]
     if args.miss:
@@ -199,6 +335,12 @@ def main() -> None:
         lines += revocations(args.revocations)
     if args.memory:
         lines += memory(args.memory)
+    if args.burst:
+        lines += burst(args.burst, args.rounds, args.wait_ms)
+    if args.revocations_real:
+        lines += revocations_real(args.revocations_real, args.wait_ms)
+    if args.idle:
+        lines += idle(args.idle)
     text = "\n".join(lines)
     print(text)
     out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-remote.md"

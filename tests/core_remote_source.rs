@@ -328,7 +328,7 @@ fn a_key_listed_while_its_lookup_is_in_flight_serves_only_the_streams_that_waite
 }
 
 #[test]
-fn the_old_answer_arriving_after_the_fresh_one_never_outlives_it() {
+fn the_old_answer_arriving_after_the_fresh_one_is_not_kept_and_leaves_the_fresh_one() {
     let mut r = rig("");
     feed(&mut r, NOW, r#"{"cursor": "db.1"}"#);
     let ask = Ask::Key { tag: r.tag("k"), digest: sha256(b"k") };
@@ -339,9 +339,13 @@ fn the_old_answer_arriving_after_the_fresh_one_never_outlives_it() {
     let after = r.last_token();
     assert_eq!(r.answer(after, status(404)), [(6, resumed(Failed::NONE))]);
     r.source.settle();
+    // The old answer decides its stream on the fresher one, and is not cached.
     assert_eq!(r.answer(before, key_answer("k", "web")), [(5, resumed(Failed::NONE))]);
     r.source.settle();
     assert!(!r.cached("k"), "the answer from before the reset is not kept");
+    let cache = r.source.cache(ROOT);
+    assert!(cache.is_some_and(|c| matches!(c.get(c.tag(b"k"), NOW), Cached::Absent)));
+    assert_eq!(r.lookups(), 2);
 }
 
 #[test]

@@ -24,10 +24,13 @@ def test_a_request_after_a_revocation_is_not_decided_by_the_lookup_from_before_i
             server.set_disabled(key)
             # The filter has polled twice since: it has seen the revocation.
             assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]
+            # Lookups from now on are answered, from the key's state then, after half a second:
+            # the held one will answer first.
+            server.fault("slow", on="keys", delay=0.5)
             second = threading.Thread(target=lambda: answers.__setitem__("second", call(e, key)))
             second.start()
             # The second request does not join the lookup from before the revocation: it asks
-            # afresh (held too, so both wait in Envoy now).
+            # afresh, so both wait in Envoy now.
             assert until(lambda: server.lookups(key) == 2, 3.0)[0], "the second request joined the old lookup"
             assert e.stat("http.api.downstream_rq_active") == 2
             server.release()
@@ -44,4 +47,17 @@ def test_a_request_after_a_revocation_is_not_decided_by_the_lookup_from_before_i
             assert server.lookups(key) == 2
         finally:
             server.clear_faults()
+            e.stop()
+
+
+def test_the_feed_lag_the_service_reports_is_the_remote_feed_lag_gauge():
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, base_config(changes_poll_ms=200), concurrency=2)
+        try:
+            assert e.stat("wasmcustom.keygate.remote.feed_lag") == 0
+            server.behind = 4744
+            assert until(lambda: e.stat("wasmcustom.keygate.remote.feed_lag") == 4744, 3.0)[0]
+            server.behind = 0
+            assert until(lambda: e.stat("wasmcustom.keygate.remote.feed_lag") == 0, 3.0)[0]
+        finally:
             e.stop()

@@ -16,7 +16,9 @@
 //! answer may predate the change. The streams already waiting arrived before the filter
 //! knew of the change: they are decided on the answer they waited for. A stream arriving
 //! after it starts a fresh lookup instead of joining, and the old answer is dropped as soon
-//! as its streams are decided ([`RemoteSource::settle`]), so it never serves anyone else.
+//! as its streams are decided ([`RemoteSource::settle`]), so it never serves anyone else;
+//! if the fresh lookup answered first, the old answer is not cached at all, and its streams
+//! are decided on the fresher one.
 
 use crate::core::decide::{Ask, Failed};
 use crate::core::hex;
@@ -93,7 +95,7 @@ struct Root {
     feed: Feed,
     /// Lookups in flight that the feed listed (or reset) meanwhile, by call token → the
     /// streams that waited before the change (see the module comment).
-    overtaken: HashMap<u32, Vec<u32>>,
+    overtaken: HashMap<u32, Overtaken>,
     /// Cache entries last added to the gauge, so each VM adds only its change.
     reported_entries: i64,
 }
@@ -101,6 +103,16 @@ struct Root {
 struct Lookup {
     token: u32,
     streams: Vec<u32>,
+}
+
+/// A lookup in flight that the feed overtook.
+struct Overtaken {
+    subject: Subject,
+    /// The streams that waited for it before the change.
+    streams: Vec<u32>,
+    /// A lookup started after the change has answered: this answer is not cached at all,
+    /// and its streams are decided on the fresher one.
+    superseded: bool,
 }
 
 enum CallKind {
@@ -121,7 +133,9 @@ impl Root {
         let overtaken = &mut self.overtaken;
         self.pending.retain(|subject, lookup| {
             if listed(subject) {
-                overtaken.insert(lookup.token, std::mem::take(&mut lookup.streams));
+                let streams = std::mem::take(&mut lookup.streams);
+                let o = Overtaken { subject: subject.clone(), streams, superseded: false };
+                overtaken.insert(lookup.token, o);
                 false
             } else {
                 true
@@ -244,7 +258,9 @@ impl<W> RemoteSource<W> {
         let mut overtaken = HashMap::new();
         if let Some(old) = self.roots.remove(&root) {
             overtaken = old.overtaken;
-            overtaken.extend(old.pending.into_values().map(|l| (l.token, l.streams)));
+            overtaken.extend(old.pending.into_iter().map(|(subject, l)| {
+                (l.token, Overtaken { subject, streams: l.streams, superseded: false })
+            }));
         }
         let root_state = Root {
             service: service.clone(),
@@ -377,9 +393,11 @@ impl<W> RemoteSource<W> {
         now_ms: i64,
     ) -> Vec<Stream<W>> {
         let mut evicted = 0;
+        let overtaken = self.roots.get_mut(&root).and_then(|r| r.overtaken.remove(&token));
+        let superseded = overtaken.as_ref().is_some_and(|o| o.superseded);
         // A root gone while the call was in flight handed its streams back then; the answer
-        // is still judged, so that its failures count.
-        let mut cache = self.roots.get_mut(&root).map(|r| &mut r.cache);
+        // is still judged, so that its failures count. A superseded answer is judged, not kept.
+        let mut cache = self.roots.get_mut(&root).filter(|_| !superseded).map(|r| &mut r.cache);
         let outcome: Result<(), String> = match (&subject, answer.status, &answer.body) {
             (_, 200, Err(e)) => Err(e.to_string()),
             (Subject::Key(digest), 200, Ok(body)) => match protocol::parse_key(body, digest) {
@@ -430,11 +448,23 @@ impl<W> RemoteSource<W> {
         };
         let mut streams = Vec::new();
         if let Some(r) = self.roots.get_mut(&root) {
-            if let Some(before) = r.overtaken.remove(&token) {
-                streams = before;
-                self.unsettled.push((root, subject));
-            } else if r.pending.get(&subject).is_some_and(|l| l.token == token) {
-                streams = r.pending.remove(&subject).map(|l| l.streams).unwrap_or_default();
+            match overtaken {
+                Some(o) => {
+                    streams = o.streams;
+                    if !superseded {
+                        self.unsettled.push((root, subject));
+                    }
+                }
+                None => {
+                    if r.pending.get(&subject).is_some_and(|l| l.token == token) {
+                        streams = r.pending.remove(&subject).map(|l| l.streams).unwrap_or_default();
+                    }
+                    if failed == Failed::NONE {
+                        for o in r.overtaken.values_mut().filter(|o| o.subject == subject) {
+                            o.superseded = true;
+                        }
+                    }
+                }
             }
         }
         self.resume(streams, failed)
@@ -522,7 +552,7 @@ impl<W> RemoteSource<W> {
         for id in gone {
             if let Some(r) = self.roots.remove(id) {
                 orphans.extend(r.pending.into_values().flat_map(|l| l.streams));
-                orphans.extend(r.overtaken.into_values().flatten());
+                orphans.extend(r.overtaken.into_values().flat_map(|o| o.streams));
                 entries_delta -= r.reported_entries;
             }
         }

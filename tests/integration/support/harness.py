@@ -137,10 +137,12 @@ def static_cluster(name: str, port: int, http2: bool = False) -> dict:
     c = {"name": name, "type": "STATIC", "connect_timeout": "1s",
          "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
              {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": port}}}}]}]}}
-    if http2:
-        c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-            "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
-            "explicit_http_config": {"http2_protocol_options": {}}}}
+    # Idle connections closed before `keygate serve` closes them (60 s), as the shipped
+    # configurations do: a lookup has no retry and must not meet a connection being closed.
+    c["typed_extension_protocol_options"] = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+        "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
+        "common_http_protocol_options": {"idle_timeout": "50s"},
+        "explicit_http_config": {"http2_protocol_options": {}} if http2 else {"http_protocol_options": {}}}}
     return c
 
 

@@ -115,6 +115,9 @@ class KeyServer:
         # them back percent-encoded, byte for byte (`unknown_cursors` counts those it did not).
         self.cursor_prefix = cursor_prefix
         self.unknown_cursors = 0
+        # `behind` for every feed answer after the first, when set: what a service reports of
+        # the changes still to come (the filter's remote.feed_lag gauge).
+        self.behind: int | None = None
         self.authority = authority  # when set, a request with another Host is a violation
         self.max_connections = max_connections
         self.port = 0
@@ -514,7 +517,10 @@ class KeyServer:
                     if v not in target:
                         target.append(v)
             cursor = self._first_cursor if f is not None and f.kind == "backwards" else self._cursor()
-            return 200, json.dumps({"cursor": cursor, "keys": keys, "origins": origins}).encode()
+            answer = {"cursor": cursor, "keys": keys, "origins": origins}
+            if self.behind is not None:
+                answer["behind"] = self.behind
+            return 200, json.dumps(answer).encode()
 
 
 REASONS = {200: "OK", 204: "No Content", 301: "Moved Permanently", 400: "Bad Request", 403: "Forbidden",

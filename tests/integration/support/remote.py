@@ -34,8 +34,10 @@ def new_key(tag: str = "rk") -> str:
 
 
 def key_service(cluster: str = CLUSTER, cache: dict | None = None, **over) -> dict:
+    # The fake key server answers every poll at once (it never holds one), so polls are not
+    # held here and a feed answer slower than timeout_ms is a failure, as the tests expect.
     ks = {"cluster": cluster, "authority": AUTHORITY, "path_prefix": PREFIX, "timeout_ms": 250,
-          "changes_poll_ms": 1000, "max_pending": 256,
+          "changes_poll_ms": 1000, "changes_wait_ms": 0, "max_pending": 256,
           "cache": {"max_entries": 100000, "ttl_seconds": 60, "negative_ttl_seconds": 10,
                     "stale_if_error_seconds": 300, **(cache or {})}}
     ks.update(over)
