@@ -1,6 +1,7 @@
 import pytest
 
 from support.harness import WASM, Envoy
+from support.service import Postgres, Service
 
 
 def pytest_sessionstart(session):
@@ -21,3 +22,27 @@ def envoy_factory():
     yield start
     for e in started:
         e.stop()
+
+
+@pytest.fixture(scope="module")
+def pg():
+    """A throwaway PostgreSQL cluster for a module's tests (Debian's initdb and pg_ctl)."""
+    server = Postgres().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def services(tmp_path):
+    """services(db=None, **opts): `keygate serve` on tmp_path/keys.db unless db is given,
+    each stopped after the test."""
+    started = []
+
+    def start(db=None, **opts):
+        s = Service(db or f"sqlite:{tmp_path / 'keys.db'}", tmp_path, **opts)
+        started.append(s)
+        return s.start()
+
+    yield start
+    for s in started:
+        s.stop()

@@ -33,29 +33,7 @@ def require_keygate_binary():
 require_keygate_binary()
 
 
-@pytest.fixture(scope="module")
-def pg():
-    server = Postgres().start()
-    yield server
-    server.stop()
-
-
 _databases = iter(range(1, 10_000))
-
-
-@pytest.fixture
-def services(tmp_path):
-    """start(db=None, **opts): a service on a SQLite file in tmp_path unless db is given."""
-    started = []
-
-    def start(db=None, **opts):
-        s = Service(db or f"sqlite:{tmp_path / 'keys.db'}", tmp_path, **opts)
-        started.append(s)
-        return s.start()
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 @pytest.fixture

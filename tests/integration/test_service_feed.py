@@ -15,35 +15,11 @@ import threading
 import time
 import urllib.parse
 
-import pytest
-
 from support.harness import Envoy, bearer
-from support.service import KEYGATE, Postgres, Service, sha256_hex
+from support.service import KEYGATE, Service, sha256_hex
 
 if not KEYGATE.exists():
     raise RuntimeError(f"{KEYGATE} is missing: run cargo build -p keygate-tools")
-
-
-@pytest.fixture(scope="module")
-def pg():
-    server = Postgres().start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-def services(tmp_path):
-    """start(db=None, **opts): a service on tmp_path/keys.db unless db is given."""
-    started = []
-
-    def start(db=None, **opts):
-        s = Service(db or f"sqlite:{tmp_path / 'keys.db'}", tmp_path, **opts)
-        started.append(s)
-        return s.start()
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def poll(s: Service, cursor: str, wait_ms: int) -> tuple[dict, float]:

@@ -19,17 +19,9 @@ SLOW = 2_000  # slowloris connections, half on each listener
 
 
 @pytest.fixture
-def service(tmp_path):
-    started = []
-
-    def start(*args: str) -> Service:
-        s = Service("sqlite:keygate.db", tmp_path, args=args).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+def service(services):
+    """service(*args): `keygate serve` with these extra arguments (see conftest's services)."""
+    return lambda *args: services(args=args)
 
 
 def raise_file_limit(want: int) -> None:

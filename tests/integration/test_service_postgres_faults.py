@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from support.service import KEYGATE, Postgres, Service, free_port, run_keygate, sha256_hex
+from support.service import KEYGATE, Postgres, free_port, run_keygate, sha256_hex
 
 if not KEYGATE.exists():
     raise RuntimeError(f"{KEYGATE} is missing: run cargo build -p keygate-tools")
@@ -24,33 +24,12 @@ if not KEYGATE.exists():
 WRITE_LOCK = 0x006B657967617465
 
 
-@pytest.fixture(scope="module")
-def pg():
-    server = Postgres().start()
-    yield server
-    server.stop()
-
-
 _databases = iter(range(1, 10_000))
 
 
 @pytest.fixture
 def db(pg):
     return pg.createdb(f"faults{next(_databases)}")
-
-
-@pytest.fixture
-def services(tmp_path):
-    started = []
-
-    def start(db, **opts):
-        s = Service(db, tmp_path, **opts)
-        started.append(s)
-        return s.start()
-
-    yield start
-    for s in started:
-        s.stop()
 
 
 def psql(pg: Postgres, db: str, sql: str) -> str:

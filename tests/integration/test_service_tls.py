@@ -70,17 +70,9 @@ def lookup(port: int, d: Path, client: str | None, path: str) -> int:
 
 
 @pytest.fixture
-def service(tmp_path):
-    started = []
-
-    def start(*args: str) -> Service:
-        s = Service("sqlite:keygate.db", tmp_path, args=args).start()
-        started.append(s)
-        return s
-
-    yield start
-    for s in started:
-        s.stop()
+def service(services):
+    """service(*args): `keygate serve` with these extra arguments (see conftest's services)."""
+    return lambda *args: services(args=args)
 
 
 def test_client_certificates_are_required_and_checked(certs, service):

@@ -94,7 +94,8 @@ class Service:
         self.lines, self.errors = [], []
         self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=self.environment(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        threading.Thread(target=self._drain, args=(self.proc.stderr, self.errors), daemon=True).start()
+        errors = threading.Thread(target=self._drain, args=(self.proc.stderr, self.errors), daemon=True)
+        errors.start()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             line = self.proc.stdout.readline()
@@ -105,6 +106,8 @@ class Service:
                 threading.Thread(target=self._drain, args=(self.proc.stdout, self.lines), daemon=True).start()
                 return self
         self.proc.wait(timeout=5)
+        # The process is gone: its standard error is all there, once the reader has read it.
+        errors.join(timeout=5)
         raise RuntimeError(f"keygate serve did not start: {self.output()}")
 
     @staticmethod
