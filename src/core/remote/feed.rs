@@ -99,9 +99,4 @@ impl Feed {
         self.cursor = Some(changes.cursor.clone());
         (ended, applied)
     }
-
-    /// Whether the next poll may start at once (see the module comment).
-    pub fn due_now(&self, now_ms: i64) -> bool {
-        !self.in_flight && now_ms >= self.next_ms
-    }
 }
