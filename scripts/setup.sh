@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything keygate's build, demo and tests need, into the project where it can:
 # the wasm target, a Python venv (.venv) with the pinned Envoy and test tools, and from
-# Debian: binaryen (wasm-opt) and, with --browser, chromium and chromium-driver for the
+# Debian: binaryen (wasm-opt), PostgreSQL and Redis (servers the tests start themselves) and, with --browser, chromium and chromium-driver for the
 # real-browser tests.
 # Idempotent: a second run only checks.
 set -euo pipefail
@@ -24,6 +24,8 @@ apt_missing=()
 command -v wasm-opt >/dev/null 2>&1 || apt_missing+=(binaryen)
 # The key service's tests start a throwaway PostgreSQL with Debian's initdb and pg_ctl.
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || apt_missing+=(postgresql)
+# The rate-limit tests start a throwaway Redis for the shared counters.
+command -v redis-server >/dev/null 2>&1 || apt_missing+=(redis-server)
 if [ "${1:-}" = "--browser" ]; then
   command -v chromium >/dev/null 2>&1 || apt_missing+=(chromium)
   # The key console test drives chromium through Selenium and Debian's chromedriver.
