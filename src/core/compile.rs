@@ -152,17 +152,24 @@ fn cors_headers(raw: &RawCors) -> Result<CorsHeaders, ConfigError> {
 }
 
 fn forward(raw: &RawForward) -> Result<Forward, ConfigError> {
-    for (field, name) in
-        [("key_id_header", &raw.key_id_header), ("owner_header", &raw.owner_header)]
-    {
+    let named = [
+        ("key_id_header", &raw.key_id_header),
+        ("owner_header", &raw.owner_header),
+        ("limits_header", &raw.limits_header),
+    ];
+    for (i, (field, name)) in named.iter().enumerate() {
         check_forward_header(name).map_err(|r| ConfigError::new(format!("forward.{field}"), r))?;
-    }
-    if raw.key_id_header == raw.owner_header {
-        return Err(ConfigError::new("forward.owner_header", "must differ from key_id_header"));
+        if let Some((other, _)) = named[..i].iter().find(|(_, n)| n == name) {
+            return Err(ConfigError::new(
+                format!("forward.{field}"),
+                format!("must differ from {other}"),
+            ));
+        }
     }
     Ok(Forward {
         key_id_header: raw.key_id_header.as_str().into(),
         owner_header: raw.owner_header.as_str().into(),
+        limits_header: raw.limits_header.as_str().into(),
         strip_authorization: raw.strip_authorization,
         filter_state: raw.filter_state,
     })

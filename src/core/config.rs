@@ -36,6 +36,49 @@ pub struct RawKey {
     pub cors: Option<RawKeyCors>,
     pub rules: Option<Vec<RawRule>>,
     pub resources: Option<Vec<String>>,
+    /// Request limits, counted by a rate-limit service (see `limits`), not by the filter.
+    pub limits: Option<Vec<RawLimit>>,
+}
+
+/// `{"name": "per-minute", "requests": 100, "per": "minute"}`: at most `requests` requests in
+/// each fixed window of one `per`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimit {
+    pub name: Option<String>,
+    pub requests: u64,
+    pub per: Per,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Per {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+impl Per {
+    pub const ALL: [Per; 4] = [Per::Second, Per::Minute, Per::Hour, Per::Day];
+
+    pub fn seconds(self) -> u64 {
+        match self {
+            Per::Second => 1,
+            Per::Minute => 60,
+            Per::Hour => 3_600,
+            Per::Day => 86_400,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Per::Second => "second",
+            Per::Minute => "minute",
+            Per::Hour => "hour",
+            Per::Day => "day",
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -58,6 +101,8 @@ pub struct RawRule {
 pub struct RawForward {
     pub key_id_header: String,
     pub owner_header: String,
+    /// Carries a limited key's limits to Envoy's rate-limit filter (see `limits`).
+    pub limits_header: String,
     pub strip_authorization: bool,
     /// Also expose the identity as filter state (`wasm.keygate.key_id`, `wasm.keygate.owner`)
     /// for access logs. Costs one or two host calls per allowed request.
@@ -69,6 +114,7 @@ impl Default for RawForward {
         RawForward {
             key_id_header: "x-api-key-id".into(),
             owner_header: "x-api-key-owner".into(),
+            limits_header: "x-api-key-limits".into(),
             strip_authorization: false,
             filter_state: false,
         }

@@ -9,7 +9,7 @@ use crate::core::keytable::{Endpoints, Key};
 use crate::core::policy::CORS_ENDPOINTS;
 use crate::core::rules::{Resources, RuleSet};
 use crate::core::window::Window;
-use crate::core::{path, timestamp};
+use crate::core::{limits, path, timestamp};
 
 /// One key entry compiled on its own: everything but its digest and its place in a table.
 /// The static table and the key service's answers both compile entries here, so an entry
@@ -58,6 +58,10 @@ impl Entry {
             Some(list) => Some(resources(list, &path("resources"))?),
             None => None,
         };
+        let limits = match &rk.limits {
+            Some(raw) => limits::compile(raw, &path("limits"))?,
+            None => Vec::new(),
+        };
         let key = Key {
             id: rk.id.into_boxed_str(),
             owner,
@@ -66,6 +70,7 @@ impl Entry {
             origins: origins.map(Box::new),
             endpoints,
             resources: resources.map(Box::new),
+            limits: limits::header_value(&limits, false),
         };
         Ok(Entry { key, own_rules })
     }

@@ -41,6 +41,8 @@ pub struct Key {
     pub origins: Option<Box<Origins>>,
     pub endpoints: Endpoints,
     pub resources: Option<Box<Resources>>,
+    /// The forwarded limits header's value (see `limits`); `None` for an unlimited key.
+    pub limits: Option<Box<str>>,
 }
 
 #[derive(Default)]
@@ -183,6 +185,7 @@ mod tests {
             origins: None,
             endpoints: Endpoints::All,
             resources: None,
+            limits: None,
         }
     }
 

@@ -24,6 +24,7 @@ pub mod decide;
 pub mod entry;
 pub mod hex;
 pub mod keytable;
+pub mod limits;
 pub mod parse;
 pub mod path;
 pub mod policy;

@@ -39,6 +39,7 @@ pub struct CorsHeaders {
 pub struct Forward {
     pub key_id_header: Box<str>,
     pub owner_header: Box<str>,
+    pub limits_header: Box<str>,
     pub strip_authorization: bool,
     pub filter_state: bool,
 }

@@ -347,6 +347,17 @@ fn forward(
                 }
                 None => {}
             }
+            match &key.limits {
+                Some(limits) => put_header(
+                    &fwd.limits_header,
+                    limits.as_bytes(),
+                    scan.spoofed_limits || !scan.complete,
+                ),
+                None if scan.spoofed_limits => {
+                    host::remove_header(Map::Request, &fwd.limits_header);
+                }
+                None => {}
+            }
         }
         None => {
             if scan.spoofed_key_id {
@@ -354,6 +365,9 @@ fn forward(
             }
             if scan.spoofed_owner {
                 host::remove_header(Map::Request, &fwd.owner_header);
+            }
+            if scan.spoofed_limits {
+                host::remove_header(Map::Request, &fwd.limits_header);
             }
         }
     }

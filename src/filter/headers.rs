@@ -46,6 +46,7 @@ pub struct Scan<'a> {
     /// The client sent a header keygate owns (identity or `x-keygate-would-deny`).
     pub spoofed_key_id: bool,
     pub spoofed_owner: bool,
+    pub spoofed_limits: bool,
     pub spoofed_would_deny: bool,
     /// Every pair the map declares was read. Only then does "not seen" mean "not sent".
     pub complete: bool,
@@ -66,6 +67,7 @@ pub fn scan<'a>(map: &'a [u8], forward: &Forward) -> Scan<'a> {
             n if n == WOULD_DENY_HEADER.as_bytes() => s.spoofed_would_deny = true,
             n if n == forward.key_id_header.as_bytes() => s.spoofed_key_id = true,
             n if n == forward.owner_header.as_bytes() => s.spoofed_owner = true,
+            n if n == forward.limits_header.as_bytes() => s.spoofed_limits = true,
             _ => {}
         }
     }
@@ -102,6 +104,7 @@ mod tests {
         Forward {
             key_id_header: "x-api-key-id".into(),
             owner_header: "x-api-key-owner".into(),
+            limits_header: "x-api-key-limits".into(),
             strip_authorization: false,
             filter_state: true,
         }

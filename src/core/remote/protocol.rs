@@ -2,20 +2,22 @@
 //! accepts. Every answer is parsed whole and compiled before it is used; anything else is a
 //! [`ProtocolError`], which the filter treats like an unreachable service, never a trap.
 //!
-//! - `GET {prefix}/keys/{sha256}` → `200 {"sha256": <the digest asked for>, "key": <entry>}`
-//!   or `404`;
-//! - `GET {prefix}/origins/{origin}` → `200 {"keys": [<entry>, ...]}`;
+//! - `GET {prefix}/keys/{sha256}` → `200 {"sha256": <the digest asked for>, "key": <entry>,
+//!   "limited_owners": [<owner>]}` or `404`;
+//! - `GET {prefix}/origins/{origin}` → `200 {"keys": [<entry>, ...], "limited_owners": [...]}`;
 //! - `GET {prefix}/changes[?after=<cursor>]` → `200 {"cursor", "keys", "origins"}` or
 //!   `200 {"cursor", "reset": true}`.
 //!
 //! An entry is a key entry of the plugin configuration without `sha256`/`key`.
+//! `limited_owners` (optional) names the owners of those entries that have limits of their
+//! own in the service, so that their keys are sent to the rate-limit service too.
 
 use crate::core::config::RawKey;
 use crate::core::cors::normalize_origin;
 use crate::core::entry::Entry;
 use crate::core::hex;
 use crate::core::keytable::Digest;
-use crate::core::parse;
+use crate::core::{limits, parse};
 use serde::Deserialize;
 
 /// Largest answer body the filter reads; a larger one is an error.
@@ -105,12 +107,16 @@ struct KeyAnswer {
     /// cache in front of it) that answered for another key would be believed.
     sha256: String,
     key: RawKey,
+    #[serde(default)]
+    limited_owners: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct OriginAnswer {
     keys: Vec<RawKey>,
+    #[serde(default)]
+    limited_owners: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -134,7 +140,19 @@ pub fn parse_key(body: &[u8], asked: &Digest) -> Result<Entry, ProtocolError> {
     if hex::digest(&answer.sha256).as_ref() != Some(asked) {
         return Err(error("sha256: not the digest asked for"));
     }
-    parse::stored_entry(answer.key, "key").map_err(|e| error(e.to_string()))
+    let mut entry = parse::stored_entry(answer.key, "key").map_err(|e| error(e.to_string()))?;
+    owner_limits(&mut entry, &answer.limited_owners);
+    Ok(entry)
+}
+
+/// A key without limits of its own is still limited when its owner has limits: the answer
+/// names such owners (`limited_owners`), since the owner's limits live in the service.
+fn owner_limits(entry: &mut Entry, limited_owners: &[String]) {
+    let key = &mut entry.key;
+    let limited = key.owner.as_deref().is_some_and(|o| limited_owners.iter().any(|l| l == o));
+    if limited && key.limits.is_none() {
+        key.limits = limits::header_value(&[], true);
+    }
 }
 
 /// A `200` answer to `origins/{origin}`: CORS entries that list `origin` or `"*"`.
@@ -143,7 +161,8 @@ pub fn parse_origin(body: &[u8], origin: &[u8]) -> Result<Vec<Entry>, ProtocolEr
     let mut entries = Vec::with_capacity(answer.keys.len());
     for (i, raw) in answer.keys.into_iter().enumerate() {
         let at = format!("keys[{i}]");
-        let entry = parse::stored_entry(raw, &at).map_err(|e| error(e.to_string()))?;
+        let mut entry = parse::stored_entry(raw, &at).map_err(|e| error(e.to_string()))?;
+        owner_limits(&mut entry, &answer.limited_owners);
         match &entry.key.origins {
             Some(o) if o.allows(origin) => entries.push(entry),
             Some(_) => return Err(error(format!("{at}: does not list the origin asked for"))),
