@@ -50,6 +50,13 @@ pub struct RawLimit {
     pub per: Per,
 }
 
+/// An owner's limits, as the key service takes them.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOwner {
+    pub limits: Vec<RawLimit>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Per {

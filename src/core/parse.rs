@@ -2,8 +2,9 @@
 //! `keys` goes to the compiler as soon as it is parsed and a large table never exists twice
 //! in memory. Errors carry the JSON path where serde stopped, or the compiler's own error.
 
-use crate::core::config::{ConfigError, RawKey, RawRest};
+use crate::core::config::{ConfigError, RawKey, RawOwner, RawRest};
 use crate::core::entry::{check_id, Entry};
+use crate::core::limits::{self, Limit};
 use serde::de::{self, DeserializeSeed, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use std::fmt;
@@ -210,26 +211,39 @@ impl<'de> Visitor<'de> for KeysSeed<'_> {
 /// answers. Errors are named below `at` (`"key"` in a key-service answer, `""` for an
 /// entry sent to the admin API), with the same reasons as in a plugin configuration.
 pub fn entry(json: &[u8], at: &str) -> Result<Entry, ConfigError> {
+    stored_entry(read::<RawKey>(json, at, "entry")?, at)
+}
+
+/// An owner's limits as the key service takes them (`{"limits": [...]}`), compiled; errors
+/// are named like an entry's (`limits[0].per`).
+pub fn owner_limits(json: &[u8]) -> Result<Vec<Limit>, ConfigError> {
+    let raw = read::<RawOwner>(json, "", "owner")?;
+    limits::compile(&raw.limits, "limits")
+}
+
+/// One JSON document as `T`, errors named below `at` (`whole` names the document itself).
+fn read<T: de::DeserializeOwned>(json: &[u8], at: &str, whole: &str) -> Result<T, ConfigError> {
     let mut de = serde_json::Deserializer::from_slice(json);
     let mut track = serde_path_to_error::Track::new();
-    let raw = RawKey::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
-        .map_err(|e| {
+    let raw = T::deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track)).map_err(
+        |e| {
             let message = e.to_string();
             let path = match scrub_path(track.path().to_string(), &message) {
                 p if p.is_empty() || p == "." || p == "?" => String::new(),
                 p => p,
             };
             let path = match (at.is_empty(), path.is_empty()) {
-                (_, true) if at.is_empty() => "entry".to_string(),
+                (_, true) if at.is_empty() => whole.to_string(),
                 (_, true) => at.to_string(),
                 (true, false) => path,
                 (false, false) => format!("{at}.{path}"),
             };
             ConfigError::new(path, without_values(&message))
-        })?;
+        },
+    )?;
     de.end()
-        .map_err(|e| ConfigError::new(if at.is_empty() { "entry" } else { at }, e.to_string()))?;
-    stored_entry(raw, at)
+        .map_err(|e| ConfigError::new(if at.is_empty() { whole } else { at }, e.to_string()))?;
+    Ok(raw)
 }
 
 /// Compiles an entry already read, refusing the digest fields a stored entry never has.
