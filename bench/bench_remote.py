@@ -60,7 +60,8 @@ def real_service():
                      env={}, tokens=["kg_bench_admin"])
     server.command = lambda: [str(ROOT / "target" / "release" / "keygate"), "serve", "--db", server.db,
                               "--admin-listen", f"127.0.0.1:{server.admin_port}",
-                              "--filter-listen", f"127.0.0.1:{server.filter_port}"]
+                              "--filter-listen", f"127.0.0.1:{server.filter_port}",
+                              "--ratelimit-listen", f"127.0.0.1:{server.ratelimit_port}"]
     return server.start()
 
 

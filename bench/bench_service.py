@@ -201,7 +201,8 @@ def run(kind: str, db: str, workdir: Path, args) -> dict:
     svc = Service(db, workdir, args=["--import", str(seed)] if seed else [])
     svc.command = lambda: ["taskset", "-c", "1", str(RELEASE), "serve", "--db", db,
                            "--admin-listen", f"127.0.0.1:{svc.admin_port}",
-                           "--filter-listen", f"127.0.0.1:{svc.filter_port}", *svc.args]
+                           "--filter-listen", f"127.0.0.1:{svc.filter_port}",
+                           "--ratelimit-listen", f"127.0.0.1:{svc.ratelimit_port}", *svc.args]
     start = time.monotonic()
     svc.start(timeout=3600)
     try:

@@ -86,7 +86,7 @@ def test_start_fails_with_one_line_when_the_database_cannot_be_opened(tmp_path, 
     for db in [f"sqlite:{tmp_path}/missing/dir/k.db", dead, pg.url("no_such_db"), "mysql://x",
                f"sqlite:{tmp_path}"]:
         p = run_keygate("serve", "--db", db, "--admin-listen", "127.0.0.1:0",
-                        "--filter-listen", "127.0.0.1:0", env=env, cwd=tmp_path)
+                        "--filter-listen", "127.0.0.1:0", "--ratelimit-listen", "127.0.0.1:0", env=env, cwd=tmp_path)
         assert p.returncode != 0, db
         lines = p.stderr.splitlines()
         assert len(lines) == 1 and lines[0].startswith("keygate: serve: "), p.stderr
@@ -99,11 +99,14 @@ def test_start_fails_with_one_line_when_the_database_cannot_be_opened(tmp_path, 
 def test_the_default_database_is_a_sqlite_file_in_the_working_directory(tmp_path):
     s = Service("sqlite:keygate.db", tmp_path)
     s.command = lambda: [str(KEYGATE), "serve", "--admin-listen", f"127.0.0.1:{s.admin_port}",
-                         "--filter-listen", f"127.0.0.1:{s.filter_port}"]
+                         "--filter-listen", f"127.0.0.1:{s.filter_port}",
+                         "--ratelimit-listen", f"127.0.0.1:{s.ratelimit_port}"]
     s.start()
     try:
         assert s.lines[0] == (f"keygate serve: admin http://127.0.0.1:{s.admin_port}, "
-                              f"filter http://127.0.0.1:{s.filter_port}, db sqlite:keygate.db\n")
+                              f"filter http://127.0.0.1:{s.filter_port}, "
+                              f"rate limits grpc://127.0.0.1:{s.ratelimit_port} (counters in memory), "
+                              "db sqlite:keygate.db\n")
         assert (tmp_path / "keygate.db").exists()
     finally:
         s.stop()
@@ -725,7 +728,8 @@ def test_start_fails_with_one_line_when_a_migration_was_changed(services, tmp_pa
     with sqlite3.connect(tmp_path / "keys.db") as db:
         db.execute("UPDATE _sqlx_migrations SET checksum = X'00'")
     p = run_keygate("serve", "--db", f"sqlite:{tmp_path / 'keys.db'}", "--admin-listen", "127.0.0.1:0",
-                    "--filter-listen", "127.0.0.1:0", env={"KEYGATE_ADMIN_TOKEN_SHA256": sha256_hex("kg_x")})
+                    "--filter-listen", "127.0.0.1:0", "--ratelimit-listen", "127.0.0.1:0",
+                    env={"KEYGATE_ADMIN_TOKEN_SHA256": sha256_hex("kg_x")})
     assert p.returncode != 0
     lines = p.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("keygate: serve: cannot migrate database sqlite:"), p.stderr

@@ -187,6 +187,6 @@ def test_a_password_in_the_database_url_stays_out_of_the_log(services, pg, db):
     port = free_port()
     for bad in [f"postgres://kg:{secret}@127.0.0.1:{port}/x", f"postgres://kg@127.0.0.1:{port}/x?password={other}"]:
         p = run_keygate("serve", "--db", bad, "--admin-listen", "127.0.0.1:0", "--filter-listen", "127.0.0.1:0",
-                        env={"KEYGATE_ADMIN_TOKEN_SHA256": sha256_hex("kg_x")})
+                        "--ratelimit-listen", "127.0.0.1:0", env={"KEYGATE_ADMIN_TOKEN_SHA256": sha256_hex("kg_x")})
         assert p.returncode != 0 and "cannot open database postgres://kg" in p.stderr, p.stderr
         assert secret not in p.stderr + p.stdout and other not in p.stderr + p.stdout, p.stderr

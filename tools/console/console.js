@@ -22,6 +22,7 @@
     editing: null, // the entry being edited, or null when creating
     target: null, // the key id a rotate or delete dialog is about
     sentOrigins: [], // the origin inputs in the order their values were sent
+    ownerLimits: "", // the owner's limits as the key dialog opened with them
     auditNext: null,
     keysCall: 0, // the number of the latest key list call
     auditCall: 0,
@@ -213,6 +214,31 @@
       "aria-label": `${text} key ${id}`, text });
   }
 
+  // ---- Limits: one per line, `100/minute` or `name=100/minute` ---------------------------
+
+  const LIMIT_LINE = /^(?:([A-Za-z0-9._-]{1,64})=)?([1-9][0-9]{0,12})\/(second|minute|hour|day)$/;
+
+  function limitText(l) {
+    return `${l.name ? `${l.name}=` : ""}${l.requests}/${l.per}`;
+  }
+
+  // The lines as the API's JSON list, and the problems seen here (`at` names the list).
+  function readLimits(text, at) {
+    const limits = [];
+    const problems = [];
+    text.split("\n").map((line) => line.trim()).filter(Boolean).forEach((line, i) => {
+      const m = LIMIT_LINE.exec(line);
+      if (!m) {
+        problems.push([`${at}[${i}]`, `"${line}": expected REQUESTS/PER or NAME=REQUESTS/PER`]);
+        return;
+      }
+      const limit = { requests: Number(m[2]), per: m[3] };
+      if (m[1]) limit.name = m[1];
+      limits.push(limit);
+    });
+    return { limits, problems };
+  }
+
   function keyRow(e) {
     const st = keyStatus(e);
     const actions = el("td", { class: "actions-cell", "data-label": "Actions" },
@@ -227,6 +253,7 @@
       cell("Kind", el("span", { class: "pill kind", text: kindOf(e) })),
       cell("Origins", e.cors ? tags(e.cors.allowed_origins, "none") : el("span", { class: "muted", text: "—" })),
       cell("Resources", tags(e.resources, "any")),
+      cell("Limits", tags((e.limits || []).map(limitText), "none")),
       cell("Status", el("span", { class: `pill ${st}`, text: st })),
       cell("Validity (UTC)", validity(e)),
       actions);
@@ -399,6 +426,7 @@
     name: ["f-name", "err-name"],
     owner: ["f-owner", "err-owner"],
     resources: ["f-resources", "err-resources"],
+    limits: ["f-limits", "err-limits"],
     not_before: ["f-not-before", "err-not-before"],
     expires_at: ["f-expires", "err-expires"],
   };
@@ -452,10 +480,13 @@
       $("f-full").checked = Boolean(entry.cors && entry.cors.full_access);
       for (const o of (entry.cors && entry.cors.allowed_origins) || []) addOrigin(o);
       $("f-resources").value = (entry.resources || []).join("\n");
+      $("f-limits").value = (entry.limits || []).map(limitText).join("\n");
       $("f-not-before").value = entry.not_before || "";
       $("f-expires").value = entry.expires_at || "";
     }
     syncCors();
+    state.ownerLimits = "";
+    if (editing && entry.owner) loadOwnerLimits(entry.owner);
     $("key-dialog").showModal();
     (editing ? $("f-name") : $("f-id")).focus();
   }
@@ -498,6 +529,9 @@
     }
     const resources = $("f-resources").value.split(/[\s,]+/).filter(Boolean);
     optional("resources", resources.length ? resources : null);
+    const own = readLimits($("f-limits").value, "limits");
+    problems.push(...own.problems);
+    optional("limits", own.limits.length ? own.limits : null);
     optional("not_before", text("f-not-before"));
     optional("expires_at", text("f-expires"));
     return { doc, problems };
@@ -514,6 +548,8 @@
       return;
     }
     const editing = state.editing;
+    // The owner's limits first: a key is never created twice because they were refused.
+    if (!(await saveOwnerLimits($("f-owner").value.trim()))) return;
     $("key-submit").disabled = true;
     let answer;
     try {
@@ -537,6 +573,51 @@
       showSecret(answer.key, `For the new key ${answer.entry.id}${answer.entry.name ? ` (${answer.entry.name})` : ""}.`);
     }
     loadKeys();
+  }
+
+  // The owner's limits as the dialog opened with them, so that only a change is saved.
+  async function loadOwnerLimits(owner) {
+    try {
+      const answer = await api("GET", `/v1/owners/${encodeURIComponent(owner)}`);
+      state.ownerLimits = answer.limits.map(limitText).join("\n");
+    } catch (err) {
+      if (unauthorized(err)) return;
+      state.ownerLimits = "";
+      if (err.status !== 404) $("err-owner-limits").textContent = describe(err);
+    }
+    $("f-owner-limits").value = state.ownerLimits;
+  }
+
+  // Saves the owner's limits when they changed; false (the dialog stays open) on a problem.
+  async function saveOwnerLimits(owner) {
+    const text = $("f-owner-limits").value.trim();
+    if (text === state.ownerLimits.trim()) return true;
+    const box = $("err-owner-limits");
+    if (!owner) {
+      box.textContent = "Give the key an owner first: these limits belong to the owner.";
+      $("f-owner-limits").focus();
+      return false;
+    }
+    const { limits, problems } = readLimits(text, "limits");
+    if (problems.length) {
+      box.textContent = problems.map(([, m]) => m).join(" ");
+      $("f-owner-limits").focus();
+      return false;
+    }
+    const path = `/v1/owners/${encodeURIComponent(owner)}`;
+    try {
+      if (limits.length) await api("PUT", path, { limits });
+      else await api("DELETE", path);
+    } catch (err) {
+      if (unauthorized(err)) return false;
+      if (!(err.status === 404 && !limits.length)) {
+        box.textContent = err.path ? `${err.path}: ${err.message}` : describe(err);
+        $("f-owner-limits").focus();
+        return false;
+      }
+    }
+    state.ownerLimits = text;
+    return true;
   }
 
   // ---- The secret, once ----------------------------------------------------------------

@@ -3,6 +3,7 @@
 //! verdict (`keygate::core::response::respond`), the one the filter sends.
 
 use keygate::core::decide::{Ask, Decision, Failed, Remote, Request};
+use keygate::core::limits::parse_header;
 use keygate::core::policy::Policy;
 use keygate::core::remote::cache::RemoteCache;
 use keygate::core::remote::protocol;
@@ -79,6 +80,10 @@ pub fn explain(policy: &Policy, q: &Question) -> Vec<String> {
                 if let Some(owner) = &key.owner {
                     lines.push(format!("forward {}: {owner}", policy.forward.owner_header));
                 }
+                if let Some(limits) = &key.limits {
+                    lines.push(format!("forward {}: {limits}", policy.forward.limits_header));
+                    lines.push(format!("limits: {}", limits_line(limits, key.owner.is_some())));
+                }
             }
             if let Some(outcome) = would_deny {
                 lines.push(format!("forward {WOULD_DENY_HEADER}: {outcome}"));
@@ -90,4 +95,23 @@ pub fn explain(policy: &Policy, q: &Question) -> Vec<String> {
         }
     }
     lines
+}
+
+/// The limits a request of this key is counted against, in words: the key's own, and its
+/// owner's, which the key service holds.
+fn limits_line(value: &str, has_owner: bool) -> String {
+    let own = match parse_header(value) {
+        Ok(list) if list.is_empty() => "none of its own".to_string(),
+        Ok(list) => list
+            .iter()
+            .map(|l| format!("{} ({} per {})", l.label(), l.requests, l.per.name()))
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(_) => "unreadable".to_string(),
+    };
+    if has_owner {
+        format!("{own}; and its owner's, held by the key service (keygate owners show)")
+    } else {
+        own
+    }
 }

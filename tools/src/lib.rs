@@ -19,6 +19,7 @@ compile_error!(
 pub mod cli;
 pub mod client;
 pub mod explain;
+pub mod ratelimit;
 pub mod secret;
 pub mod serve;
 pub mod source;

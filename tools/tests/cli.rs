@@ -120,7 +120,7 @@ fn check_json_and_istio_yaml() {
     let out = keygate(&["check", envoy], b"");
     assert_eq!(
         text(&out.stdout),
-        format!("{envoy}: wasm filter keygate: valid: 4 keys (1 CORS-enabled), mode enforce, other keys from the key service (cluster keygate-keys)\n")
+        format!("{envoy}: wasm filter keygate: valid: 5 keys (1 CORS-enabled), mode enforce, other keys from the key service (cluster keygate-keys)\n")
     );
 
     let unrelated = temp_file("other.yaml", "kind: Service\nmetadata: {name: x}\n");

@@ -31,7 +31,7 @@ impl Service {
         let db = format!("sqlite:{}", dir.join("keys.db").display());
         let spawned = Command::new(env!("CARGO_BIN_EXE_keygate"))
             .args(["serve", "--db", &db, "--admin-listen", "127.0.0.1:0"])
-            .args(["--filter-listen", "127.0.0.1:0"])
+            .args(["--filter-listen", "127.0.0.1:0", "--ratelimit-listen", "127.0.0.1:0"])
             .env("KEYGATE_ADMIN_TOKEN_SHA256", token_sha256())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -135,9 +135,16 @@ fn every_documented_route_answers_with_a_documented_status() {
     let doc = service.document();
     for (method, path) in documented(&doc) {
         let id = service.new_key();
-        let concrete = path.replace("{id}", &id);
+        let limits = json!({"limits": [{"requests": 1, "per": "day"}]});
+        if path.contains("{owner}") {
+            // An owner with limits, so that reading or removing them finds them.
+            let (status, _) = service.call("PUT", "/v1/owners/probe", true, Some(&limits));
+            assert!(status == 200 || status == 201, "PUT /v1/owners/probe: {status}");
+        }
+        let concrete = path.replace("{id}", &id).replace("{owner}", "probe");
         let body = match (method.as_str(), path.as_str()) {
             ("POST", "/v1/keys/{id}/rotate") => Some(json!({"grace_seconds": 60})),
+            ("PUT", "/v1/owners/{owner}") => Some(limits.clone()),
             ("POST", _) => Some(json!({"owner": "probe"})),
             ("PATCH", _) => Some(json!({"owner": "probe"})),
             _ => None,

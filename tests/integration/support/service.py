@@ -69,7 +69,7 @@ class Service:
 
     def __init__(self, db: str, workdir: Path, tokens=("kg_admin_token_one",), env=None, args=()):
         self.db, self.workdir, self.tokens = db, Path(workdir), list(tokens)
-        self.admin_port, self.filter_port = free_port(), free_port()
+        self.admin_port, self.filter_port, self.ratelimit_port = free_port(), free_port(), free_port()
         self.extra_env, self.args = dict(env or {}), list(args)
         self.proc = None
         self.lines: list[str] = []
@@ -82,7 +82,8 @@ class Service:
     def command(self) -> list[str]:
         return [str(KEYGATE), "serve", "--db", self.db,
                 "--admin-listen", f"127.0.0.1:{self.admin_port}",
-                "--filter-listen", f"127.0.0.1:{self.filter_port}", *self.args]
+                "--filter-listen", f"127.0.0.1:{self.filter_port}",
+                "--ratelimit-listen", f"127.0.0.1:{self.ratelimit_port}", *self.args]
 
     def environment(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("KEYGATE_")}

@@ -2,6 +2,7 @@
 //! admin API. `--json` prints the API's own answer.
 
 use crate::cli::connection::Connection;
+use crate::cli::limit_arg::{self, limits_json};
 use crate::client::{segment, Answer};
 use clap::{Args, Subcommand};
 use serde_json::{json, Map, Value};
@@ -54,6 +55,10 @@ pub struct CreateArgs {
     /// Create it disabled.
     #[arg(long)]
     disabled: bool,
+    /// A limit: REQUESTS/PER or NAME=REQUESTS/PER (repeatable), PER one of second, minute,
+    /// hour, day.
+    #[arg(long = "limit", value_name = "LIMIT")]
+    limits: Vec<String>,
     /// A whole entry as JSON (e.g. with "rules"); the options above override its fields.
     #[arg(long, value_name = "JSON")]
     entry: Option<String>,
@@ -112,6 +117,12 @@ pub struct UpdateArgs {
     /// Replace the key's CORS origins (repeatable).
     #[arg(long = "cors-origin", value_name = "ORIGIN")]
     cors_origins: Vec<String>,
+    /// Replace the key's limits (repeatable): REQUESTS/PER or NAME=REQUESTS/PER.
+    #[arg(long = "limit", value_name = "LIMIT", conflicts_with = "no_limits")]
+    limits: Vec<String>,
+    /// Remove every limit of the key.
+    #[arg(long)]
+    no_limits: bool,
 }
 
 #[derive(Args)]
@@ -174,6 +185,9 @@ fn create(a: &CreateArgs) -> Result<ExitCode, String> {
             .then(|| json!({ "allowed_origins": a.cors_origins, "full_access": a.full_access })),
     );
     set("resources", (!a.resources.is_empty()).then(|| json!(a.resources)));
+    if !a.limits.is_empty() {
+        entry.insert("limits".into(), limits_json(&a.limits)?);
+    }
     let answer = a.conn.call("POST", "/v1/keys", Some(Value::Object(entry)))?;
     print_secret(&a.conn, &answer, "created")
 }
@@ -226,6 +240,9 @@ fn summary(e: &Value) -> String {
     if let Some(t) = field("expires_at") {
         line.push_str(&format!("  expires {t}"));
     }
+    if let Some(limits) = e.get("limits") {
+        line.push_str(&format!("  limits {}", limit_arg::summary(limits)));
+    }
     if e.get("disabled").and_then(Value::as_bool) == Some(true) {
         line.push_str("  DISABLED");
     }
@@ -252,6 +269,10 @@ fn update(a: &UpdateArgs) -> Result<ExitCode, String> {
     set("disabled", a.disable.then_some(Value::Bool(true)));
     set("disabled", a.enable.then_some(Value::Null));
     set("cors", (!a.cors_origins.is_empty()).then(|| json!({ "allowed_origins": a.cors_origins })));
+    set("limits", a.no_limits.then_some(Value::Null));
+    if !a.limits.is_empty() {
+        patch.insert("limits".into(), limits_json(&a.limits)?);
+    }
     if patch.is_empty() {
         return Err("nothing to change: give --patch JSON or an option such as --disable".into());
     }

@@ -1,5 +1,5 @@
 //! The `keygate` command line: one file per command. `key` works offline on this machine;
-//! `keys` and `export` call a key service's admin API (through `crate::client`, with the
+//! `keys`, `owners` and `export` call a key service's admin API (through `crate::client`, with the
 //! options in `connection`); `serve` runs one.
 
 pub mod check;
@@ -8,6 +8,8 @@ pub mod explain;
 pub mod export;
 pub mod key;
 pub mod keys;
+pub mod limit_arg;
+pub mod owners;
 pub mod serve;
 
 use clap::{Parser, Subcommand};
@@ -42,8 +44,8 @@ enum Command {
     /// headers it would add to the upstream's response. Built by the filter's own response
     /// function, so it shows exactly what Envoy sends.
     Explain(explain::ExplainArgs),
-    /// Run the key service: the admin API, the filter's remote-keys protocol, and
-    /// optionally an ECDS file, over SQLite or PostgreSQL.
+    /// Run the key service: the admin API, the filter's remote-keys protocol, the
+    /// rate-limit service, and optionally an ECDS file, over SQLite or PostgreSQL.
     ///
     /// Admin tokens: KEYGATE_ADMIN_TOKEN_SHA256 holds the SHA-256 of each (comma-separated).
     Serve(serve::ServeArgs),
@@ -54,6 +56,9 @@ enum Command {
     /// key in a static configuration, made on this machine, see `keygate key`.
     #[command(subcommand)]
     Keys(keys::KeysCommand),
+    /// Manage limits shared by every key of an owner, through a key service's admin API.
+    #[command(subcommand)]
+    Owners(owners::OwnersCommand),
     /// Print a key service's whole table as a plugin configuration (with digests).
     Export(export::ExportArgs),
 }
@@ -67,6 +72,7 @@ pub fn main() -> ExitCode {
         Command::Explain(args) => explain::run(&args),
         Command::Serve(args) => serve::run(args),
         Command::Keys(cmd) => keys::run(cmd),
+        Command::Owners(cmd) => owners::run(cmd),
         Command::Export(args) => export::run(&args),
     };
     match result {

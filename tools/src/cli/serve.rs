@@ -1,5 +1,6 @@
 //! `keygate serve`: runs the key service (`crate::serve`) with these options.
 
+use crate::ratelimit::service::OnError;
 use crate::serve::{self, Limits, Settings};
 use clap::Args;
 use std::net::SocketAddr;
@@ -53,6 +54,17 @@ pub struct ServeArgs {
     #[arg(long, value_name = "MS", default_value_t = 20_000,
           value_parser = clap::value_parser!(u64).range(1..=3_600_000))]
     admin_timeout_ms: u64,
+    /// Where the rate-limit service (Envoy's gRPC RateLimitService, h2c) listens.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9102")]
+    ratelimit_listen: SocketAddr,
+    /// Keep the rate-limit counters in this Redis (`redis://HOST:PORT[/DB]`), shared by every
+    /// replica; without it they are in this process's memory.
+    #[arg(long, value_name = "URL")]
+    redis: Option<String>,
+    /// When the counters cannot be reached: `allow` answers OK (the key itself is still
+    /// checked by the filter), `deny` answers UNAVAILABLE (Envoy's failure_mode_deny decides).
+    #[arg(long, value_name = "WHAT", default_value = "allow", value_parser = ["allow", "deny"])]
+    ratelimit_on_error: String,
     #[command(flatten)]
     pub listen: serve::listen::ListenArgs,
 }
@@ -72,6 +84,13 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
             idle_in_transaction_timeout_ms: args.db_idle_in_transaction_timeout_ms,
         },
         admin_timeout: Duration::from_millis(args.admin_timeout_ms),
+        ratelimit_listen: args.ratelimit_listen,
+        redis: args.redis,
+        ratelimit_on_error: if args.ratelimit_on_error == "deny" {
+            OnError::Deny
+        } else {
+            OnError::Allow
+        },
         listen: args.listen.load().map_err(|e| format!("serve: {e}"))?,
     })
 }

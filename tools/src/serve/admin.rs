@@ -1,4 +1,4 @@
-//! The admin API: `/v1/keys`, `/v1/audit` and `/v1/export`, each call authorized by an
+//! The admin API: `/v1/keys`, `/v1/owners` (in `owners`), `/v1/audit` and `/v1/export`, each call authorized by an
 //! admin token whose SHA-256 is in `KEYGATE_ADMIN_TOKEN_SHA256`, and its OpenAPI document at
 //! `/v1/openapi.json`. The same listener serves the key console at `/` (see `console`),
 //! which also refuses cross-site calls to the API.
@@ -16,10 +16,10 @@ use crate::serve::api::{
     names, ApiDoc, AuditPage, AuditQuery, AuditRecord, Created, EntryPatch, Error, Export, KeyPage,
     ListQuery, NewKey, Rotation, Shown,
 };
-use crate::serve::console;
 use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::request::{check, json_body, patched, rotation, with_id, Checked};
+use crate::serve::{console, owners};
 use crate::serve::{now_ms, rfc3339, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -52,6 +52,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(create, list))
         .routes(routes!(show, update, remove))
         .routes(routes!(rotate))
+        .routes(routes!(owners::list_owners))
+        .routes(routes!(owners::set_owner, owners::show_owner, owners::delete_owner))
         .routes(routes!(audit))
         .routes(routes!(export))
         .routes(routes!(openapi_json))
@@ -98,7 +100,7 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The admin who made the call: the first 8 hex characters of their token's digest.
-pub struct Admin(String);
+pub struct Admin(pub(super) String);
 
 impl FromRequestParts<AppState> for Admin {
     type Rejection = ApiError;
@@ -256,7 +258,7 @@ pub mod logins {
 
 /// A JSON request body: `application/json` (or `application/merge-patch+json`), at most
 /// [`BODY_LIMIT`] bytes, well-formed.
-pub struct JsonBody(Value);
+pub struct JsonBody(pub(super) Value);
 
 impl<S: Send + Sync> FromRequest<S> for JsonBody {
     type Rejection = ApiError;
@@ -382,7 +384,7 @@ fn view_of(k: &StoredKey) -> Value {
     view(k.name.as_deref(), &k.entry)
 }
 
-fn answer(status: StatusCode, body: &impl Serialize) -> Response {
+pub fn answer(status: StatusCode, body: &impl Serialize) -> Response {
     match serde_json::to_string(body) {
         Ok(text) => json(status, text),
         Err(e) => {
@@ -661,6 +663,7 @@ async fn audit(
             admin: r.admin.clone(),
             action: r.action.clone(),
             key_id: r.key_id.clone(),
+            owner: r.owner.clone(),
             successor: r.successor.clone(),
         })
         .collect();

@@ -27,6 +27,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
     modifiers(&AdminToken),
     tags(
         (name = "keys", description = "The keys the service holds"),
+        (name = "owners", description = "Limits shared by all keys of one owner"),
         (name = "audit", description = "Who changed what"),
         (name = "export", description = "The whole table as a plugin configuration"),
         (name = "meta", description = "This document"),
@@ -83,6 +84,9 @@ pub struct KeyEntry {
     /// Scopes the key to these resource ids.
     #[schema(value_type = Vec<String>, required = false)]
     resources: Option<Vec<String>>,
+    /// Request limits, counted by the rate-limit service (`--ratelimit-listen`).
+    #[schema(value_type = Vec<LimitSchema>, required = false)]
+    limits: Option<Vec<LimitSchema>>,
 }
 
 /// `POST /v1/keys`: a key entry, its `id` generated (`key_` and 16 hex characters) when absent.
@@ -117,6 +121,9 @@ pub struct NewKey {
     /// Scopes the key to these resource ids.
     #[schema(value_type = Vec<String>, required = false)]
     resources: Option<Vec<String>>,
+    /// Request limits, counted by the rate-limit service (`--ratelimit-listen`).
+    #[schema(value_type = Vec<LimitSchema>, required = false)]
+    limits: Option<Vec<LimitSchema>>,
 }
 
 /// `PATCH /v1/keys/{id}`: a JSON merge patch (RFC 7396) of the entry as listed: members
@@ -139,6 +146,64 @@ pub struct EntryPatch {
     cors: Option<CorsPatch>,
     rules: Option<Vec<Rule>>,
     resources: Option<Vec<String>>,
+    /// Replaces the list; `null` removes every limit.
+    limits: Option<Vec<LimitSchema>>,
+}
+
+/// At most `requests` requests in each fixed window of one `per` (windows start on the
+/// Unix epoch's multiples: a `minute` window starts at second 0 of each minute, UTC).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[schema(as = Limit)]
+#[allow(dead_code)] // As KeyEntry.
+pub struct LimitSchema {
+    /// Unique within its list; 1-64 of A-Z a-z 0-9 . _ -. Without one, the limit is named
+    /// `requests/per` (`100/minute`).
+    #[schema(value_type = String, required = false, pattern = "^[A-Za-z0-9._-]{1,64}$", examples("per-minute"))]
+    name: Option<String>,
+    /// 1 to 1000000000000.
+    #[schema(minimum = 1, maximum = 1_000_000_000_000_i64, examples(100))]
+    requests: u64,
+    per: PerSchema,
+}
+
+#[derive(Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+#[schema(as = Per)]
+#[allow(dead_code)] // As KeyEntry.
+pub enum PerSchema {
+    Second,
+    Minute,
+    Hour,
+    Day,
+}
+
+/// `PUT /v1/owners/{owner}`: limits shared by every key of the owner (one request counts
+/// once against each of them, and once against each limit of its key).
+#[derive(Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+#[allow(dead_code)] // As KeyEntry.
+pub struct OwnerLimitsBody {
+    #[schema(value_type = Vec<LimitSchema>)]
+    limits: Vec<LimitSchema>,
+}
+
+/// An owner and its limits.
+#[derive(Serialize, ToSchema)]
+pub struct Owner {
+    #[schema(examples("acme"))]
+    pub owner: String,
+    #[schema(value_type = Vec<LimitSchema>)]
+    pub limits: Value,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// Every owner with limits, in name order.
+#[derive(Serialize, ToSchema)]
+pub struct OwnerList {
+    pub owners: Vec<Owner>,
 }
 
 /// A key's browser origins.
@@ -235,10 +300,15 @@ pub struct AuditRecord {
     /// The first 8 hex characters of the admin token's SHA-256 (`import` for `--import`).
     #[schema(examples("7b791f9f"))]
     pub admin: String,
-    /// `create`, `update`, `delete` or `rotate`.
+    /// `create`, `update`, `delete` or `rotate` for a key; `owner-set` or `owner-delete` for
+    /// an owner's limits.
     #[schema(examples("rotate"))]
     pub action: String,
+    /// The key changed; empty for an owner's change.
     pub key_id: String,
+    /// The owner whose limits changed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
     /// A rotation's new key.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false)]
@@ -273,6 +343,8 @@ pub struct ExportedKey {
     rules: Option<Vec<Rule>>,
     #[schema(value_type = Vec<String>, required = false)]
     resources: Option<Vec<String>>,
+    #[schema(value_type = Vec<LimitSchema>, required = false)]
+    limits: Option<Vec<LimitSchema>>,
 }
 
 /// Every error: the status's reason phrase and why (see `error.rs`).
@@ -386,6 +458,11 @@ mod tests {
         assert!(!rule.is_empty());
         assert_eq!(documented("Rule"), rule);
         assert_eq!(documented("Rotation"), ["grace_seconds", "id"]);
+        let limit =
+            accepted(json!({"id": "a", "limits": [{"requests": 1, "per": "day", "zzz": 1}]}));
+        assert!(!limit.is_empty());
+        assert_eq!(documented("Limit"), limit);
+        assert_eq!(documented("OwnerLimitsBody"), ["limits"]);
     }
 
     #[test]

@@ -130,6 +130,15 @@ pub struct AuditRow {
     pub action: String,
     pub key_id: String,
     pub successor: Option<String>,
+    pub owner: Option<String>,
+}
+
+/// An owner's limits as stored: the JSON list the admin API took.
+pub struct OwnerRow {
+    pub owner: String,
+    pub limits: String,
+    pub created_at: String,
+    pub updated_at: String,
 }
 
 /// A key to insert or the new state of one: what `keys` and `key_origins` hold.
@@ -360,7 +369,7 @@ impl Db {
     /// Audit records numbered below `before`, newest first.
     pub async fn audit(&self, before: i64, limit: i64) -> Result<Vec<AuditRow>, ApiError> {
         let rows = sqlx::query(
-            "SELECT seq, at, admin, action, key_id, successor FROM audit \
+            "SELECT seq, at, admin, action, key_id, successor, owner FROM audit \
              WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(before)
@@ -376,10 +385,46 @@ impl Db {
                     action: r.try_get("action")?,
                     key_id: r.try_get("key_id")?,
                     successor: r.try_get("successor")?,
+                    owner: r.try_get("owner")?,
                 })
             })
             .collect()
     }
+}
+
+impl Db {
+    pub async fn owner(&self, owner: &str) -> Result<Option<OwnerRow>, ApiError> {
+        let row = sqlx::query(
+            "SELECT owner, limits, created_at, updated_at FROM owners WHERE owner = $1",
+        )
+        .bind(owner)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| owner_row(&r)).transpose()
+    }
+
+    /// Every owner with limits, in name order (a few thousand at most: they are customers).
+    pub async fn owners(&self) -> Result<Vec<OwnerRow>, ApiError> {
+        let rows =
+            sqlx::query("SELECT owner, limits, created_at, updated_at FROM owners ORDER BY owner")
+                .fetch_all(&self.pool)
+                .await?;
+        rows.iter().map(owner_row).collect()
+    }
+
+    /// The newest committed change number, as the database has it (other replicas' too).
+    pub async fn last_change(&self) -> Result<i64, ApiError> {
+        Ok(feed_state(&self.pool).await?.0)
+    }
+}
+
+fn owner_row(r: &sqlx::any::AnyRow) -> Result<OwnerRow, ApiError> {
+    Ok(OwnerRow {
+        owner: r.try_get("owner")?,
+        limits: r.try_get("limits")?,
+        created_at: r.try_get("created_at")?,
+        updated_at: r.try_get("updated_at")?,
+    })
 }
 
 async fn feed_state(pool: &AnyPool) -> Result<(i64, i64), sqlx::Error> {
@@ -591,6 +636,68 @@ impl Write<'_> {
         .bind(action)
         .bind(key_id)
         .bind(successor)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(())
+    }
+
+    /// Sets an owner's limits; `true` when the owner is new.
+    pub async fn put_owner(&mut self, owner: &str, limits: &str) -> Result<bool, ApiError> {
+        let updated =
+            sqlx::query("UPDATE owners SET limits = $2, updated_at = $3 WHERE owner = $1")
+                .bind(owner)
+                .bind(limits)
+                .bind(&self.now)
+                .execute(&mut *self.tx)
+                .await?
+                .rows_affected();
+        if updated > 0 {
+            return Ok(false);
+        }
+        sqlx::query(
+            "INSERT INTO owners (owner, limits, created_at, updated_at) VALUES ($1, $2, $3, $3)",
+        )
+        .bind(owner)
+        .bind(limits)
+        .bind(&self.now)
+        .execute(&mut *self.tx)
+        .await?;
+        Ok(true)
+    }
+
+    /// `false` when the owner had no limits.
+    pub async fn delete_owner(&mut self, owner: &str) -> Result<bool, ApiError> {
+        let deleted = sqlx::query("DELETE FROM owners WHERE owner = $1")
+            .bind(owner)
+            .execute(&mut *self.tx)
+            .await?
+            .rows_affected();
+        Ok(deleted > 0)
+    }
+
+    /// Every key of `owner`: what an owner's change touches for the feed.
+    pub async fn keys_of(&mut self, owner: &str) -> Result<Vec<StoredKey>, ApiError> {
+        let rows = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE owner = $1")
+            .bind(owner)
+            .fetch_all(&mut *self.tx)
+            .await?;
+        rows.iter().map(stored).collect()
+    }
+
+    pub async fn audit_owner(
+        &mut self,
+        admin: &str,
+        action: &str,
+        owner: &str,
+    ) -> Result<(), ApiError> {
+        sqlx::query(
+            "INSERT INTO audit (seq, at, admin, action, key_id, owner) VALUES ($1, $2, $3, $4, '', $5)",
+        )
+        .bind(self.seq)
+        .bind(&self.now)
+        .bind(admin)
+        .bind(action)
+        .bind(owner)
         .execute(&mut *self.tx)
         .await?;
         Ok(())

@@ -2,6 +2,7 @@
 //! meant for the cluster network. Every answer is `application/json`; the filter treats
 //! anything but 200 (and 404 for a key) as an error.
 
+use crate::ratelimit::owners::OwnerLimits;
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::{feed, now_ms, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
@@ -25,7 +26,7 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// `200 {"sha256": <digest>, "key": <entry>}` for a known digest (disabled ones too: the
+/// `200 {"sha256": <digest>, "key": <entry>, "limited_owners": [..]}` for a known digest (disabled ones too: the
 /// filter answers `denied_disabled`), else 404. The digest binds the answer to the question.
 async fn key(
     State(s): State<AppState>,
@@ -38,7 +39,8 @@ async fn key(
     }
     let sha256 = sha256.to_ascii_lowercase();
     let entry = s.db.by_digest(&sha256).await?.ok_or_else(unknown)?;
-    Ok(json(StatusCode::OK, format!("{{\"sha256\": \"{sha256}\", \"key\": {entry}}}")))
+    let limited = limited_owners(&s.owners, std::slice::from_ref(&entry));
+    Ok(json(StatusCode::OK, format!("{{\"sha256\": \"{sha256}\", \"key\": {entry}{limited}}}")))
 }
 
 /// `200 {"keys": [...]}`: every CORS key listing this origin or `*` that is not disabled
@@ -55,7 +57,32 @@ async fn origin(
     let now = now_ms();
     let entries = s.db.by_origin(&origin).await?;
     let live: Vec<String> = entries.into_iter().filter(|e| is_live(e, now)).collect();
-    Ok(json(StatusCode::OK, format!("{{\"keys\": [{}]}}", live.join(", "))))
+    let limited = limited_owners(&s.owners, &live);
+    Ok(json(StatusCode::OK, format!("{{\"keys\": [{}]{limited}}}", live.join(", "))))
+}
+
+/// `, "limited_owners": [...]`: the owners of these entries that have limits, so that the
+/// filter sends their keys to the rate-limit service; empty when none has. Entries are read
+/// only when some owner has limits at all.
+fn limited_owners(owners: &OwnerLimits, entries: &[String]) -> String {
+    if !owners.any() {
+        return String::new();
+    }
+    #[derive(serde::Deserialize)]
+    struct Owned {
+        owner: Option<String>,
+    }
+    let mut limited: Vec<String> = Vec::new();
+    for entry in entries {
+        let owner = serde_json::from_str::<Owned>(entry).ok().and_then(|o| o.owner);
+        if let Some(owner) = owner.filter(|o| owners.is_limited(o) && !limited.contains(o)) {
+            limited.push(owner);
+        }
+    }
+    if limited.is_empty() {
+        return String::new();
+    }
+    format!(", \"limited_owners\": {}", Value::from(limited))
 }
 
 fn is_live(entry: &str, now_ms: i64) -> bool {

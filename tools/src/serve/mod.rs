@@ -1,13 +1,15 @@
 //! `keygate serve`: the key service. It keeps the keys (SQLite or PostgreSQL), serves the
-//! admin API on one listener and the filter's read-only protocol on another, and can write
-//! the whole table as an Envoy ECDS file.
+//! admin API on one listener, the filter's read-only protocol on another and the rate-limit
+//! service (`crate::ratelimit`) on a third, and can write the whole table as an Envoy ECDS
+//! file.
 //!
 //! One file per job: `db` (the store and why the feed is exact), `admin` (the admin API's
 //! routes and handlers), `api` (its bodies and OpenAPI document), `console` (the key
 //! console page on the admin listener, and the listener's guards), `filter_api` (the filter
 //! protocol), `feed` (the change feed and its cursors), `ecds` (the ECDS file), `error` (the
 //! one error type and its JSON, and the 404 and 405 both listeners answer), `import`
-//! (`--import`), `sqlite_reader` and `postgres_reader` (the filter's key lookups, off
+//! (`--import`), `owners` (`/v1/owners`), `owner_sync` (the owners' limits kept in memory),
+//! `sqlite_reader` and `postgres_reader` (the filter's key lookups, off
 //! sqlx's pool).
 
 mod admin;
@@ -20,10 +22,15 @@ mod feed;
 mod filter_api;
 mod import;
 pub mod listen;
+mod owner_sync;
+mod owners;
 mod postgres_reader;
 pub mod request;
 mod sqlite_reader;
 
+use crate::ratelimit::counters::Counters;
+use crate::ratelimit::owners::OwnerLimits;
+use crate::ratelimit::service::{self, Limiter, OnError};
 pub use admin::{openapi, routes as admin_routes};
 use axum::response::IntoResponse;
 pub use db::Limits;
@@ -53,6 +60,11 @@ pub struct Settings {
     pub admin_timeout: Duration,
     /// The listeners' limits, allowed hosts and TLS (`listen`).
     pub listen: listen::Listen,
+    /// The rate-limit service (`ratelimit`): where, its counters' Redis, and what a counter
+    /// failure answers.
+    pub ratelimit_listen: SocketAddr,
+    pub redis: Option<String>,
+    pub ratelimit_on_error: OnError,
 }
 
 /// What every handler shares.
@@ -65,6 +77,8 @@ pub struct AppState {
     changed: Arc<Notify>,
     /// Feed polls held open (`wait_ms`).
     held: Arc<feed::Held>,
+    /// The owners' limits, as of the latest change (`owner_sync`).
+    owners: Arc<OwnerLimits>,
 }
 
 pub fn run(args: Settings) -> Result<ExitCode, String> {
@@ -104,22 +118,35 @@ async fn serve(
         admins: admins.into(),
         changed: Arc::new(Notify::new()),
         held: feed::Held::new(),
+        owners: OwnerLimits::new(),
     };
     tokio::spawn(feed::watch(db.clone(), state.held.clone()));
+    owner_sync::load(&db, &state.owners)
+        .await
+        .map_err(|e| format!("cannot read owners: {}", e.body()))?;
+    tokio::spawn(owner_sync::run(db.clone(), state.owners.clone()));
+    let counters = match &args.redis {
+        Some(url) => Counters::redis(url).await.map_err(|e| format!("--redis: {e}"))?,
+        None => Counters::memory(),
+    };
+    let limiter = Arc::new(Limiter::new(counters, state.owners.clone(), args.ratelimit_on_error));
     let bind = |addr: SocketAddr, flag: &'static str| async move {
         TcpListener::bind(addr).await.map_err(|e| format!("--{flag} {addr}: {e}"))
     };
     let admin_listener = bind(args.admin_listen, "admin-listen").await?;
     let filter_listener = bind(args.filter_listen, "filter-listen").await?;
+    let ratelimit_listener = bind(args.ratelimit_listen, "ratelimit-listen").await?;
     if let Some(ecds) = ecds {
         tokio::spawn(ecds::run(ecds, db.clone(), state.changed.clone()));
     }
     let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
     println!(
-        "keygate serve: admin http://{}, filter {}://{}, db {}",
+        "keygate serve: admin http://{}, filter {}://{}, rate limits grpc://{} (counters {}), db {}",
         local(&admin_listener, args.admin_listen),
         args.listen.filter_scheme(),
         local(&filter_listener, args.filter_listen),
+        local(&ratelimit_listener, args.ratelimit_listen),
+        if args.redis.is_some() { "in Redis" } else { "in memory" },
         db::redact(&args.db)
     );
     let timeout = args.admin_timeout;
@@ -140,6 +167,7 @@ async fn serve(
     tokio::select! {
         r = admin => r.map_err(|e| format!("admin listener: {e}"))?,
         r = filter => r.map_err(|e| format!("filter listener: {e}"))?,
+        r = service::serve(ratelimit_listener, limiter) => r.map_err(|e| format!("rate-limit listener: {e}"))?,
         () = stopped() => {}
     }
     Ok(ExitCode::SUCCESS)
