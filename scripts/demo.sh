@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job: Envoy on 127.0.0.1:10000 with keygate and the demo key table (envoy/envoy.yaml;
 # admin on 127.0.0.1:9901), and beside it the key service (`keygate serve`: admin API on
-# 127.0.0.1:9100, the filter's protocol on 127.0.0.1:9101) on SQLite under demo/, seeded with
+# 127.0.0.1:9100, the filter's protocol on 127.0.0.1:9101, the rate-limit service on
+# 127.0.0.1:9102, counters in memory) on SQLite under demo/, seeded with
 # envoy/demo-service-keys.json. Keys the table does not hold are looked up in the service.
 # The demo admin token is kg_demo_admin_0c5e2f7a91 (README). Ctrl-C stops both.
 set -euo pipefail

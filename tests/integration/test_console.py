@@ -76,7 +76,7 @@ def service(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo(service):
     """The demo Envoy, two workers, its keygate filter's key service the real one."""
-    e = demo_envoy(service.filter_port)
+    e = demo_envoy(service.filter_port, service.ratelimit_port)
     yield e
     e.stop()
 
@@ -563,6 +563,44 @@ def test_edit_changes_origins_and_removes_a_name(browser, service):
     assert "name" not in entry
     assert entry["cors"] == {"allowed_origins": ["https://studio.example", "https://beta.studio.example"],
                              "full_access": True}
+
+
+def test_limits_of_a_key_and_its_owner_are_shown_and_edited_in_the_dialog(browser, service):
+    service.admin("DELETE", "/v1/owners/console-co")
+    r = service.admin("POST", "/v1/keys", {"id": "limited-in-console", "owner": "console-co",
+                                           "limits": [{"requests": 100, "per": "minute"}]})
+    assert r.status in (201, 409), r
+    assert service.admin("PUT", "/v1/owners/console-co",
+                         {"limits": [{"name": "monthly-ish", "requests": 100000, "per": "day"}]}).status in (200, 201)
+    sign_in(browser, service)
+    wait(browser, lambda d: row(d, "limited-in-console") is not None)
+    assert "100/minute" in row(browser, "limited-in-console").text
+    row_action(browser, "limited-in-console", "edit")
+    wait(browser, lambda d: visible(d, "key-dialog"))
+    assert by_id(browser, "f-limits").get_attribute("value") == "100/minute"
+    wait(browser, lambda d: by_id(d, "f-owner-limits").get_attribute("value") == "monthly-ish=100000/day",
+         message="the owner's limits were not loaded")
+    # A line the page cannot read is shown beside its field and nothing is sent.
+    fill(browser, "f-limits", "100/fortnight")
+    by_id(browser, "key-submit").click()
+    wait(browser, lambda d: "expected REQUESTS/PER" in text_of(d, "err-limits"))
+    assert visible(browser, "key-dialog")
+    fill(browser, "f-limits", "burst=5/second\n1000/hour")
+    fill(browser, "f-owner-limits", "50000/day")
+    by_id(browser, "key-submit").click()
+    wait(browser, lambda d: not visible(d, "key-dialog"), message="the dialog did not close")
+    entry = service.admin("GET", "/v1/keys/limited-in-console").json()["entry"]
+    assert entry["limits"] == [{"requests": 5, "per": "second", "name": "burst"}, {"requests": 1000, "per": "hour"}]
+    assert service.admin("GET", "/v1/owners/console-co").json()["limits"] == [{"requests": 50000, "per": "day"}]
+    # Emptied: the key's limits and the owner's go.
+    row_action(browser, "limited-in-console", "edit")
+    wait(browser, lambda d: by_id(d, "f-owner-limits").get_attribute("value") == "50000/day")
+    fill(browser, "f-limits", "")
+    fill(browser, "f-owner-limits", "")
+    by_id(browser, "key-submit").click()
+    wait(browser, lambda d: not visible(d, "key-dialog"))
+    assert "limits" not in service.admin("GET", "/v1/keys/limited-in-console").json()["entry"]
+    assert service.admin("GET", "/v1/owners/console-co").status == 404
 
 
 def test_a_page_on_another_origin_cannot_drive_the_api(browser, service):

@@ -37,7 +37,7 @@ def service(tmp_path_factory):
 @pytest.fixture(scope="module")
 def demo(service):
     """The demo Envoy with two workers (each its own VM and cache), its key service the real one."""
-    e = demo_envoy(service.filter_port)
+    e = demo_envoy(service.filter_port, service.ratelimit_port)
     yield e
     e.stop()
 
@@ -116,6 +116,22 @@ def test_demo_backend_key(demo):
     assert r.status == 200
     assert r.upstream_all("x-api-key-id") == ["demo-backend"]
     assert r.upstream_all("x-api-key-owner") == ["team-backend"]
+
+
+def test_demo_limited_key_gives_five_a_second_then_429(demo):
+    # As the README's loop: ten requests in one second, the first five pass. Started just after
+    # a second begins, so that all ten fall in one window.
+    time.sleep(1.02 - time.time() % 1)
+    began = time.time()
+    answers = [demo.get("/api/x", [bearer("kg_demo_limited_9c41e7d2")]) for _ in range(10)]
+    assert int(time.time()) == int(began), "the ten requests spanned two windows: the machine is too slow"
+    assert [a.status for a in answers] == [200] * 5 + [429] * 5
+    assert answers[0].upstream_all("x-api-key-id") == ["demo-limited"]
+    assert answers[4].header("x-ratelimit-remaining") == "0"
+    assert answers[5].body == b'{"error": "Too Many Requests", "message": "Rate limit exceeded"}'
+    assert answers[5].header("retry-after") == "1"
+    # The other demo keys have no limits: never counted, never refused for it.
+    assert [demo.get("/api/x", [bearer("kg_demo_backend_4f9a1c2e7b")]).status for _ in range(10)] == [200] * 10
 
 
 def test_demo_revoked_key_and_no_key(demo):

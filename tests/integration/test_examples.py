@@ -93,6 +93,7 @@ def test_the_key_service_is_wired_the_same_way_everywhere():
     assert dockerfile.exists() and "-p keygate-tools" in dockerfile.read_text()
     assert svc["command"][:3] == ["serve", "--db", "sqlite:/data/keygate.db"]
     assert "--filter-listen" in svc["command"] and "0.0.0.0:9101" in svc["command"]
+    assert "--ratelimit-listen" in svc["command"] and "0.0.0.0:9102" in svc["command"]
     # Envoy in the stack reaches it by its service name on the filter port.
     compose_envoy = yaml.safe_load((COMPOSE.parent / "envoy.yaml").read_text())
     cluster = next(c for c in compose_envoy["static_resources"]["clusters"] if c["name"] == "keygate-keys")
@@ -115,13 +116,19 @@ def test_the_key_service_is_wired_the_same_way_everywhere():
     assert plugin["key_service"]["authority"] == host
     assert deploy["spec"]["replicas"] >= 2
     args = deploy["spec"]["template"]["spec"]["containers"][0]["args"]
-    assert args[0] == "serve" and "0.0.0.0:9101" in args
+    assert args[0] == "serve" and "0.0.0.0:9101" in args and "0.0.0.0:9102" in args
+    # The gateway's rate-limit filter names the Service's gRPC port's outbound cluster.
+    rl_port = next(p for p in service["spec"]["ports"] if p["name"].startswith("grpc-"))["port"]
+    patches = yaml.safe_load((ROOT / "examples/istio/ratelimit.yaml").read_text())["spec"]["configPatches"]
+    grpc = patches[0]["patch"]["value"]["typed_config"]["rate_limit_service"]["grpc_service"]["envoy_grpc"]
+    assert grpc["cluster_name"] == f"outbound|{rl_port}||{host}" and grpc["authority"] == host
     assert deploy["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
 
 
 def test_istio_lets_only_the_gateway_reach_the_filter_listener():
     """The filter listener answers any caller with every key's entry: under Istio, mutual TLS is
-    required, only the gateway's principal may call it (GETs of the filter API only), and the
+    required, only the gateway's principal may call it (GETs of the filter API only; the
+    rate-limit listener, its one gRPC method), and the
     admin listener is open to the gateway and the service's namespace alone."""
     docs = {d["kind"]: d for d in yaml.safe_load_all((ROOT / "examples/istio/keyservice.yaml").read_text())}
     labels = docs["Deployment"]["spec"]["template"]["metadata"]["labels"]
@@ -135,10 +142,15 @@ def test_istio_lets_only_the_gateway_reach_the_filter_listener():
         for op in rule["to"]:
             for port in op["operation"]["ports"]:
                 by_port.setdefault(port, []).append((rule["from"], op["operation"]))
-    assert set(by_port) == {"9101", "9100"}
+    assert set(by_port) == {"9101", "9102", "9100"}
     [(sources, op)] = by_port["9101"]
     assert sources == [{"source": {"principals": [gateway]}}]
     assert op["methods"] == ["GET"] and op["paths"] == ["/v1/filter/*"]
+    # The rate-limit listener: the gateway's one gRPC method only.
+    [(sources, op)] = by_port["9102"]
+    assert sources == [{"source": {"principals": [gateway]}}]
+    assert op["methods"] == ["POST"]
+    assert op["paths"] == ["/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"]
     [(sources, _)] = by_port["9100"]
     assert sources == [{"source": {"principals": [gateway]}}, {"source": {"namespaces": ["keygate"]}}]
     net = docs["NetworkPolicy"]["spec"]
@@ -162,3 +174,47 @@ def test_every_shipped_key_service_cluster_closes_idle_connections_before_the_se
                 if d["kind"] == "DestinationRule")
     seconds["istio"] = float(rule["spec"]["trafficPolicy"]["connectionPool"]["http"]["idleTimeout"].rstrip("s"))
     assert len(seconds) == 4 and all(0 < s < 60 for s in seconds.values()), seconds
+
+
+def ratelimit_parts(example: str) -> tuple[dict, list, list]:
+    """The rate-limit filter, the route's rate_limits and any clusters an example adds."""
+    doc = yaml.safe_load((ROOT / example).read_text())
+    if doc["kind"] == "EnvoyFilter":
+        patches = doc["spec"]["configPatches"]
+        by = {p["applyTo"]: p["patch"]["value"] for p in patches}
+        return by["HTTP_FILTER"], by["VIRTUAL_HOST"]["rate_limits"], []
+    ops = {p["type"].rsplit(".", 1)[1]: p["operation"]["value"] for p in doc["spec"]["jsonPatches"]}
+    return ops["Listener"], ops["RouteConfiguration"], [ops["Cluster"]]
+
+
+@pytest.mark.parametrize("example", ["examples/istio/ratelimit.yaml", "examples/envoy-gateway/ratelimit.yaml"])
+def test_the_rate_limit_examples_are_configurations_envoy_accepts(example, tmp_path):
+    """Each example's filter, descriptor and cluster, placed after keygate in a real bootstrap,
+    pass `envoy --mode validate`; the descriptor is the one envoy/envoy.yaml ships."""
+    from support.harness import ROUTER, free_port, hcm, http_filter_wasm, listener, static_cluster
+
+    rl_filter, rate_limits, clusters = ratelimit_parts(example)
+    shipped = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
+    route = shipped["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "route_config"]["virtual_hosts"][0]["routes"][0]["route"]
+    assert rate_limits == route["rate_limits"]
+    grpc = rl_filter["typed_config"]["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    if not clusters:  # Istio makes the Service's outbound cluster itself
+        clusters = [static_cluster(grpc, free_port(), http2=True)]
+    assert any(c["name"] == grpc for c in clusters)
+    plugin = {"keys": [], "key_service": {"cluster": "keygate-keys"}}
+    api = hcm("api", [http_filter_wasm(plugin), rl_filter, ROUTER],
+              [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}])
+    api["typed_config"]["route_config"]["virtual_hosts"][0]["rate_limits"] = rate_limits
+    for c in clusters:
+        c["type"] = "STATIC"
+        c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
+            "address"] = "127.0.0.1"
+    bootstrap = {"static_resources": {
+        "listeners": [listener("api", free_port(), api)],
+        "clusters": [static_cluster("echo", free_port()), static_cluster("keygate-keys", free_port())] + clusters}}
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(yaml.safe_dump(bootstrap))
+    r = subprocess.run(envoy_command() + ["--mode", "validate", "-c", str(path)], cwd=ROOT,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr

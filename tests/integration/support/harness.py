@@ -91,6 +91,30 @@ ROUTER = {"name": "envoy.filters.http.router",
           "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}
 
 
+RATELIMIT_CLUSTER = "keygate-ratelimit"
+
+# The descriptor envoy/envoy.yaml builds: only a request carrying x-api-key-limits (a limited
+# key) makes one, so only those call the rate-limit service.
+RATE_LIMITS = [{"actions": [
+    {"request_headers": {"header_name": "x-api-key-limits", "descriptor_key": "limits"}},
+    {"request_headers": {"header_name": "x-api-key-id", "descriptor_key": "key_id"}},
+    {"request_headers": {"header_name": "x-api-key-owner", "descriptor_key": "owner", "skip_if_absent": True}},
+]}]
+
+
+def ratelimit_filter(failure_mode_deny: bool = False) -> dict:
+    return {"name": "envoy.filters.http.ratelimit", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
+        "domain": "keygate",
+        "failure_mode_deny": failure_mode_deny,
+        "status_on_error": {"code": "ServiceUnavailable"},
+        "enable_x_ratelimit_headers": "DRAFT_VERSION_03",
+        "timeout": "0.25s",
+        "rate_limit_service": {"transport_api_version": "V3",
+                               "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}}},
+    }}
+
+
 def hcm(stat_prefix: str, http_filters: list, routes: list, *, normalize: bool = False, access_log: str | None = None,
         extra: dict | None = None) -> dict:
     cfg = {
@@ -308,6 +332,10 @@ class Envoy:
     # e.g. {"keygate-keys": keyserver.port} for the remote key source.
     clusters: dict[str, int] | list[dict] | None = None
     concurrency: int = 1  # Envoy worker threads, each with its own keygate VM
+    # Envoy's rate-limit filter after keygate, asking the rate-limit service on this port, with
+    # the shipped descriptor (x-api-key-limits, x-api-key-id, x-api-key-owner).
+    ratelimit_port: int | None = None
+    ratelimit_failure_mode_deny: bool = False
     workdir: Path = field(default_factory=lambda: Path(tempfile.mkdtemp(prefix="keygate-envoy-")))
     port: int = field(default_factory=free_port)
     admin_port: int = field(default_factory=free_port)
@@ -325,15 +353,20 @@ class Envoy:
     def render(self) -> dict:
         if self.bootstrap is not None:
             return self.bootstrap
-        api = hcm("api", [http_filter_wasm(self.plugin_config, failure_policy=self.failure_policy, wasm=self.wasm),
-                          ROUTER],
-                  [{"match": {"prefix": "/"}, "route": {"cluster": "echo"}}],
+        filters = [http_filter_wasm(self.plugin_config, failure_policy=self.failure_policy, wasm=self.wasm)]
+        route: dict = {"cluster": "echo"}
+        clusters = [static_cluster("echo", self.echo_port)] + self.extra_clusters()
+        if self.ratelimit_port is not None:
+            filters.append(ratelimit_filter(self.ratelimit_failure_mode_deny))
+            route["rate_limits"] = RATE_LIMITS
+            clusters.append(static_cluster(RATELIMIT_CLUSTER, self.ratelimit_port, http2=True))
+        api = hcm("api", filters + [ROUTER], [{"match": {"prefix": "/"}, "route": route}],
                   normalize=self.normalize, access_log=str(self.access_log_path))
         return {
             "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": self.admin_port}}},
             "static_resources": {
                 "listeners": [listener("api", self.port, api), echo_listener(self.echo_port)],
-                "clusters": [static_cluster("echo", self.echo_port)] + self.extra_clusters(),
+                "clusters": clusters,
             },
         }
 
