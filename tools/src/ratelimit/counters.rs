@@ -3,10 +3,15 @@
 //! counted once in each; refused, it is counted in none.
 //!
 //! Windows are aligned to the Unix epoch: a window of `seconds` starts at `now - now %
-//! seconds`. In memory, one lock makes a decision atomic within the process. In Redis, one Lua
-//! script per decision checks and counts every counter, with Redis's own clock, so replicas
-//! sharing a Redis count exactly and agree on windows whatever their clocks. Each Redis
-//! counter is one key that expires with its window: nothing else is kept, nothing grows.
+//! seconds`, so every replica and every restart agrees on where a window begins. In memory,
+//! one lock makes a decision atomic within the process. In Redis, one Lua script per
+//! decision checks and counts every counter, with Redis's own clock, so replicas sharing a
+//! Redis count exactly and agree on windows whatever their clocks. Each Redis counter is one
+//! key that expires with its window: nothing else is kept, nothing grows.
+//!
+//! Why not Kuadrant's `limitador` crate: its Redis storage reads the counters in one round
+//! trip and counts in a second, so concurrent deciders over-admit, and it keeps a set of
+//! every counter key per limit beside the counters (`bench/counters/`, measured).
 
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::Script;
@@ -14,14 +19,16 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-/// One counter a request is counted against.
+/// One counter a request is counted against. A name stands for one counter with one window
+/// length (memory keeps one window per name), so a caller whose limits can change length puts
+/// the length in the name.
 pub struct Check<'a> {
     pub counter: &'a str,
     pub limit: u64,
     pub seconds: u64,
 }
 
-/// A counter's state after the decision, for the RateLimit response fields.
+/// A counter's state after the decision, for the RateLimit response headers.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Status {
     pub limit: u64,
@@ -33,7 +40,7 @@ pub struct Status {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Decision {
     Allowed(Vec<Status>),
-    /// `index`: the first counter that refused.
+    /// `index`: the first counter that refused, whose limit the answer names.
     Limited {
         index: usize,
         statuses: Vec<Status>,
@@ -49,6 +56,8 @@ impl std::fmt::Display for CounterError {
         f.write_str(&self.0)
     }
 }
+
+impl std::error::Error for CounterError {}
 
 pub enum Counters {
     Memory(Memory),
@@ -67,6 +76,9 @@ impl Counters {
     }
 
     pub async fn hit(&self, checks: &[Check<'_>]) -> Result<Decision, CounterError> {
+        if checks.is_empty() {
+            return Ok(Decision::Allowed(Vec::new()));
+        }
         match self {
             Counters::Memory(m) => Ok(m.hit(checks, unix_secs())),
             Counters::Redis(r) => r.hit(checks).await,
@@ -86,64 +98,82 @@ fn unix_secs() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
 
-/// The window of `seconds` holding `now`: its start, and the seconds left in it.
+/// The window of `seconds` holding `now`: its end, and the seconds left in it.
 fn window(now: u64, seconds: u64) -> (u64, u64) {
     let seconds = seconds.max(1);
-    let start = now - now % seconds;
-    (start, start + seconds - now)
+    let end = (now - now % seconds).saturating_add(seconds);
+    (end, end - now)
 }
-
-/// How many decisions pass between two sweeps of ended windows, at most.
-const SWEEP_EVERY: u32 = 4_096;
 
 #[derive(Default)]
 pub struct Memory {
-    state: Mutex<MemoryState>,
+    state: Mutex<Windows>,
 }
 
 #[derive(Default)]
-struct MemoryState {
-    /// Counter name → (its window's start, its window's end, count in it).
-    counts: HashMap<String, (u64, u64, u64)>,
-    since_sweep: u32,
+struct Windows {
+    /// Counter name → its latest window. A counter's window is told by its end: a new window
+    /// overwrites the old in place, so a counter costs one entry whatever its age.
+    counts: HashMap<Box<str>, Slot>,
+    /// No held window ends before this: until then a sweep would free nothing.
+    next_end: u64,
+}
+
+struct Slot {
+    end: u64,
+    count: u64,
 }
 
 impl Memory {
     fn hit(&self, checks: &[Check<'_>], now: u64) -> Decision {
-        let mut state = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        state.since_sweep += 1;
-        // Ended windows go every few thousand decisions: memory stays bounded by the
-        // counters still counting (and those that ended since the last sweep).
-        if state.since_sweep >= SWEEP_EVERY {
-            state.counts.retain(|_, (_, end, _)| *end > now);
-            state.since_sweep = 0;
+        let mut guard = self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let w = &mut *guard;
+        // Ended windows go on the first decision after one ends: memory holds only counters
+        // still counting, and the sweep's cost is paid once per window end, not per decision.
+        if now >= w.next_end {
+            w.sweep(now);
         }
         let mut statuses = Vec::with_capacity(checks.len());
         let mut refused = None;
         for (i, c) in checks.iter().enumerate() {
-            let (start, reset_secs) = window(now, c.seconds);
-            let used = match state.counts.get(c.counter) {
-                Some((s, _, n)) if *s == start => *n,
+            let (end, reset_secs) = window(now, c.seconds);
+            let held = match w.counts.get(c.counter) {
+                Some(slot) if slot.end == end => slot.count,
                 _ => 0,
             };
-            if used >= c.limit && refused.is_none() {
+            // A counter listed twice counts the request twice, so it needs room for both.
+            let earlier = checks[..i]
+                .iter()
+                .filter(|e| e.counter == c.counter && e.seconds == c.seconds)
+                .count() as u64;
+            let used = held.saturating_add(earlier);
+            if refused.is_none() && used >= c.limit {
                 refused = Some(i);
             }
-            let remaining = c.limit.saturating_sub(used);
-            statuses.push(Status { limit: c.limit, remaining, reset_secs });
+            statuses.push(Status {
+                limit: c.limit,
+                remaining: c.limit.saturating_sub(used),
+                reset_secs,
+            });
         }
         if let Some(index) = refused {
             return Decision::Limited { index, statuses };
         }
         for (c, status) in checks.iter().zip(statuses.iter_mut()) {
-            let (start, reset_secs) = window(now, c.seconds);
-            let slot = state.counts.entry(c.counter.to_string()).or_insert((start, 0, 0));
-            if slot.0 != start {
-                *slot = (start, 0, 0);
-            }
-            slot.1 = now + reset_secs;
-            slot.2 += 1;
-            status.remaining = c.limit.saturating_sub(slot.2);
+            let (end, _) = window(now, c.seconds);
+            // A name is allocated only for a counter not held already.
+            let count = if let Some(slot) = w.counts.get_mut(c.counter) {
+                if slot.end != end {
+                    *slot = Slot { end, count: 0 };
+                }
+                slot.count = slot.count.saturating_add(1);
+                slot.count
+            } else {
+                w.counts.insert(Box::from(c.counter), Slot { end, count: 1 });
+                1
+            };
+            w.next_end = w.next_end.min(end);
+            status.remaining = c.limit.saturating_sub(count);
         }
         Decision::Allowed(statuses)
     }
@@ -154,46 +184,35 @@ impl Memory {
     }
 }
 
-/// Checks, then counts, every counter in one step on Redis's clock. KEYS are the counter
-/// names; ARGV holds each one's limit and window length. Answers `{refused, count, reset,
-/// count, reset, ...}`, `refused` being the 1-based index of the first counter over its
-/// limit, or 0 when the request was counted.
-const SCRIPT: &str = r"
-local now = tonumber(redis.call('TIME')[1])
-local n = #KEYS
-local names, counts, resets = {}, {}, {}
-for i = 1, n do
-  local seconds = tonumber(ARGV[2 * i])
-  local start = now - now % seconds
-  names[i] = KEYS[i] .. ':' .. start
-  counts[i] = tonumber(redis.call('GET', names[i]) or '0')
-  resets[i] = start + seconds - now
-end
-local refused = 0
-for i = 1, n do
-  if counts[i] >= tonumber(ARGV[2 * i - 1]) then
-    refused = i
-    break
-  end
-end
-if refused == 0 then
-  for i = 1, n do
-    counts[i] = redis.call('INCR', names[i])
-    if counts[i] == 1 then
-      redis.call('EXPIRE', names[i], resets[i] + 1)
-    end
-  end
-end
-local out = {refused}
-for i = 1, n do
-  out[#out + 1] = counts[i]
-  out[#out + 1] = resets[i]
-end
-return out
-";
+impl Windows {
+    fn sweep(&mut self, now: u64) {
+        let mut next_end = u64::MAX;
+        self.counts.retain(|_, slot| {
+            let live = slot.end > now;
+            if live {
+                next_end = next_end.min(slot.end);
+            }
+            live
+        });
+        self.next_end = next_end;
+        // A burst of counters gives its table back once its windows end; the slack left
+        // keeps a table that refills every window from shrinking and regrowing each time.
+        let (len, capacity) = (self.counts.len(), self.counts.capacity());
+        if capacity > 1024 && len < capacity / 4 {
+            self.counts.shrink_to(len * 2);
+        }
+    }
+}
 
 /// Key names in Redis: `kg:<counter>:<window start>`.
 const PREFIX: &str = "kg:";
+
+/// A dead or unreachable Redis must be an error well within Envoy's patience, never a
+/// request held: each connection attempt and each answer gets this long...
+const REDIS_WAIT: Duration = Duration::from_millis(500);
+/// ...and a whole decision (a reconnection, or reloading the script after a Redis restart,
+/// takes several round trips) at most this long.
+const DECISION_DEADLINE: Duration = Duration::from_secs(1);
 
 pub struct Redis {
     connection: ConnectionManager,
@@ -202,17 +221,17 @@ pub struct Redis {
 
 impl Redis {
     fn new(url: &str) -> Result<Redis, CounterError> {
-        let client = redis::Client::open(url).map_err(|e| CounterError(e.to_string()))?;
-        // A dead Redis is an error within half a second, never a request held for long; the
-        // manager reconnects in the background when Redis comes back.
+        let client = redis::Client::open(url).map_err(|e| CounterError(format!("redis: {e}")))?;
+        // No retries inside a decision: a failed connection fails the decision at once, and
+        // the next decision tries again, so a Redis back up is used again from the next
+        // decision or the one after.
         let config = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(Duration::from_millis(500)))
-            .set_response_timeout(Some(Duration::from_millis(500)))
-            .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            .set_connection_timeout(Some(REDIS_WAIT))
+            .set_response_timeout(Some(REDIS_WAIT))
+            .set_number_of_retries(0);
         let connection = ConnectionManager::new_lazy_with_config(client, config)
-            .map_err(|e| CounterError(e.to_string()))?;
-        Ok(Redis { connection, script: Script::new(SCRIPT) })
+            .map_err(|e| CounterError(format!("redis: {e}")))?;
+        Ok(Redis { connection, script: Script::new(include_str!("redis_script.lua")) })
     }
 
     async fn hit(&self, checks: &[Check<'_>]) -> Result<Decision, CounterError> {
@@ -221,11 +240,13 @@ impl Redis {
             invocation.key(format!("{PREFIX}{}", c.counter));
             invocation.arg(c.limit).arg(c.seconds.max(1));
         }
+        // One EVALSHA per decision; the script is loaded again only when Redis has lost it.
         let mut connection = self.connection.clone();
-        let answer: Vec<u64> = invocation
-            .invoke_async(&mut connection)
-            .await
-            .map_err(|e| CounterError(format!("redis: {e}")))?;
+        let answer: Vec<u64> =
+            tokio::time::timeout(DECISION_DEADLINE, invocation.invoke_async(&mut connection))
+                .await
+                .map_err(|_| CounterError("redis: no answer within 1 s".into()))?
+                .map_err(|e| CounterError(format!("redis: {e}")))?;
         decision(checks, &answer)
     }
 }
@@ -234,7 +255,7 @@ impl Redis {
 fn decision(checks: &[Check<'_>], answer: &[u64]) -> Result<Decision, CounterError> {
     let malformed = || CounterError("redis: an answer not in the script's shape".into());
     let (&refused, pairs) = answer.split_first().ok_or_else(malformed)?;
-    if pairs.len() != checks.len() * 2 || refused as usize > checks.len() {
+    if pairs.len() != checks.len() * 2 || refused > checks.len() as u64 {
         return Err(malformed());
     }
     let statuses = checks
@@ -271,7 +292,11 @@ mod tests {
         let got: Vec<bool> = (0..5).map(|_| allowed(&m.hit(&[check("k", 3, 60)], t))).collect();
         assert_eq!(got, [true, true, true, false, false]);
         assert!(!allowed(&m.hit(&[check("k", 3, 60)], t + 39)));
-        assert!(allowed(&m.hit(&[check("k", 3, 60)], t + 40)), "a new minute");
+        assert_eq!(
+            m.hit(&[check("k", 3, 60)], t + 40),
+            Decision::Allowed(vec![Status { limit: 3, remaining: 2, reset_secs: 60 }]),
+            "a new minute"
+        );
     }
 
     #[test]
@@ -299,24 +324,62 @@ mod tests {
     }
 
     #[test]
-    fn ended_windows_are_freed() {
+    fn a_counter_listed_twice_counts_twice() {
+        let m = Memory::default();
+        let t = 1_800_000_000;
+        let twice = [check("k", 3, 60), check("k", 3, 60)];
+        assert_eq!(
+            m.hit(&twice, t),
+            Decision::Allowed(vec![
+                Status { limit: 3, remaining: 2, reset_secs: 60 },
+                Status { limit: 3, remaining: 1, reset_secs: 60 },
+            ])
+        );
+        assert_eq!(
+            m.hit(&twice, t),
+            Decision::Limited {
+                index: 1,
+                statuses: vec![
+                    Status { limit: 3, remaining: 1, reset_secs: 60 },
+                    Status { limit: 3, remaining: 0, reset_secs: 60 },
+                ],
+            }
+        );
+        assert!(allowed(&m.hit(&[check("k", 3, 60)], t)), "the refusal counted nothing");
+    }
+
+    #[test]
+    fn ended_windows_are_freed_on_the_next_decision() {
         let m = Memory::default();
         let t = 1_800_000_000;
         for i in 0..100 {
             m.hit(&[check(&format!("k{i}"), 1, 1)], t);
         }
-        assert_eq!(m.active(), 100);
-        for _ in 0..SWEEP_EVERY {
-            m.hit(&[check("live", u64::MAX, 3600)], t + 5);
-        }
+        m.hit(&[check("hourly", 10, 3600)], t);
+        assert_eq!(m.active(), 101);
+        m.hit(&[check("hourly", 10, 3600)], t + 1);
         assert_eq!(m.active(), 1, "only the counter still counting is kept");
     }
 
     #[test]
+    fn a_table_emptied_by_a_window_end_shrinks() {
+        let m = Memory::default();
+        let t = 1_800_000_000;
+        for i in 0..50_000 {
+            m.hit(&[check(&format!("k{i}"), 1, 60)], t);
+        }
+        let full = m.state.lock().map(|s| s.counts.capacity()).unwrap_or(0);
+        m.hit(&[check("next", 1, 60)], t + 60);
+        let after = m.state.lock().map(|s| s.counts.capacity()).unwrap_or(usize::MAX);
+        assert!(full >= 50_000 && after < 100, "capacity {full} → {after}");
+    }
+
+    #[test]
     fn windows_align_to_the_epoch() {
-        assert_eq!(window(1_800_000_020, 60), (1_800_000_000, 40));
-        assert_eq!(window(1_800_000_000, 86_400), (1_799_971_200, 57_600));
-        assert_eq!(window(7, 1), (7, 1));
+        assert_eq!(window(1_800_000_020, 60), (1_800_000_060, 40));
+        assert_eq!(window(1_800_000_000, 86_400), (1_800_057_600, 57_600));
+        assert_eq!(window(7, 1), (8, 1));
+        assert_eq!(window(7, 0), (8, 1), "a zero-length window is a second");
     }
 
     #[test]
