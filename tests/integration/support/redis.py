@@ -14,7 +14,9 @@ from support.service import free_port
 
 
 class Redis:
-    def __init__(self):
+    def __init__(self, cpu: str | None = None):
+        # `cpu`: pinned there with taskset (the benches keep it off the measured core).
+        self.cpu = cpu
         found = shutil.which("redis-server")
         if found is None:
             raise RuntimeError("redis-server is not installed: run scripts/setup.sh (Debian package redis-server)")
@@ -28,8 +30,9 @@ class Redis:
         return f"redis://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 10) -> Redis:
+        pin = ["taskset", "-c", self.cpu] if self.cpu else []
         self.proc = subprocess.Popen(
-            [self.bin, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            [*pin, self.bin, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
              "--dir", str(self.dir)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         deadline = time.monotonic() + timeout
