@@ -45,7 +45,12 @@ async fn main() -> Result<(), String> {
     let stop = Arc::new(AtomicBool::new(false));
     let next = Arc::new(AtomicUsize::new(0));
     let latencies = Arc::new(Mutex::new(Vec::<u32>::new()));
-    let codes = Arc::new([AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0)]);
+    let codes = Arc::new([
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    ]);
     let began = Instant::now();
     let mut tasks = Vec::new();
     for _ in 0..concurrency.max(1) {
@@ -60,7 +65,8 @@ async fn main() -> Result<(), String> {
                     break;
                 }
                 let at = Instant::now();
-                let answer = client.should_rate_limit(request(n % keys, &limits, owner.as_deref())).await;
+                let answer =
+                    client.should_rate_limit(request(n % keys, &limits, owner.as_deref())).await;
                 mine.push(at.elapsed().as_micros().min(u32::MAX as u128) as u32);
                 let code = match answer {
                     Ok(a) => a.into_inner().overall_code as usize,
@@ -81,7 +87,11 @@ async fn main() -> Result<(), String> {
     let elapsed = began.elapsed().as_secs_f64();
     let mut all = latencies.lock().await.clone();
     all.sort_unstable();
-    let pct = |p: f64| all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0);
+    let pct = |p: f64| {
+        all.get(((all.len() as f64 * p) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
     let total = all.len();
     println!(
         "{{\"decisions\": {total}, \"seconds\": {elapsed:.3}, \"per_second\": {:.0}, \"ok\": {}, \"over_limit\": {}, \"errors\": {}, \"p50_us\": {}, \"p99_us\": {}}}",
