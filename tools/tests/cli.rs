@@ -167,6 +167,18 @@ fn explain_prints_the_verdict_without_the_key() {
         "outcome: allowed\nkey_id: demo-web-player\nstatus: upstream\n\
          forward x-api-key-id: demo-web-player\nforward x-api-key-owner: user-42\n"
     );
+    // A limited key: the header Envoy's rate-limit filter reads, and the limits in words.
+    let out = run(
+        &["--method", "GET", "--path", "/api/x", "--header-stdin"],
+        "Bearer kg_demo_limited_9c41e7d2",
+    );
+    assert_eq!(
+        out,
+        "outcome: allowed\nkey_id: demo-limited\nstatus: upstream\n\
+         forward x-api-key-id: demo-limited\nforward x-api-key-owner: team-limited\n\
+         forward x-api-key-limits: per-second=5/second\n\
+         limits: per-second (5 per second); and its owner's, held by the key service (keygate owners show)\n"
+    );
     let out = run(&["--method", "GET", "--path", "/api/stream/x"], "");
     assert!(out.starts_with("outcome: denied_missing\nkey_id: -\nstatus: 401\n"));
     assert!(out.contains("www-authenticate: Bearer\n"));
