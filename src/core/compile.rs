@@ -1,10 +1,13 @@
 //! Raw configuration → [`Policy`]: every check that needs more than the JSON schema, each
 //! failure named by its JSON path, and the lookup structures built in the same pass.
 
-use crate::core::config::{ConfigError, RawCors, RawForward, RawKey, RawKeyService, RawRest};
+use crate::core::config::{
+    ConfigError, RawCors, RawForward, RawKey, RawKeyFormat, RawKeyService, RawRest,
+};
 use crate::core::cors::{CorsIndex, CorsIndexBuilder, Grant};
 use crate::core::entry::{check_id, rule_set, Entry};
 use crate::core::hex;
+use crate::core::keyformat::KeyFormat;
 use crate::core::keytable::{sha256, Digest, Endpoints, Key, KeyTable};
 use crate::core::policy::{
     CacheSettings, Compiled, CorsHeaders, Forward, KeyService, Policy, CORS_ENDPOINTS,
@@ -94,6 +97,11 @@ impl Compiler {
                 rule_sets: self.rule_sets,
                 cors_index: self.cors_index.build(),
                 mode: rest.mode,
+                key_format: match rest.key_format {
+                    RawKeyFormat::Any => KeyFormat::Any,
+                    RawKeyFormat::Checksummed => KeyFormat::Checksummed,
+                    RawKeyFormat::ChecksummedOnly => KeyFormat::ChecksummedOnly,
+                },
                 // Cached remote keys can carry validity windows of their own.
                 needs_clock: self.needs_clock || rest.key_service.is_some(),
                 remote: rest.key_service.as_ref().map(key_service).transpose()?,

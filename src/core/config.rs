@@ -18,7 +18,20 @@ pub struct RawRest {
     pub public_endpoints: Vec<RawRule>,
     pub cors: RawCors,
     pub mode: Mode,
+    pub key_format: RawKeyFormat,
     pub key_service: Option<RawKeyService>,
+}
+
+/// `key_format`: `any` looks every key up; `checksummed` refuses a `kg_` key whose checksum
+/// is wrong before any lookup; `checksummed_only` refuses every key not in keygate's
+/// checksummed format (see `keyformat`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawKeyFormat {
+    #[default]
+    Any,
+    Checksummed,
+    ChecksummedOnly,
 }
 
 #[derive(Debug, Deserialize)]

@@ -177,6 +177,11 @@ impl Policy {
         let Some(presented) = token::bearer_key(header) else {
             return self.unauthorized(Outcome::DeniedMalformed, origin, public, now_ms, remote);
         };
+        // Before the table, the cache or the key service: a flood of made-up keys in keygate's
+        // format costs one CRC each, never a lookup.
+        if self.key_format.refuses(presented) {
+            return self.unauthorized(Outcome::DeniedChecksum, origin, public, now_ms, remote);
+        }
         let found = match self.keys.lookup(presented) {
             Some(key) => Found { key, own_rules: None, remote: RemoteUse::None },
             None => match remote {

@@ -23,6 +23,7 @@ pub mod cors;
 pub mod decide;
 pub mod entry;
 pub mod hex;
+pub mod keyformat;
 pub mod keytable;
 pub mod limits;
 pub mod parse;

@@ -109,6 +109,7 @@ enum Field {
     PublicEndpoints,
     Cors,
     Mode,
+    KeyFormat,
     KeyService,
 }
 
@@ -121,6 +122,7 @@ impl Field {
             Field::PublicEndpoints => "public_endpoints",
             Field::Cors => "cors",
             Field::Mode => "mode",
+            Field::KeyFormat => "key_format",
             Field::KeyService => "key_service",
         }
     }
@@ -149,7 +151,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRest, A::Error> {
         let mut rest = RawRest::default();
-        let mut seen = [false; 7];
+        let mut seen = [false; 8];
         while let Some(field) = map.next_key::<Field>()? {
             if std::mem::replace(&mut seen[field as usize], true) {
                 return Err(de::Error::duplicate_field(field.name()));
@@ -164,6 +166,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
                 Field::PublicEndpoints => rest.public_endpoints = map.next_value()?,
                 Field::Cors => rest.cors = map.next_value()?,
                 Field::Mode => rest.mode = map.next_value()?,
+                Field::KeyFormat => rest.key_format = map.next_value()?,
                 Field::KeyService => rest.key_service = Some(map.next_value()?),
             }
         }

@@ -3,6 +3,7 @@
 
 use crate::core::config::Mode;
 use crate::core::cors::CorsIndex;
+use crate::core::keyformat::KeyFormat;
 use crate::core::keytable::KeyTable;
 use crate::core::rules::RuleSet;
 
@@ -16,6 +17,8 @@ pub struct Policy {
     pub cors: CorsHeaders,
     pub forward: Forward,
     pub mode: Mode,
+    /// Which presented keys are refused before any lookup (`key_format`).
+    pub key_format: KeyFormat,
     /// Whether any key has `not_before` or `expires_at`: only then is the clock read.
     pub needs_clock: bool,
     /// The key service asked for keys the table does not hold (`key_service`).

@@ -13,6 +13,8 @@ pub enum Outcome {
     PreflightDenied,
     DeniedMissing,
     DeniedMalformed,
+    /// A key in keygate's format whose checksum is wrong (`key_format`), refused unlooked-up.
+    DeniedChecksum,
     DeniedUnknown,
     DeniedDisabled,
     DeniedExpired,
@@ -63,13 +65,14 @@ pub const UNAVAILABLE_BODY: &str =
     r#"{"error": "Service Unavailable", "message": "API key could not be verified"}"#;
 
 impl Outcome {
-    pub const ALL: [Outcome; 15] = [
+    pub const ALL: [Outcome; 16] = [
         Outcome::Allowed,
         Outcome::Public,
         Outcome::PreflightAllowed,
         Outcome::PreflightDenied,
         Outcome::DeniedMissing,
         Outcome::DeniedMalformed,
+        Outcome::DeniedChecksum,
         Outcome::DeniedUnknown,
         Outcome::DeniedDisabled,
         Outcome::DeniedExpired,
@@ -90,6 +93,7 @@ impl Outcome {
             Outcome::PreflightDenied => "preflight_denied",
             Outcome::DeniedMissing => "denied_missing",
             Outcome::DeniedMalformed => "denied_malformed",
+            Outcome::DeniedChecksum => "denied_checksum",
             Outcome::DeniedUnknown => "denied_unknown",
             Outcome::DeniedDisabled => "denied_disabled",
             Outcome::DeniedExpired => "denied_expired",
@@ -108,6 +112,7 @@ impl Outcome {
             Outcome::Allowed | Outcome::Public | Outcome::PreflightAllowed => return None,
             Outcome::DeniedMissing => unauthorized("Bearer"),
             Outcome::DeniedMalformed
+            | Outcome::DeniedChecksum
             | Outcome::DeniedUnknown
             | Outcome::DeniedDisabled
             | Outcome::DeniedExpired

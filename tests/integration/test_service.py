@@ -21,7 +21,7 @@ import pytest
 
 from support.service import KEYGATE, UNAUTHORIZED, Postgres, Service, free_port, request, run_keygate, sha256_hex
 
-SECRET = re.compile(r"kg_[A-Za-z0-9_-]{43}")
+SECRET = re.compile(r"kg_[0-9A-Za-z]{43}[0-9A-Za-z]{6}")
 GENERATED_ID = re.compile(r"key_[0-9a-f]{16}")
 
 

@@ -16,8 +16,9 @@ use std::process::ExitCode;
 pub enum KeyCommand {
     /// Generate a key (256 bits from the OS random source) and its config entry.
     ///
-    /// The key is printed once, as `kg_<43 base64url characters>`; the entry holds only
-    /// its SHA-256. Store the key now: it cannot be recovered from the configuration.
+    /// The key is printed once, as `kg_` + 43 base62 characters + a 6-character checksum;
+    /// the entry holds only its SHA-256. Store the key now: it cannot be recovered from the
+    /// configuration.
     New(NewArgs),
     /// Read a key from standard input and print its SHA-256 (lower-case hex).
     ///

@@ -256,8 +256,9 @@ pub struct Rotation {
 /// `201` to a create or a rotation: the new key, shown this once, and its entry.
 #[derive(Serialize, ToSchema)]
 pub struct Created {
-    /// The secret (`kg_` and 43 base64url characters); the service keeps only its SHA-256.
-    #[schema(examples("kg_hOzS8I3iZhVZKnqNTBrtefaBzqVIB7st3g2vUMP-1BE"))]
+    /// The secret (`kg_`, 43 base62 characters and a 6-character base62 CRC32 checksum); the
+    /// service keeps only its SHA-256.
+    #[schema(examples("kg_HJKQWobuVBeJtrF03FxtNMWgPecfSHc9gpXD2uejDzm323KNP"))]
     pub key: String,
     #[schema(value_type = KeyEntry)]
     pub entry: Value,
