@@ -5,13 +5,16 @@ state, most answers are judged, and Envoy's RSS grows less than a 20 B/request l
 
 from support.churn import MIN_JUDGED, churn, passed
 
+SECONDS = 30
+
 
 def test_short_churn_every_answer_agrees_with_the_keys_state():
-    r = churn(60)
+    r = churn(SECONDS)
     assert r["errors"] == []
     assert r["disagreements"] == [], r["disagreements"][:20]
     assert not r["trapped"]
-    assert sum(r["actions"].values()) >= 40, r["actions"]
+    # One admin action a second is attempted; at least two thirds of them are made.
+    assert sum(r["actions"].values()) >= SECONDS * 2 // 3, r["actions"]
     assert r["requests"] >= 5_000, r
     assert set(r["statuses"]) <= {200, 401}, r["statuses"]
     # Unknown keys are always judged; known keys unless sent within SETTLE of their change.
