@@ -63,6 +63,30 @@ def envoy(server):
     e.stop()
 
 
+def module_remote(config: dict, concurrency: int = 1):
+    """A module-scoped fixture body: one fake key service and one Envoy for every case that uses
+    this configuration; each case uses keys (and origins) of its own and clears its faults."""
+    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
+        e = start_remote(server, config, concurrency=concurrency)
+        try:
+            yield server, e
+        finally:
+            e.stop()
+
+
+@pytest.fixture(scope="module")
+def held_lookups():
+    """(server, Envoy) for the cases that hold a lookup while its key or origin changes: one
+    worker, timeout_ms 3000 (a held lookup still answers), the feed polled every 200 ms."""
+    yield from module_remote(base_config(timeout_ms=3000, changes_poll_ms=200))
+
+
+@pytest.fixture(scope="module")
+def paused():
+    """(server, Envoy) for the cases that hold a lookup while the request's body arrives."""
+    yield from module_remote(base_config(timeout_ms=3000))
+
+
 @pytest.fixture(autouse=True)
 def no_faults_left(request):
     if "server" in request.fixturenames:
@@ -618,93 +642,90 @@ def test_a_table_pushed_while_a_lookup_is_held():
 
 
 @pytest.mark.parametrize("change", ["disabled", "removed", "created", "reset"])
-def test_a_change_listed_while_its_lookup_is_in_flight_wins(change):
+def test_a_change_listed_while_its_lookup_is_in_flight_wins(held_lookups, change):
     """The service answers from its state when the lookup arrived; the key changes and the feed
     lists it before that answer reaches the VM. The late answer must not outlive the change:
     the key is decided by its new state within changes_poll_ms plus a round trip."""
-    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
-        e = start_remote(server, base_config(timeout_ms=3000, changes_poll_ms=200), concurrency=1)
-        try:
-            key = new_key()
-            if change != "created":
-                server.add(key, {"id": "r-race"})
-            else:
-                assert_unauthorized(call(e, new_key()))  # (a 404 on record for another key)
-            server.fault("hold", on="keys", snapshot=True)
-            held = []
-            t = threading.Thread(target=lambda: held.append(call(e, key)))
-            t.start()
-            assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
-            with server._lock:
-                polls = server.counts["changes"]
-            if change == "disabled":
-                server.set_disabled(key)
-            elif change == "removed":
-                server.remove(key)
-            elif change == "created":
-                server.add(key, {"id": "r-race"}, feed=True)
-            else:
-                server.set_disabled(key, feed=False)
-                server.force_reset(times=1000)
-            # The feed has answered (at least twice) since the change.
-            assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]
-            server.release()
-            t.join(10)
-            assert held, "no answer"
-            # The request in flight came before the change: it gets the answer it waited for,
-            # the key's state before the change.
-            if change == "created":
-                assert_unauthorized(held[0])
-            else:
-                assert held[0].status == 200, (held[0].status, held[0].body)
-                assert held[0].upstream_all("x-api-key-id") == ["r-race"], held[0].body
-            server.clear_faults()
-            want = 200 if change == "created" else 401
-            # After the change every later request sees it (allow one more poll and a round trip).
-            ok, took = until(lambda: call(e, key).status == want, timeout=3.0)
-            assert ok, f"the answer in flight outlived the change ({change}): still {call(e, key).status}"
-            assert took <= 0.5, f"{change}: {took:.2f}s after the change had been listed"
-            assert set(statuses(many(e, 10, key))) == {want}
-            assert_no_trap(e, key)
-        finally:
-            server.clear_faults()
-            e.stop()
+    server, e = held_lookups
+    try:
+        key = new_key()
+        if change != "created":
+            server.add(key, {"id": "r-race"})
+        else:
+            assert_unauthorized(call(e, new_key()))  # (a 404 on record for another key)
+        server.fault("hold", on="keys", snapshot=True)
+        answers = []
+        t = threading.Thread(target=lambda: answers.append(call(e, key)))
+        t.start()
+        assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
+        with server._lock:
+            polls = server.counts["changes"]
+        if change == "disabled":
+            server.set_disabled(key)
+        elif change == "removed":
+            server.remove(key)
+        elif change == "created":
+            server.add(key, {"id": "r-race"}, feed=True)
+        else:
+            server.set_disabled(key, feed=False)
+            server.force_reset(times=1000)
+        # The feed has answered (at least twice) since the change.
+        assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]
+        server.release()
+        t.join(10)
+        assert answers, "no answer"
+        # The request in flight came before the change: it gets the answer it waited for,
+        # the key's state before the change.
+        if change == "created":
+            assert_unauthorized(answers[0])
+        else:
+            assert answers[0].status == 200, (answers[0].status, answers[0].body)
+            assert answers[0].upstream_all("x-api-key-id") == ["r-race"], answers[0].body
+        server.clear_faults()
+        want = 200 if change == "created" else 401
+        # After the change every later request sees it (allow one more poll and a round trip).
+        ok, took = until(lambda: call(e, key).status == want, timeout=3.0)
+        assert ok, f"the answer in flight outlived the change ({change}): still {call(e, key).status}"
+        assert took <= 0.5, f"{change}: {took:.2f}s after the change had been listed"
+        assert set(statuses(many(e, 10, key))) == {want}
+        assert_no_trap(e, key)
+    finally:
+        server.clear_faults()
 
 
 @pytest.mark.parametrize("listed", ["the origin", "*"])
-def test_an_origin_listed_while_its_lookup_is_in_flight_wins(listed):
-    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
-        e = start_remote(server, base_config(timeout_ms=3000, changes_poll_ms=200), concurrency=1)
-        try:
-            origin = f"https://race-{secrets.token_hex(4)}.example"
-            web = new_key("web")
-            server.add(web, {"id": "r-race-web", "cors": {"allowed_origins": [origin if listed != "*" else "*"]}})
-            time.sleep(0.5)  # the creation has gone through the feed
-            server.fault("hold", on="origins", snapshot=True)
-            held = []
-            t = threading.Thread(target=lambda: held.append(preflight(e, "/api/stream/s1", origin, "GET")))
-            t.start()
-            assert until(lambda: server.count("origins") >= 1, 3.0)[0]
-            polls = server.count("changes")
-            server.remove(web)  # the feed lists the origin (or "*")
-            assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]
-            server.release()
-            t.join(10)
-            # The origin's state before the change (the answer it waited for) or after it (that
-            # answer dropped, the origin asked again): exactly one of the two.
-            assert held, "no answer"
-            if held[0].status == 204:
-                assert held[0].header("access-control-allow-origin") == origin
-            else:
-                assert (held[0].status, held[0].body) == (403, forbidden("CORS preflight not allowed")), held[0]
-            server.clear_faults()
-            ok, took = until(lambda: preflight(e, "/api/stream/s1", origin, "GET").status == 403, timeout=3.0)
-            assert ok, "the origin answer in flight outlived the change"
-            assert took <= 0.5, f"{took:.2f}s after the change had been listed"
-            assert_no_trap(e, web)
-        finally:
-            server.clear_faults()
-            e.stop()
+def test_an_origin_listed_while_its_lookup_is_in_flight_wins(held_lookups, listed):
+    server, e = held_lookups
+    try:
+        origin = f"https://race-{secrets.token_hex(4)}.example"
+        web = new_key("web")
+        server.add(web, {"id": "r-race-web", "cors": {"allowed_origins": [origin if listed != "*" else "*"]}})
+        polls = server.count("changes")
+        assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]  # the creation went through the feed
+        server.fault("hold", on="origins", snapshot=True)
+        answers = []
+        t = threading.Thread(target=lambda: answers.append(preflight(e, "/api/stream/s1", origin, "GET")))
+        t.start()
+        assert until(lambda: server.count("origins") >= 1, 3.0)[0]
+        polls = server.count("changes")
+        server.remove(web)  # the feed lists the origin (or "*")
+        assert until(lambda: server.count("changes") >= polls + 2, 3.0)[0]
+        server.release()
+        t.join(10)
+        # The origin's state before the change (the answer it waited for) or after it (that
+        # answer dropped, the origin asked again): exactly one of the two.
+        assert answers, "no answer"
+        if answers[0].status == 204:
+            assert answers[0].header("access-control-allow-origin") == origin
+        else:
+            assert (answers[0].status, answers[0].body) == (403, forbidden("CORS preflight not allowed")), answers[0]
+        server.clear_faults()
+        ok, took = until(lambda: preflight(e, "/api/stream/s1", origin, "GET").status == 403, timeout=3.0)
+        assert ok, "the origin answer in flight outlived the change"
+        assert took <= 0.5, f"{took:.2f}s after the change had been listed"
+        assert_no_trap(e, web)
+    finally:
+        server.clear_faults()
 
 
 def test_a_feed_answer_near_64_kib_is_read_whole():
@@ -786,37 +807,35 @@ def h2_exchange(port: int, key: str, body: bytes, trailers: bool, on_sent=None, 
 
 
 @pytest.mark.parametrize("trailers", [False, True], ids=["body", "body and trailers"])
-def test_a_paused_request_cannot_slip_through_while_its_body_arrives(trailers):
-    with KeyServer(prefix=PREFIX, authority=AUTHORITY) as server:
-        e = start_remote(server, base_config(timeout_ms=3000), concurrency=1)
-        try:
-            unknown, known = new_key("unknown"), new_key("known")
-            server.add(known, {"id": "r-known"})
-            for key, want in ((unknown, 401), (known, 200)):
-                server.fault("hold", on="keys")
-                upstream_before = e.stat("cluster.echo.upstream_rq_total")
-                seen = []
+def test_a_paused_request_cannot_slip_through_while_its_body_arrives(paused, trailers):
+    server, e = paused
+    try:
+        unknown, known = new_key("unknown"), new_key("known")
+        server.add(known, {"id": "r-known"})
+        for key, want in ((unknown, 401), (known, 200)):
+            server.fault("hold", on="keys")
+            upstream_before = e.stat("cluster.echo.upstream_rq_total")
+            seen = []
 
-                def after_sent(key=key, seen=seen):
-                    assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
-                    time.sleep(0.3)  # body (and trailers) delivered while the lookup is held
-                    seen.append(e.stat("cluster.echo.upstream_rq_total"))
-                    server.release()
+            def after_sent(key=key, seen=seen):
+                assert until(lambda: server.lookups(key) >= 1, 3.0)[0]
+                time.sleep(0.3)  # body (and trailers) delivered while the lookup is held
+                seen.append(e.stat("cluster.echo.upstream_rq_total"))
+                server.release()
 
-                status, _, data = h2_exchange(e.port, key, b"b" * 4000, trailers, on_sent=after_sent)
-                server.clear_faults()
-                assert seen == [upstream_before], "the request reached the upstream before its key was decided"
-                assert status == want, (status, data[:200])
-                if want == 401:
-                    assert data == b'{"error": "Unauthorized", "message": "Invalid API key"}'
-                else:
-                    assert b'"x-api-key-id", "r-known"' in data
-                    after = e.stat("cluster.echo.upstream_rq_total")
-                    assert after == upstream_before + 1  # (the counter does count upstream requests)
-            assert_no_trap(e, unknown, known)
-        finally:
+            status, _, data = h2_exchange(e.port, key, b"b" * 4000, trailers, on_sent=after_sent)
             server.clear_faults()
-            e.stop()
+            assert seen == [upstream_before], "the request reached the upstream before its key was decided"
+            assert status == want, (status, data[:200])
+            if want == 401:
+                assert data == b'{"error": "Unauthorized", "message": "Invalid API key"}'
+            else:
+                assert b'"x-api-key-id", "r-known"' in data
+                after = e.stat("cluster.echo.upstream_rq_total")
+                assert after == upstream_before + 1  # (the counter does count upstream requests)
+        assert_no_trap(e, unknown, known)
+    finally:
+        server.clear_faults()
 
 
 def test_the_module_envoy_serves_after_every_fault(envoy, server):
