@@ -53,13 +53,14 @@ the feed (keys and origins answer normally), cache ttl 60 s but where said, a ri
   feed entry is still served from the cache before, and refused (401) within a poll plus 1.5 s
   once the resets start.
 - failing longer than the TTL (ttl 15 s; 500 on every poll, 22 s): no 503 at all, every class
-  as when healthy; the filter falls back to its TTLs: a key disabled 3 s into the outage is still served
-  from the cache until its TTL (15 s after it was cached) and refused (401) after it, though the
-  feed is still down; a key cached 12 s in and disabled 17 s in is served until the feed recovers
-  and refused within the feed delay (2.5 s) after it recovers, before its own TTL could (the
-  filter asks with its old cursor and gets the missed change); remote.feed_errors counts the
-  failed polls. Cached keys keep working throughout: their lookups succeed, so stale_if_error
-  plays no part; what a failing feed loses is invalidation, bounded by ttl_seconds.
+  as when healthy; the filter falls back to its TTLs: a key disabled 3 s into the outage is
+  still served from the cache until its TTL (15 s after it was cached) and refused (401) after
+  it, though the feed is still down; a key cached 12 s in and disabled 17 s in is served until
+  the feed recovers and refused within the feed delay (2.5 s) after it recovers, before its own
+  TTL could (the filter asks with its old cursor and gets the missed change);
+  remote.feed_errors counts the failed polls. Cached keys keep working throughout: their
+  lookups succeed, so stale_if_error plays no part; what a failing feed loses is invalidation,
+  bounded by ttl_seconds.
 - going backwards (the first cursor on every answer, 5 s): no 503, every class as when
   healthy; a key disabled during it is refused within 2.5 s (the listed change still applies).
 - a random-key flood (six more threads on raw keep-alive sockets sending only unknown keys, as
@@ -142,6 +143,9 @@ LEAK_BYTES = 20
 # answers 100,000 requests or more.
 STEP_KIB = 640
 ADMIN = "kg_faults_admin_token"
+# How long the fake service's faults are held: with a cache TTL of 2 s every cached key expires
+# within the first 2 s and is then served stale for at least 3 s more.
+FAULT_SECONDS = 5.0
 
 
 def key_id(tag: str) -> str:
@@ -398,7 +402,7 @@ def bit(s: Summary, *classes: str, n: int = 5) -> None:
 def test_key_service_killed_then_restarted(rigs):
     rig = rigs.get("default", FakeRig)
     errors = rig.envoy.counter("remote.errors")
-    s, rss = run(rig.lg, rig.envoy, "killed", rig.server.kill, rig.server.restart, 5.0)
+    s, rss = run(rig.lg, rig.envoy, "killed", rig.server.kill, rig.server.restart, FAULT_SECONDS)
     check(s, rig.envoy, rss, rig.server)
     bit(s, "uncached", "unknown")
     rig.envoy.wait_counter("remote.errors", errors + 1, at_least=True)
@@ -410,11 +414,11 @@ LOOKUP_FAULTS = [
     # lookups fail, and of the uncached ones about one every 2.5 s (0-6 seen in 5-8 s), but they
     # fail. Held 10 s, so that at least one does.
     ("slow", dict(kind="slow", delay=2.5), ("uncached", "unknown"), 1, 10.0),
-    ("500", dict(kind="status", status=500), ("uncached", "unknown"), 5, 5.0),
-    ("truncated json", dict(kind="truncated_json"), ("uncached", "unknown"), 5, 5.0),
-    ("10 MiB body", dict(kind="huge"), ("uncached", "unknown"), 5, 5.0),
+    ("500", dict(kind="status", status=500), ("uncached", "unknown"), 5, FAULT_SECONDS),
+    ("truncated json", dict(kind="truncated_json"), ("uncached", "unknown"), 5, FAULT_SECONDS),
+    ("10 MiB body", dict(kind="huge"), ("uncached", "unknown"), 5, FAULT_SECONDS),
     # A 404 needs no body: its content type does not matter, so unknown keys keep their 401.
-    ("wrong content type", dict(kind="wrong_type", content_type="text/plain"), ("uncached",), 5, 5.0),
+    ("wrong content type", dict(kind="wrong_type", content_type="text/plain"), ("uncached",), 5, FAULT_SECONDS),
 ]
 
 
@@ -463,7 +467,8 @@ def test_an_entry_for_a_different_key(rigs):
     rig = rigs.get("default", FakeRig)
     other = rig.cached[0]
     s, rss = run(rig.lg, rig.envoy, "entry for another key",
-                 lambda: rig.server.fault("other_key", on="keys", key=other.secret), rig.server.clear_faults, 5.0)
+                 lambda: rig.server.fault("other_key", on="keys", key=other.secret), rig.server.clear_faults,
+                 FAULT_SECONDS)
     check(s, rig.envoy, rss, rig.server)
     bit(s, "uncached", "unknown")
 
@@ -777,7 +782,9 @@ class ServiceRig:
                                   cache={"max_entries": self.MAX_ENTRIES, "ttl_seconds": 2,
                                          "negative_ttl_seconds": 10, "stale_if_error_seconds": 300})
         self.envoy = Envoy(plugin_config=self.config, clusters=[cluster], concurrency=2).start()
-        time.sleep(1.5)  # every VM's first feed poll (it learns the cursor and drops what it cached)
+        # Every VM's first feed poll answered (it learns the cursor and drops what it cached):
+        # the three VMs poll at once as they start, and each again only a second later.
+        assert until(lambda: self.envoy.stat(f"cluster.{CLUSTER}.upstream_rq_completed") >= 3, 5.0)[0]
         fill_caches(self.envoy, lambda: seeded.pop().secret if seeded else self.create().secret, self.MAX_ENTRIES)
         self.lg = MixedLoad(self.envoy.port, self.envoy.admin_port, cached=self.cached,
                             cors=[cors], static=[Key(STATIC, "static-s")],
