@@ -74,6 +74,7 @@ pub async fn set_owner(
     let created = w.put_owner(&owner, &limits).await?;
     touch_keys(&mut w, &owner).await?;
     w.audit_owner(&admin.0, "owner-set", &owner).await?;
+    // Not admin's `commit`: the key table is unchanged, so the ECDS file is not rewritten.
     let seq = w.seq;
     w.commit().await?;
     eprintln!("keygate serve: owner-set {owner:?} by admin {} (change {seq})", admin.0);
