@@ -239,8 +239,10 @@
     return { limits, problems };
   }
 
-  function keyRow(e) {
+  function keyRow(e, leaked) {
     const st = keyStatus(e);
+    const statusCell = el("span", {}, el("span", { class: `pill ${st}`, text: st }));
+    if (leaked.has(e.id)) statusCell.append(el("span", { class: "pill leaked", text: "leaked" }));
     const actions = el("td", { class: "actions-cell", "data-label": "Actions" },
       e.disabled === true ? actionButton("enable", "Enable", e.id) : actionButton("disable", "Disable", e.id),
       actionButton("edit", "Edit", e.id),
@@ -254,7 +256,7 @@
       cell("Origins", e.cors ? tags(e.cors.allowed_origins, "none") : el("span", { class: "muted", text: "—" })),
       cell("Resources", tags(e.resources, "any")),
       cell("Limits", tags((e.limits || []).map(limitText), "none")),
-      cell("Status", el("span", { class: `pill ${st}`, text: st })),
+      cell("Status", statusCell),
       cell("Validity (UTC)", validity(e)),
       actions);
   }
@@ -289,7 +291,8 @@
     }
     state.next = data.next;
     state.entries = new Map(data.entries.map((e) => [e.id, e]));
-    const rows = data.entries.map(keyRow);
+    const leaked = new Set(data.leaked || []);
+    const rows = data.entries.map((e) => keyRow(e, leaked));
     if (rows.length === 0) {
       const text = state.owner ? `No keys with owner “${state.owner}”.` : "No keys yet: create one.";
       rows.push(el("tr", {}, el("td", { class: "empty", colspan: "9", text })));
@@ -487,6 +490,9 @@
     syncCors();
     state.ownerLimits = "";
     if (editing && entry.owner) loadOwnerLimits(entry.owner);
+    $("leak-record").hidden = true;
+    $("leak-list").replaceChildren();
+    if (editing) loadLeaks(entry.id);
     $("key-dialog").showModal();
     (editing ? $("f-name") : $("f-id")).focus();
   }
@@ -576,6 +582,23 @@
   }
 
   // The owner's limits as the dialog opened with them, so that only a change is saved.
+  // A key's leak reports, shown at the top of its dialog: when, by whom, where, what was done.
+  async function loadLeaks(id) {
+    let data;
+    try {
+      data = await api("GET", keyPath(id));
+    } catch (err) {
+      unauthorized(err);
+      return;
+    }
+    if (!state.editing || state.editing.id !== id || !data.leaks) return;
+    const done = { disabled: "disabled", expires: "end brought forward", none: "nothing more to do" };
+    $("leak-list").replaceChildren(...data.leaks.map((l) =>
+      el("li", {}, `${when(l.time)} UTC by `, el("code", { text: l.reporter }),
+        ` (${done[l.action] || l.action}): `, el("span", { class: "leak-source", text: l.source }))));
+    $("leak-record").hidden = false;
+  }
+
   async function loadOwnerLimits(owner) {
     try {
       const answer = await api("GET", `/v1/owners/${encodeURIComponent(owner)}`);
@@ -746,7 +769,7 @@
         cell("Admin", el("code", { text: r.admin })),
         cell("Action", r.action),
         cell("Key", r.key_id, "id"),
-        cell("Successor", r.successor || "—", "id")));
+        cell("Successor or source", r.successor || r.source || "—", "id")));
     if (reset) $("audit-rows").replaceChildren(...rows);
     else $("audit-rows").append(...rows);
     if (reset && rows.length === 0) {

@@ -157,7 +157,9 @@ fn every_documented_route_answers_with_a_documented_status() {
             listed.get(status.to_string()).is_some(),
             "{method} {path}: {status} is not among the documented {listed}"
         );
-        if secured {
+        // GitHub's reports are signed, not tokened: unsigned, they are refused (401 when the
+        // service takes them, 503 here, where it was started without --github-keys).
+        if secured && path != "/v1/leaks/github" {
             let (status, answer) = service.call(&method, &concrete, false, body.as_ref());
             assert_eq!(status, 401, "{method} {path} without a token: {answer}");
             assert!(listed.get("401").is_some(), "{method} {path}: 401 is not documented");

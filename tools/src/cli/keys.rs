@@ -22,6 +22,18 @@ pub enum KeysCommand {
     Revoke(IdArgs),
     /// Make a successor with the same settings; the old key keeps working for the grace period.
     Rotate(RotateArgs),
+    /// Report a leaked key, read from standard input (never an argument, which shells and
+    /// process lists keep): the service disables it at once, or ends it soon (its --on-leak).
+    Leaked(LeakedArgs),
+}
+
+#[derive(Args)]
+pub struct LeakedArgs {
+    #[command(flatten)]
+    conn: Connection,
+    /// Where the key was seen: a URL or a note.
+    #[arg(long, value_name = "URL")]
+    source: String,
 }
 
 #[derive(Args)]
@@ -157,7 +169,32 @@ pub fn run(cmd: KeysCommand) -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
         KeysCommand::Rotate(a) => rotate(&a),
+        KeysCommand::Leaked(a) => leaked(&a),
     }
+}
+
+fn leaked(a: &LeakedArgs) -> Result<ExitCode, String> {
+    let mut input = String::new();
+    std::io::Read::read_to_string(&mut std::io::stdin().lock(), &mut input)
+        .map_err(|e| format!("cannot read the key from standard input: {e}"))?;
+    let key = input.trim();
+    if key.is_empty() || key.contains(char::is_whitespace) {
+        return Err("expected one key on standard input (e.g. `keygate keys leaked --source URL < key.txt`)".into());
+    }
+    let body = json!({ "key": key, "source": a.source });
+    let answer = a.conn.call("POST", "/v1/leaks", Some(body))?;
+    if a.conn.json {
+        println!("{}", answer.text.trim_end());
+        return Ok(ExitCode::SUCCESS);
+    }
+    let field = |name: &str| answer.json.get(name).and_then(Value::as_str).unwrap_or("?");
+    let id = field("key_id");
+    match field("action") {
+        "disabled" => println!("{id} disabled"),
+        "expires" => println!("{id} ends at {}", field("expires_at")),
+        _ => println!("{id} was already disabled or ending sooner; nothing changed"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn create(a: &CreateArgs) -> Result<ExitCode, String> {
@@ -211,8 +248,10 @@ fn list(a: &ListArgs) -> Result<ExitCode, String> {
         return Ok(ExitCode::SUCCESS);
     }
     let entries = answer.json.get("entries").and_then(Value::as_array).cloned().unwrap_or_default();
+    let leaked = answer.json.get("leaked").and_then(Value::as_array).cloned().unwrap_or_default();
     for e in &entries {
-        println!("{}", summary(e));
+        let was_leaked = e.get("id").is_some_and(|id| leaked.contains(id));
+        println!("{}{}", summary(e), if was_leaked { "  LEAKED" } else { "" });
     }
     if entries.is_empty() {
         println!("no keys");
@@ -315,4 +354,14 @@ fn print_entry(conn: &Connection, answer: &Answer, what: &str) {
     let entry = answer.json.get("entry").cloned().unwrap_or(Value::Null);
     println!("{what}{}", summary(&entry));
     println!("{entry}");
+    for leak in answer.json.get("leaks").and_then(Value::as_array).into_iter().flatten() {
+        let field = |name: &str| leak.get(name).and_then(Value::as_str).unwrap_or("?");
+        println!(
+            "leaked: reported {} by {} ({}): {}",
+            field("time"),
+            field("reporter"),
+            field("action"),
+            field("source")
+        );
+    }
 }

@@ -1,6 +1,7 @@
 //! `keygate serve`: runs the key service (`crate::serve`) with these options.
 
 use crate::ratelimit::service::OnError;
+use crate::serve::leaks::OnLeak;
 use crate::serve::{self, Limits, Settings};
 use clap::Args;
 use std::net::SocketAddr;
@@ -65,8 +66,30 @@ pub struct ServeArgs {
     /// checked by the filter), `deny` answers UNAVAILABLE (Envoy's failure_mode_deny decides).
     #[arg(long, value_name = "WHAT", default_value = "allow", value_parser = ["allow", "deny"])]
     ratelimit_on_error: String,
+    /// What a reported leak does to a key held here: `disable` it at once, or
+    /// `expire-in=DURATION` (`24h`, `7d`, ...) to end it that long after the report, so its
+    /// owner can rotate without an outage.
+    #[arg(long, value_name = "WHAT", default_value = "disable", value_parser = OnLeak::parse)]
+    on_leak: OnLeak,
+    /// Accept GitHub secret scanning reports at POST /v1/leaks/github, signed by one of the
+    /// public keys in this file (the JSON GitHub publishes at
+    /// https://api.github.com/meta/public_keys/secret_scanning).
+    #[arg(long, value_name = "FILE")]
+    github_keys: Option<PathBuf>,
+    /// POST every key event (key.created, key.revoked, key.rotated, key.leaked, key.expiring)
+    /// to this URL, signed with HMAC-SHA256 under KEYGATE_WEBHOOK_SECRET; repeatable.
+    #[arg(long = "webhook", value_name = "URL", value_parser = webhook_url)]
+    webhooks: Vec<String>,
     #[command(flatten)]
     pub listen: serve::listen::ListenArgs,
+}
+
+fn webhook_url(text: &str) -> Result<String, String> {
+    let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
+    match rest {
+        Some(rest) if !rest.is_empty() && !text.chars().any(char::is_whitespace) => Ok(text.into()),
+        _ => Err("expected an http:// or https:// URL".into()),
+    }
 }
 
 pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
@@ -91,6 +114,9 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         } else {
             OnError::Allow
         },
+        on_leak: args.on_leak,
+        github_keys: args.github_keys,
+        webhooks: args.webhooks,
         listen: args.listen.load().map_err(|e| format!("serve: {e}"))?,
     })
 }

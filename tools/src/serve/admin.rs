@@ -19,7 +19,7 @@ use crate::serve::api::{
 use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::request::{check, json_body, patched, rotation, with_id, Checked};
-use crate::serve::{console, owners};
+use crate::serve::{console, leaks, owners};
 use crate::serve::{now_ms, rfc3339, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -54,6 +54,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate))
         .routes(routes!(owners::list_owners))
         .routes(routes!(owners::set_owner, owners::show_owner, owners::delete_owner))
+        .routes(routes!(leaks::report))
+        .routes(routes!(leaks::github))
         .routes(routes!(audit))
         .routes(routes!(export))
         .routes(routes!(openapi_json))
@@ -327,6 +329,7 @@ impl Checked {
             owner: self.owner.as_deref(),
             entry: &self.json,
             origins: &self.origins,
+            expires_ms: self.expires_ms,
         }
     }
 }
@@ -380,8 +383,29 @@ fn view(name: Option<&str>, entry: &str) -> Value {
     Value::Object(out)
 }
 
-fn view_of(k: &StoredKey) -> Value {
+pub(super) fn view_of(k: &StoredKey) -> Value {
     view(k.name.as_deref(), &k.entry)
+}
+
+/// What every key event says of its key: its id, owner and end (as the entry has them).
+pub(super) fn event_data(id: &str, entry: &str) -> Value {
+    let stored: Map<String, Value> = serde_json::from_str(entry).unwrap_or_default();
+    serde_json::json!({
+        "key_id": id,
+        "owner": stored.get("owner"),
+        "expires_at": stored.get("expires_at"),
+    })
+}
+
+fn with_how(mut data: Value, how: &str) -> Value {
+    data["how"] = Value::from(how);
+    data
+}
+
+/// Whether a stored entry is disabled.
+pub(super) fn is_disabled(entry: &str) -> bool {
+    let stored: Map<String, Value> = serde_json::from_str(entry).unwrap_or_default();
+    stored.get("disabled") == Some(&Value::Bool(true))
 }
 
 pub fn answer(status: StatusCode, body: &impl Serialize) -> Response {
@@ -395,7 +419,7 @@ pub fn answer(status: StatusCode, body: &impl Serialize) -> Response {
 }
 
 /// Commits an admin's change, then wakes the ECDS writer and logs it (never a secret).
-async fn commit(
+pub(super) async fn commit(
     s: &AppState,
     w: Write<'_>,
     action: &str,
@@ -437,6 +461,7 @@ async fn create(
     w.insert(&key.row(&digest)).await?;
     w.touched(&Touched { sha256: digest, origins: key.origins.clone() }).await?;
     w.audit(&admin.0, "create", &key.id, None).await?;
+    w.event("key.created", event_data(&key.id, &key.json)).await?;
     commit(&s, w, "create", &key.id, &admin).await?;
     let body = Created { key: secret, entry: view(key.name.as_deref(), &key.json) };
     Ok(answer(StatusCode::CREATED, &body))
@@ -475,8 +500,9 @@ async fn list(
     } else {
         None
     };
+    let leaked = s.db.leaked_among(&rows).await?;
     let entries: Vec<Value> = rows.iter().map(view_of).collect();
-    Ok(answer(StatusCode::OK, &KeyPage { entries, next }))
+    Ok(answer(StatusCode::OK, &KeyPage { entries, leaked, next }))
 }
 
 /// Show one key.
@@ -493,7 +519,8 @@ async fn list(
 async fn show(State(s): State<AppState>, _admin: Admin, id: IdPath) -> Result<Response, ApiError> {
     let id = id_of(id)?;
     let key = s.db.get(&id).await?.ok_or_else(|| no_such_key(&id))?;
-    Ok(answer(StatusCode::OK, &Shown { entry: view_of(&key) }))
+    let leaks = s.db.leaks_of(&id).await?.into_iter().map(leaks::record).collect();
+    Ok(answer(StatusCode::OK, &Shown { entry: view_of(&key), leaks }))
 }
 
 /// Change a key: a JSON merge patch of its entry, checked again like a new one.
@@ -528,8 +555,14 @@ async fn update(
     let origins = union(origins_of(&old.entry), key.origins.clone());
     w.touched(&Touched { sha256: old.sha256.clone(), origins }).await?;
     w.audit(&admin.0, "update", &id, None).await?;
+    if !is_disabled(&old.entry) && is_disabled(&key.json) {
+        w.event("key.revoked", with_how(event_data(&id, &key.json), "disabled")).await?;
+    }
     commit(&s, w, "update", &id, &admin).await?;
-    Ok(answer(StatusCode::OK, &Shown { entry: view(key.name.as_deref(), &key.json) }))
+    Ok(answer(
+        StatusCode::OK,
+        &Shown { entry: view(key.name.as_deref(), &key.json), leaks: Vec::new() },
+    ))
 }
 
 /// Revoke a key: delete it. The filter refuses it once its change feed has seen this.
@@ -550,6 +583,7 @@ async fn remove(State(s): State<AppState>, admin: Admin, id: IdPath) -> Result<R
     w.delete(&id).await?;
     w.touched(&Touched { sha256: old.sha256.clone(), origins: origins_of(&old.entry) }).await?;
     w.audit(&admin.0, "delete", &id, None).await?;
+    w.event("key.revoked", with_how(event_data(&id, &old.entry), "deleted")).await?;
     commit(&s, w, "delete", &id, &admin).await?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -615,6 +649,9 @@ async fn rotate(
     w.touched(&Touched { sha256: old.sha256.clone(), origins: ending.origins.clone() }).await?;
     w.touched(&Touched { sha256: digest, origins: successor.origins.clone() }).await?;
     w.audit(&admin.0, "rotate", &id, Some(&successor.id)).await?;
+    let mut data = event_data(&id, &ending.json);
+    data["successor_id"] = Value::from(successor.id.clone());
+    w.event("key.rotated", data).await?;
     commit(&s, w, "rotate", &id, &admin).await?;
     let body = Created { key: secret, entry: view(successor.name.as_deref(), &successor.json) };
     Ok(answer(StatusCode::CREATED, &body))
@@ -665,6 +702,7 @@ async fn audit(
             key_id: r.key_id.clone(),
             owner: r.owner.clone(),
             successor: r.successor.clone(),
+            source: r.source.clone(),
         })
         .collect();
     Ok(answer(StatusCode::OK, &AuditPage { entries, next }))

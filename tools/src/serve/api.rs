@@ -8,11 +8,13 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::security::{ApiKey, ApiKeyValue, HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::{IntoParams, Modify, OpenApi, ToSchema};
 
 /// The security scheme every admin call names (as `security(("admin_token" = []))`).
 pub const ADMIN_TOKEN: &str = "admin_token";
+/// The security scheme of GitHub's signed leak reports, the one call without the admin token.
+pub const GITHUB_SIGNATURE: &str = "github_signature";
 
 #[derive(OpenApi)]
 #[openapi(
@@ -28,6 +30,7 @@ pub const ADMIN_TOKEN: &str = "admin_token";
     tags(
         (name = "keys", description = "The keys the service holds"),
         (name = "owners", description = "Limits shared by all keys of one owner"),
+        (name = "leaks", description = "Keys seen where they should not be: reported, then disabled or ended"),
         (name = "audit", description = "Who changed what"),
         (name = "export", description = "The whole table as a plugin configuration"),
         (name = "meta", description = "This document"),
@@ -48,6 +51,14 @@ impl Modify for AdminToken {
             .build();
         let components = openapi.components.get_or_insert_with(Default::default);
         components.add_security_scheme(ADMIN_TOKEN, SecurityScheme::Http(scheme));
+        let mut github = ApiKeyValue::new("Github-Public-Key-Signature");
+        github.description = Some(
+            "Base64 ECDSA P-256 / SHA-256 signature of the body by the GitHub key named in \
+             Github-Public-Key-Identifier, one of those in the --github-keys file."
+                .into(),
+        );
+        components
+            .add_security_scheme(GITHUB_SIGNATURE, SecurityScheme::ApiKey(ApiKey::Header(github)));
     }
 }
 
@@ -269,6 +280,75 @@ pub struct Created {
 pub struct Shown {
     #[schema(value_type = KeyEntry)]
     pub entry: Value,
+    /// The leaks reported for this key, oldest first (`GET` only; absent when none).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[schema(required = false)]
+    pub leaks: Vec<LeakRecord>,
+}
+
+/// A leak reported for a key.
+#[derive(Serialize, ToSchema)]
+pub struct LeakRecord {
+    /// RFC 3339 UTC, to the second.
+    #[schema(examples("2026-12-01T15:00:00Z"))]
+    pub time: String,
+    /// Who reported it: an admin (their token's first 8 hex digest characters) or `github`.
+    pub reporter: String,
+    /// Where it was seen, as the report said.
+    pub source: String,
+    /// What was done: `disabled`, `expires` (its end brought forward) or `none` (it was
+    /// already disabled, or already ending sooner).
+    #[schema(examples("disabled"))]
+    pub action: String,
+}
+
+/// `POST /v1/leaks`: a key seen where it should not be.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // A description for the document; the handler reads the JSON itself.
+pub struct LeakReport {
+    /// The leaked key itself (compared by its SHA-256, never stored or logged).
+    key: String,
+    /// Where it was seen: a URL or a note, 1-2048 characters.
+    #[schema(examples("https://github.com/acme/app/commit/4f1c2e"))]
+    source: String,
+}
+
+/// What a leak report did.
+#[derive(Serialize, ToSchema)]
+pub struct LeakAnswer {
+    /// The key reported.
+    pub key_id: String,
+    /// `disabled`, `expires` or `none`, as in `LeakRecord`.
+    pub action: String,
+    /// The key's end, when it has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub expires_at: Option<String>,
+}
+
+/// One report of a GitHub secret scanning partner call, answered.
+#[derive(ToSchema)]
+#[allow(dead_code)] // Written by `github::Label`.
+pub struct GithubLabel {
+    /// The SHA-256 of the reported token, lower-case hex.
+    token_hash: String,
+    /// The `type` GitHub gave.
+    token_type: String,
+    /// `true_positive` for a key this service holds (now disabled or ending), else
+    /// `false_positive`.
+    #[schema(examples("true_positive"))]
+    label: String,
+}
+
+/// One report in a GitHub secret scanning partner call.
+#[derive(Deserialize, ToSchema)]
+#[allow(dead_code)] // Read by `github::parse_reports`.
+pub struct GithubReport {
+    token: String,
+    #[serde(rename = "type")]
+    kind: String,
+    url: String,
+    source: String,
 }
 
 /// One page of keys, in id order.
@@ -276,6 +356,8 @@ pub struct Shown {
 pub struct KeyPage {
     #[schema(value_type = Vec<KeyEntry>)]
     pub entries: Vec<Value>,
+    /// The ids on this page that were ever reported leaked.
+    pub leaked: Vec<String>,
     /// The `after` of the next page; `null` on the last one.
     #[schema(required = true)]
     pub next: Option<String>,
@@ -298,14 +380,16 @@ pub struct AuditRecord {
     /// RFC 3339 UTC, to the second.
     #[schema(examples("2026-12-01T15:00:00Z"))]
     pub time: String,
-    /// The first 8 hex characters of the admin token's SHA-256 (`import` for `--import`).
+    /// The first 8 hex characters of the admin token's SHA-256 (`import` for `--import`,
+    /// `github` for a report from GitHub's secret scanning).
     #[schema(examples("7b791f9f"))]
     pub admin: String,
-    /// `create`, `update`, `delete` or `rotate` for a key; `owner-set` or `owner-delete` for
-    /// an owner's limits.
+    /// `create`, `update`, `delete`, `rotate` or `leak` for a key; `owner-set` or
+    /// `owner-delete` for an owner's limits.
     #[schema(examples("rotate"))]
     pub action: String,
-    /// The key changed; empty for an owner's change.
+    /// The key changed; empty for an owner's change and for a leak report naming no key
+    /// this service holds.
     pub key_id: String,
     /// The owner whose limits changed.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -314,6 +398,10 @@ pub struct AuditRecord {
     #[serde(skip_serializing_if = "Option::is_none")]
     #[schema(value_type = String, required = false)]
     pub successor: Option<String>,
+    /// Where a reported leak was seen, as the report said.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub source: Option<String>,
 }
 
 /// The whole table as a plugin configuration, one key a line.
@@ -492,12 +580,10 @@ mod tests {
                 let open = operation.get("security").is_none();
                 let public = path == "/v1/openapi.json" || !path.starts_with("/v1/");
                 assert_eq!(open, public, "{method} {path}");
+                let scheme =
+                    if path == "/v1/leaks/github" { GITHUB_SIGNATURE } else { ADMIN_TOKEN };
                 if !open {
-                    assert_eq!(
-                        operation["security"],
-                        json!([{ADMIN_TOKEN: []}]),
-                        "{method} {path}"
-                    );
+                    assert_eq!(operation["security"], json!([{scheme: []}]), "{method} {path}");
                 }
             }
         }

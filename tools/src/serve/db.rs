@@ -33,6 +33,12 @@
 //! after `lock_timeout` with a 503, and PostgreSQL ends the frozen session (and its lock)
 //! after `idle_in_transaction_session_timeout`.
 
+mod events;
+mod leaks;
+
+pub use events::Due;
+pub use leaks::LeakRow;
+
 use crate::serve::error::{one_line, ApiError};
 use crate::serve::postgres_reader::PostgresReader;
 use crate::serve::sqlite_reader::SqliteReader;
@@ -62,6 +68,9 @@ pub struct Db {
     /// are held. Goes down only when a write finds the database behind it (restored from a
     /// backup).
     committed: watch::Sender<i64>,
+    /// Where each event is sent (`--webhook`): every change that makes one writes a row per
+    /// URL into the outbox, in its own transaction (`events`).
+    pub webhooks: Vec<String>,
 }
 
 /// PostgreSQL session settings, in milliseconds (0: none). See the module's documentation.
@@ -131,6 +140,8 @@ pub struct AuditRow {
     pub key_id: String,
     pub successor: Option<String>,
     pub owner: Option<String>,
+    /// Where a reported leak was seen (`leak` records).
+    pub source: Option<String>,
 }
 
 /// An owner's limits as stored: the JSON list the admin API took.
@@ -149,6 +160,8 @@ pub struct KeyRow<'a> {
     pub owner: Option<&'a str>,
     pub entry: &'a str,
     pub origins: &'a [String],
+    /// The entry's `expires_at` in Unix milliseconds (for the `key.expiring` notices).
+    pub expires_ms: Option<i64>,
 }
 
 impl Db {
@@ -231,7 +244,15 @@ impl Db {
             .execute(&pool)
             .await
             .map_err(|e| fail("cannot write database", &e))?;
-        Ok(Db { pool, postgres, database_id, writer: Mutex::new(()), reader, committed })
+        Ok(Db {
+            pool,
+            postgres,
+            database_id,
+            writer: Mutex::new(()),
+            reader,
+            committed,
+            webhooks: Vec::new(),
+        })
     }
 
     /// Starts a write: serialized against every other writer, holding the next change number.
@@ -369,7 +390,7 @@ impl Db {
     /// Audit records numbered below `before`, newest first.
     pub async fn audit(&self, before: i64, limit: i64) -> Result<Vec<AuditRow>, ApiError> {
         let rows = sqlx::query(
-            "SELECT seq, at, admin, action, key_id, successor, owner FROM audit \
+            "SELECT seq, at, admin, action, key_id, successor, owner, source FROM audit \
              WHERE seq < $1 ORDER BY seq DESC LIMIT $2",
         )
         .bind(before)
@@ -386,6 +407,7 @@ impl Db {
                     key_id: r.try_get("key_id")?,
                     successor: r.try_get("successor")?,
                     owner: r.try_get("owner")?,
+                    source: r.try_get("source")?,
                 })
             })
             .collect()
@@ -558,8 +580,8 @@ impl Write<'_> {
 
     pub async fn insert(&mut self, key: &KeyRow<'_>) -> Result<(), ApiError> {
         sqlx::query(
-            "INSERT INTO keys (id, sha256, name, owner, entry, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $6)",
+            "INSERT INTO keys (id, sha256, name, owner, entry, created_at, updated_at, expires_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $6, $7)",
         )
         .bind(key.id)
         .bind(key.sha256)
@@ -567,6 +589,7 @@ impl Write<'_> {
         .bind(key.owner)
         .bind(key.entry)
         .bind(&self.now)
+        .bind(key.expires_ms)
         .execute(&mut *self.tx)
         .await?;
         self.set_origins(key.id, key.origins).await
@@ -575,13 +598,15 @@ impl Write<'_> {
     /// The new state of an existing key (its digest never changes).
     pub async fn update(&mut self, key: &KeyRow<'_>) -> Result<(), ApiError> {
         sqlx::query(
-            "UPDATE keys SET name = $2, owner = $3, entry = $4, updated_at = $5 WHERE id = $1",
+            "UPDATE keys SET name = $2, owner = $3, entry = $4, updated_at = $5, expires_ms = $6 \
+             WHERE id = $1",
         )
         .bind(key.id)
         .bind(key.name)
         .bind(key.owner)
         .bind(key.entry)
         .bind(&self.now)
+        .bind(key.expires_ms)
         .execute(&mut *self.tx)
         .await?;
         self.set_origins(key.id, key.origins).await

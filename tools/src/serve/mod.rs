@@ -20,13 +20,16 @@ mod ecds;
 pub mod error;
 mod feed;
 mod filter_api;
+pub mod github;
 mod import;
+pub mod leaks;
 pub mod listen;
 mod owner_sync;
 mod owners;
 mod postgres_reader;
 pub mod request;
 mod sqlite_reader;
+mod webhooks;
 
 use crate::ratelimit::counters::Counters;
 use crate::ratelimit::owners::OwnerLimits;
@@ -65,6 +68,11 @@ pub struct Settings {
     pub ratelimit_listen: SocketAddr,
     pub redis: Option<String>,
     pub ratelimit_on_error: OnError,
+    /// What a reported leak does, and GitHub's public keys for its signed reports.
+    pub on_leak: leaks::OnLeak,
+    pub github_keys: Option<PathBuf>,
+    /// Where key events are sent (`webhooks`), signed with `KEYGATE_WEBHOOK_SECRET`.
+    pub webhooks: Vec<String>,
 }
 
 /// What every handler shares.
@@ -79,6 +87,8 @@ pub struct AppState {
     held: Arc<feed::Held>,
     /// The owners' limits, as of the latest change (`owner_sync`).
     owners: Arc<OwnerLimits>,
+    /// How leak reports are handled (`leaks`).
+    leaks: Arc<leaks::Settings>,
 }
 
 pub fn run(args: Settings) -> Result<ExitCode, String> {
@@ -91,19 +101,44 @@ pub fn run(args: Settings) -> Result<ExitCode, String> {
         ),
         None => None,
     };
+    let github = match &args.github_keys {
+        Some(path) => {
+            Some(github::PublicKeys::load(path).map_err(|e| format!("serve: --github-keys: {e}"))?)
+        }
+        None => None,
+    };
+    let webhook_secret = if args.webhooks.is_empty() {
+        None
+    } else {
+        match std::env::var("KEYGATE_WEBHOOK_SECRET") {
+            Ok(secret) if secret.len() >= 16 => Some(Arc::<[u8]>::from(secret.into_bytes())),
+            _ => {
+                return Err("serve: --webhook needs KEYGATE_WEBHOOK_SECRET: the secret (16 bytes \
+                            or more) the receivers check each event's HMAC-SHA256 with"
+                    .into())
+            }
+        }
+    };
+    let leaks = Arc::new(leaks::Settings { on_leak: args.on_leak, github });
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("serve: cannot start: {e}"))?;
-    runtime.block_on(serve(args, admins, ecds)).map_err(|e| format!("serve: {e}"))
+    runtime
+        .block_on(serve(args, admins, ecds, leaks, webhook_secret))
+        .map_err(|e| format!("serve: {e}"))
 }
 
 async fn serve(
     args: Settings,
     admins: Vec<Digest>,
     ecds: Option<ecds::Ecds>,
+    leaks: Arc<leaks::Settings>,
+    webhook_secret: Option<Arc<[u8]>>,
 ) -> Result<ExitCode, String> {
-    let db = Arc::new(db::Db::open(&args.db, args.limits).await?);
+    let mut db = db::Db::open(&args.db, args.limits).await?;
+    db.webhooks = args.webhooks.clone();
+    let db = Arc::new(db);
     if let Some(path) = &args.import {
         let done = import::import(&db, path, rfc3339(now_ms())).await?;
         println!(
@@ -119,7 +154,11 @@ async fn serve(
         changed: Arc::new(Notify::new()),
         held: feed::Held::new(),
         owners: OwnerLimits::new(),
+        leaks,
     };
+    if let Some(secret) = webhook_secret {
+        tokio::spawn(webhooks::run(db.clone(), secret));
+    }
     tokio::spawn(feed::watch(db.clone(), state.held.clone()));
     owner_sync::load(&db, &state.owners)
         .await

@@ -29,6 +29,8 @@ pub struct Checked {
     pub origins: Vec<String>,
     /// The entry as the filter receives it.
     pub json: String,
+    /// Its `expires_at` in Unix milliseconds.
+    pub expires_ms: Option<i64>,
 }
 
 /// Takes `name` out of an admin's entry and compiles the rest as the filter would.
@@ -58,6 +60,7 @@ pub fn check(doc: Value) -> Result<Checked, ApiError> {
         owner: compiled.key.owner.as_deref().map(str::to_string),
         origins,
         json,
+        expires_ms: Some(compiled.key.window.expires_at).filter(|&end| end != i64::MAX),
     })
 }
 
