@@ -603,6 +603,35 @@ def test_limits_of_a_key_and_its_owner_are_shown_and_edited_in_the_dialog(browse
     assert service.admin("GET", "/v1/owners/console-co").status == 404
 
 
+def test_a_leaked_key_is_marked_in_the_list_and_its_record_shown_in_its_dialog(browser, service):
+    r = service.admin("POST", "/v1/keys", {"id": "leaked-in-console"})
+    assert r.status == 201, r
+    source = "https://paste.example/abc <b>not markup</b>"
+    assert service.admin("POST", "/v1/leaks", {"key": r.json()["key"], "source": source}).status == 200
+    assert service.admin("POST", "/v1/keys", {"id": "not-leaked-in-console"}).status == 201
+    sign_in(browser, service)
+    wait(browser, lambda d: row(d, "leaked-in-console") is not None)
+    def marks(key_id):
+        return [p.text for p in row(browser, key_id).find_elements(By.CSS_SELECTOR, ".pill.leaked")]
+
+    assert marks("leaked-in-console") == ["leaked"]
+    assert marks("not-leaked-in-console") == []
+    assert status_of(browser, "leaked-in-console") == "disabled"
+    row_action(browser, "not-leaked-in-console", "edit")
+    wait(browser, lambda d: visible(d, "key-dialog"))
+    time.sleep(0.5)
+    assert not visible(browser, "leak-record")
+    by_id(browser, "key-dialog").send_keys(Keys.ESCAPE)
+    wait(browser, lambda d: not visible(d, "key-dialog"))
+    row_action(browser, "leaked-in-console", "edit")
+    wait(browser, lambda d: visible(d, "leak-record"), message="the leak record was not shown")
+    [item] = by_id(browser, "leak-list").find_elements(By.TAG_NAME, "li")
+    admin = service.admin("GET", "/v1/keys/leaked-in-console").json()["leaks"][0]["reporter"]
+    assert item.text.endswith(f"UTC by {admin} (disabled): {source}"), item.text
+    assert item.find_elements(By.TAG_NAME, "b") == [], "the source was read as markup"
+    by_id(browser, "key-dialog").send_keys(Keys.ESCAPE)
+
+
 def test_a_page_on_another_origin_cannot_drive_the_api(browser, service):
     """From a real page elsewhere: fetch cannot read, and a no-cors POST is refused (403)."""
     before = len(service.admin("GET", "/v1/audit?limit=1000").json()["entries"])
