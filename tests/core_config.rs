@@ -123,3 +123,24 @@ fn the_plaintext_key_is_never_in_a_warning_or_an_error() {
     ));
     assert_eq!(err, "keys[1].key: same key as keys[0]");
 }
+
+#[test]
+fn usage_needs_a_key_service_and_bounded_settings() {
+    let ks = r#""key_service":{"cluster":"keys"}"#;
+    for (json, expected) in [
+        (r#"{"keys":[],"usage":{}}"#.to_string(), "usage: needs key_service: the counts are sent to the key service's cluster"),
+        (format!(r#"{{"keys":[],{ks},"usage":{{"flush_ms":999}}}}"#), "usage.flush_ms: expected 1000 to 600000"),
+        (format!(r#"{{"keys":[],{ks},"usage":{{"max_keys":0}}}}"#), "usage.max_keys: expected 1 to 1000000"),
+        (format!(r#"{{"keys":[],{ks},"usage":{{"flush":5}}}}"#), "usage.flush: unknown field `flush`, expected `flush_ms` or `max_keys` at line 1 column 60"),
+    ] {
+        assert_eq!(config_error(&json), expected, "{json}");
+    }
+    let p = policy(&format!(r#"{{"keys":[],{ks},"usage":{{}}}}"#));
+    assert_eq!(
+        p.usage,
+        Some(keygate::core::usage::UsageSettings { flush_ms: 10_000, max_keys: 10_000 })
+    );
+    let p = policy(&format!(r#"{{"keys":[],{ks},"usage":{{"flush_ms":2000,"max_keys":5}}}}"#));
+    assert_eq!(p.usage, Some(keygate::core::usage::UsageSettings { flush_ms: 2_000, max_keys: 5 }));
+    assert_eq!(policy(&format!(r#"{{"keys":[],{ks}}}"#)).usage, None);
+}

@@ -2,7 +2,7 @@
 //! failure named by its JSON path, and the lookup structures built in the same pass.
 
 use crate::core::config::{
-    ConfigError, RawCors, RawForward, RawKey, RawKeyFormat, RawKeyService, RawRest,
+    ConfigError, RawCors, RawForward, RawKey, RawKeyFormat, RawKeyService, RawRest, RawUsage,
 };
 use crate::core::cors::{CorsIndex, CorsIndexBuilder, Grant};
 use crate::core::entry::{check_id, rule_set, Entry};
@@ -13,6 +13,7 @@ use crate::core::policy::{
     CacheSettings, Compiled, CorsHeaders, Forward, KeyService, Policy, CORS_ENDPOINTS,
 };
 use crate::core::rules::RuleSet;
+use crate::core::usage::UsageSettings;
 use crate::core::{parse, path, token};
 
 impl Policy {
@@ -105,6 +106,7 @@ impl Compiler {
                 // Cached remote keys can carry validity windows of their own.
                 needs_clock: self.needs_clock || rest.key_service.is_some(),
                 remote: rest.key_service.as_ref().map(key_service).transpose()?,
+                usage: usage(rest.usage.as_ref(), rest.key_service.is_some())?,
             },
             warnings: self.warnings,
         })
@@ -181,6 +183,24 @@ fn forward(raw: &RawForward) -> Result<Forward, ConfigError> {
         strip_authorization: raw.strip_authorization,
         filter_state: raw.filter_state,
     })
+}
+
+/// `usage`, which sends its batches to the key service's cluster, so needs `key_service`.
+fn usage(raw: Option<&RawUsage>, key_service: bool) -> Result<Option<UsageSettings>, ConfigError> {
+    let Some(raw) = raw else { return Ok(None) };
+    if !key_service {
+        return Err(ConfigError::new(
+            "usage",
+            "needs key_service: the counts are sent to the key service's cluster",
+        ));
+    }
+    if !(1_000..=600_000).contains(&raw.flush_ms) {
+        return Err(ConfigError::new("usage.flush_ms", "expected 1000 to 600000"));
+    }
+    if !(1..=1_000_000).contains(&raw.max_keys) {
+        return Err(ConfigError::new("usage.max_keys", "expected 1 to 1000000"));
+    }
+    Ok(Some(UsageSettings { flush_ms: u64::from(raw.flush_ms), max_keys: raw.max_keys as usize }))
 }
 
 fn key_service(raw: &RawKeyService) -> Result<KeyService, ConfigError> {

@@ -20,6 +20,22 @@ pub struct RawRest {
     pub mode: Mode,
     pub key_format: RawKeyFormat,
     pub key_service: Option<RawKeyService>,
+    pub usage: Option<RawUsage>,
+}
+
+/// `usage`: count requests per key and send the counts to the key service's cluster
+/// (`POST {path_prefix}/usage`) every `flush_ms`, at most `max_keys` keys a minute kept apart.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawUsage {
+    pub flush_ms: u32,
+    pub max_keys: u32,
+}
+
+impl Default for RawUsage {
+    fn default() -> RawUsage {
+        RawUsage { flush_ms: 10_000, max_keys: 10_000 }
+    }
 }
 
 /// `key_format`: `any` looks every key up; `checksummed` refuses a `kg_` key whose checksum

@@ -35,6 +35,7 @@ pub mod rules;
 pub mod tag;
 pub mod timestamp;
 pub mod token;
+pub mod usage;
 pub mod verdict;
 pub mod verified;
 pub mod window;

@@ -111,6 +111,7 @@ enum Field {
     Mode,
     KeyFormat,
     KeyService,
+    Usage,
 }
 
 impl Field {
@@ -124,6 +125,7 @@ impl Field {
             Field::Mode => "mode",
             Field::KeyFormat => "key_format",
             Field::KeyService => "key_service",
+            Field::Usage => "usage",
         }
     }
 }
@@ -151,7 +153,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<RawRest, A::Error> {
         let mut rest = RawRest::default();
-        let mut seen = [false; 8];
+        let mut seen = [false; 9];
         while let Some(field) = map.next_key::<Field>()? {
             if std::mem::replace(&mut seen[field as usize], true) {
                 return Err(de::Error::duplicate_field(field.name()));
@@ -168,6 +170,7 @@ impl<'de> Visitor<'de> for ConfigSeed<'_> {
                 Field::Mode => rest.mode = map.next_value()?,
                 Field::KeyFormat => rest.key_format = map.next_value()?,
                 Field::KeyService => rest.key_service = Some(map.next_value()?),
+                Field::Usage => rest.usage = Some(map.next_value()?),
             }
         }
         if !seen[Field::Keys as usize] {

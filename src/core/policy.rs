@@ -6,6 +6,7 @@ use crate::core::cors::CorsIndex;
 use crate::core::keyformat::KeyFormat;
 use crate::core::keytable::KeyTable;
 use crate::core::rules::RuleSet;
+use crate::core::usage::UsageSettings;
 
 #[derive(Debug)]
 pub struct Policy {
@@ -23,6 +24,8 @@ pub struct Policy {
     pub needs_clock: bool,
     /// The key service asked for keys the table does not hold (`key_service`).
     pub remote: Option<KeyService>,
+    /// Usage counting (`usage`), sent to the key service's cluster; `None`: nothing counted.
+    pub usage: Option<UsageSettings>,
 }
 
 /// Index of the top-level `cors_endpoints` in [`Policy::rule_sets`].
