@@ -80,6 +80,11 @@ impl<P, A> Contexts<P, A> {
         Some((root, self.roots.get(&root)?.config.clone()?))
     }
 
+    /// The configuration `root` serves, if it has one.
+    pub fn root_config(&self, root: u32) -> Option<Rc<P>> {
+        self.roots.get(&root)?.config.clone()
+    }
+
     /// Remembers what `stream`'s response needs, until `response` takes it.
     pub fn await_response(&mut self, stream: u32, need: A) {
         if self.awaiting.len() >= MAX_AWAITING {

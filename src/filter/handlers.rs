@@ -5,11 +5,13 @@ use crate::core::decide::{Decision, Failed, Remote};
 use crate::core::keytable::Key;
 use crate::core::policy::Policy;
 use crate::core::response::{self, Headers, Response, WOULD_DENY_HEADER};
+use crate::core::usage::Counted;
 use crate::core::verdict::{Outcome, RemoteUse, Verdict};
 use crate::filter::contexts::Contexts;
 use crate::filter::headers;
 use crate::filter::host::{self, Map};
 use crate::filter::remote::{self, HostCalls, Pass, Stream};
+use crate::filter::usage;
 use log::{debug, error, info, warn};
 use std::cell::RefCell;
 use std::rc::Rc;
@@ -35,8 +37,14 @@ struct Vm {
 /// counter is at most this far behind.
 pub const COUNTER_FLUSH_MS: u32 = 50;
 
-/// What the response of a forwarded browser request needs, under the policy it started with.
+/// What the response of a forwarded request needs: CORS headers for a browser's, under the
+/// policy it started with, and its key's usage count for its status.
 struct Awaiting {
+    cors: Option<CorsAwait>,
+    usage: Option<Counted>,
+}
+
+struct CorsAwait {
     policy: Rc<Policy>,
     origin: Vec<u8>,
     /// Whether the origin may read the response (`Verdict::allow_origin`).
@@ -103,6 +111,9 @@ pub fn tick(root: u32) {
         debug!("root context {id} stopped ticking: its configuration is released");
     }
     resume(remote::tick(root, &gone));
+    if let Some(Some(policy)) = with_vm(|vm| vm.contexts.root_config(root)) {
+        usage::tick(&policy);
+    }
     let m = metrics();
     for (i, [done, reported]) in pending.into_iter().enumerate() {
         for (n, ids) in [(done, &m.done), (reported, &m.reported)] {
@@ -240,6 +251,9 @@ fn is_waiting(stream: u32) -> bool {
 
 /// The key service answered one of the root's calls.
 pub fn call_response(token: u32, body_size: usize) {
+    if usage::call_response(token) {
+        return;
+    }
     resume(remote::call_response(token, body_size));
     // An answer the feed overtook served the streams that waited for it, and no one else.
     remote::with_source(|s| s.settle());
@@ -262,6 +276,7 @@ fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, strea
     let denied = verdict.outcome.reply().is_some();
     let forwarded = matches!(response, Response::Forward { .. });
     count(verdict.outcome, denied && forwarded);
+    let counted = usage::decided(policy, verdict.key, verdict.outcome);
     if denied {
         debug!(
             "{} key={}{}",
@@ -287,13 +302,15 @@ fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, strea
         }
         Response::Forward { identity, would_deny, .. } => {
             forward(policy, scan, identity, would_deny);
-            let Some(origin) = req.origin.value() else { return Action::Continue };
-            let awaiting = Awaiting {
+            let cors = req.origin.value().map(|origin| CorsAwait {
                 policy: Rc::clone(policy),
                 origin: origin.to_vec(),
                 allowed: verdict.allow_origin,
-            };
-            with_vm(|vm| vm.contexts.await_response(stream, awaiting));
+            });
+            let usage = counted.filter(|_| identity.is_some());
+            if cors.is_some() || usage.is_some() {
+                with_vm(|vm| vm.contexts.await_response(stream, Awaiting { cors, usage }));
+            }
             Action::Continue
         }
     }
@@ -301,7 +318,13 @@ fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, strea
 
 pub fn response_headers(stream: u32) -> Action {
     let taken = with_vm(|vm| vm.contexts.response(stream));
-    let Some(Some(Awaiting { policy, origin, allowed })) = taken else {
+    let Some(Some(Awaiting { cors, usage })) = taken else {
+        return Action::Continue;
+    };
+    if let Some(counted) = &usage {
+        usage::responded(counted);
+    }
+    let Some(CorsAwait { policy, origin, allowed }) = cors else {
         return Action::Continue;
     };
     Headers::cors(&policy, Some(&origin), allowed).each(|name, value| {

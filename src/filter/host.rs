@@ -252,6 +252,16 @@ pub fn set_property(path: &[u8], value: &[u8]) -> bool {
 /// returns its token; the answer comes to `proxy_on_http_call_response` on the root
 /// context. `None` when the host refuses at once (unknown cluster, missing pseudo-header).
 pub fn http_call(cluster: &str, headers: &[u8], timeout_ms: u32) -> Option<u32> {
+    http_call_with_body(cluster, headers, &[], timeout_ms)
+}
+
+/// As [`http_call`], with a request body.
+pub fn http_call_with_body(
+    cluster: &str,
+    headers: &[u8],
+    body: &[u8],
+    timeout_ms: u32,
+) -> Option<u32> {
     let mut token = 0;
     // SAFETY: pointers and lengths describe live slices; the host writes one u32.
     let s = unsafe {
@@ -260,8 +270,8 @@ pub fn http_call(cluster: &str, headers: &[u8], timeout_ms: u32) -> Option<u32> 
             cluster.len(),
             headers.as_ptr(),
             headers.len(),
-            null(),
-            0,
+            if body.is_empty() { null() } else { body.as_ptr() },
+            body.len(),
             null(),
             0,
             timeout_ms,

@@ -6,6 +6,8 @@
 //! - `remote`: the key service's host calls (lookups and feed polls sent, answers read,
 //!   `remote.*` counters flushed) around the core's `RemoteSource`, which decides what they
 //!   mean;
+//! - `usage`: the usage counts' host calls (the upstream status read, batches sent to the
+//!   key service) around the core's `usage`;
 //! - `headers`: the request header map read in place; `contexts`: which configuration serves
 //!   which stream. Both are pure and tested natively.
 //!
@@ -24,3 +26,5 @@ mod handlers;
 mod host;
 #[cfg(target_arch = "wasm32")]
 mod remote;
+#[cfg(target_arch = "wasm32")]
+mod usage;
