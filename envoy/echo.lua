@@ -1,6 +1,7 @@
 -- The demo upstream: answers every request with the request headers it received, as
 -- JSON, so a user (and the tests) can see exactly what keygate forwarded.
--- `x-echo-vary: <v>` makes it answer with `vary: <v>`, to show keygate keeps an upstream vary.
+-- `x-echo-vary: <v>` makes it answer with `vary: <v>`, to show keygate keeps an upstream vary;
+-- `x-echo-status: <n>` makes it answer with status n (how the upstream's answers are counted).
 
 local function json_string(s)
   return '"' .. s:gsub('[%c"\\\128-\255]', function(c)
@@ -13,7 +14,8 @@ function envoy_on_request(handle)
   for name, value in pairs(handle:headers()) do
     pairs_out[#pairs_out + 1] = "[" .. json_string(name) .. ", " .. json_string(value) .. "]"
   end
-  local response = { [":status"] = "200", ["content-type"] = "application/json" }
+  local status = handle:headers():get("x-echo-status") or "200"
+  local response = { [":status"] = status, ["content-type"] = "application/json" }
   local vary = handle:headers():get("x-echo-vary")
   if vary ~= nil then
     response["vary"] = vary

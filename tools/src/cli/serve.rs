@@ -80,6 +80,14 @@ pub struct ServeArgs {
     /// to this URL, signed with HMAC-SHA256 under KEYGATE_WEBHOOK_SECRET; repeatable.
     #[arg(long = "webhook", value_name = "URL", value_parser = webhook_url)]
     webhooks: Vec<String>,
+    /// Keep usage per minute this many days, then per hour.
+    #[arg(long, value_name = "DAYS", default_value_t = 2,
+          value_parser = clap::value_parser!(u32).range(1..=366))]
+    usage_minutes_days: u32,
+    /// Keep usage per hour this many days.
+    #[arg(long, value_name = "DAYS", default_value_t = 400,
+          value_parser = clap::value_parser!(u32).range(1..=3_660))]
+    usage_retention_days: u32,
     #[command(flatten)]
     pub listen: serve::listen::ListenArgs,
 }
@@ -117,6 +125,10 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         on_leak: args.on_leak,
         github_keys: args.github_keys,
         webhooks: args.webhooks,
+        usage_retention: serve::usage::Retention {
+            minutes_days: args.usage_minutes_days,
+            hours_days: args.usage_retention_days.max(args.usage_minutes_days),
+        },
         listen: args.listen.load().map_err(|e| format!("serve: {e}"))?,
     })
 }

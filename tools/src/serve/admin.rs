@@ -19,7 +19,7 @@ use crate::serve::api::{
 use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::request::{check, json_body, patched, rotation, with_id, Checked};
-use crate::serve::{console, leaks, owners};
+use crate::serve::{console, leaks, owners, usage_api};
 use crate::serve::{now_ms, rfc3339, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{ConnectInfo, FromRequest, FromRequestParts, Path, Query, Request, State};
@@ -54,6 +54,8 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(rotate))
         .routes(routes!(owners::list_owners))
         .routes(routes!(owners::set_owner, owners::show_owner, owners::delete_owner))
+        .routes(routes!(usage_api::key_usage))
+        .routes(routes!(usage_api::totals))
         .routes(routes!(leaks::report))
         .routes(routes!(leaks::github))
         .routes(routes!(audit))
@@ -370,7 +372,7 @@ fn secret() -> Result<(String, String), ApiError> {
 }
 
 /// The entry as an admin sees it: the stored entry with `name` after `id`.
-fn view(name: Option<&str>, entry: &str) -> Value {
+pub(super) fn view(name: Option<&str>, entry: &str) -> Value {
     let stored: Map<String, Value> = serde_json::from_str(entry).unwrap_or_default();
     let mut out = Map::new();
     for (k, v) in stored {
@@ -383,8 +385,17 @@ fn view(name: Option<&str>, entry: &str) -> Value {
     Value::Object(out)
 }
 
+/// A stored key as an admin sees it: its entry, and when it was last used (`null`: never,
+/// or no filter counts usage). `last_used_at` is read-only: `request::check` drops it.
 pub(super) fn view_of(k: &StoredKey) -> Value {
-    view(k.name.as_deref(), &k.entry)
+    let mut entry = view(k.name.as_deref(), &k.entry);
+    if let Some(map) = entry.as_object_mut() {
+        map.insert(
+            "last_used_at".into(),
+            k.last_used_ms.map(rfc3339).map_or(Value::Null, Value::from),
+        );
+    }
+    entry
 }
 
 /// What every key event says of its key: its id, owner and end (as the entry has them).
@@ -493,7 +504,16 @@ async fn list(
             .ok_or_else(|| ApiError::bad_request("limit: expected 1-1000"))?,
     };
     let after = q.get("after").map_or("", String::as_str);
-    let mut rows = s.db.list(q.get("owner").map(String::as_str), after, limit + 1).await?;
+    let unused_since = match q.get("unused_since") {
+        None => None,
+        Some(t) => Some(parse_rfc3339(t).map_err(|_| {
+            ApiError::bad_request(
+                "unused_since: expected an RFC 3339 time such as 2026-09-01T00:00:00Z",
+            )
+        })?),
+    };
+    let owner = q.get("owner").map(String::as_str);
+    let mut rows = s.db.list(owner, unused_since, after, limit + 1).await?;
     let next = if rows.len() as i64 > limit {
         rows.truncate(limit as usize);
         rows.last().map(|k| k.id.clone())

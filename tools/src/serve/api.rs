@@ -31,6 +31,7 @@ pub const GITHUB_SIGNATURE: &str = "github_signature";
         (name = "keys", description = "The keys the service holds"),
         (name = "owners", description = "Limits shared by all keys of one owner"),
         (name = "leaks", description = "Keys seen where they should not be: reported, then disabled or ended"),
+        (name = "usage", description = "What the filters counted: requests per key by result, over time"),
         (name = "audit", description = "Who changed what"),
         (name = "export", description = "The whole table as a plugin configuration"),
         (name = "meta", description = "This document"),
@@ -460,6 +461,8 @@ pub struct ListQuery {
     limit: Option<i64>,
     /// Continue after this id (the `next` of the previous page).
     after: Option<String>,
+    /// Only keys not used since this RFC 3339 time (never-used keys included).
+    unused_since: Option<String>,
 }
 
 /// `GET /v1/audit`.
@@ -472,6 +475,82 @@ pub struct AuditQuery {
     /// Records per page, 1-1000 (default 100).
     #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
+}
+
+/// `GET /v1/keys/{id}/usage` and `GET /v1/usage`.
+#[derive(IntoParams)]
+#[into_params(parameter_in = Query)]
+#[allow(dead_code)] // As ListQuery.
+pub struct UsageQuery {
+    /// RFC 3339, rounded down to the step (default: a day before `to`).
+    from: Option<String>,
+    /// RFC 3339, rounded up to the step (default: now).
+    to: Option<String>,
+    /// `minute` (while minutes are kept, `--usage-minutes-days`), `hour` (the default) or
+    /// `day`; at most 10,000 points.
+    step: Option<String>,
+    /// `GET /v1/usage` only: one owner's keys.
+    owner: Option<String>,
+}
+
+/// One bucket of a usage series.
+#[derive(Serialize, ToSchema)]
+pub struct UsagePointBody {
+    /// The bucket's start, RFC 3339 UTC.
+    pub at: String,
+    /// Requests decided in the bucket (every result but the upstream classes).
+    pub requests: i64,
+    /// By result: `allowed`, `denied_unknown`, `denied_expired`, ..., `unavailable`, and
+    /// the upstream's answers to allowed requests, `upstream_2xx`, `upstream_3xx`,
+    /// `upstream_4xx`, `upstream_429`, `upstream_5xx`. Zeros are left out.
+    #[schema(value_type = Object)]
+    pub counts: Value,
+}
+
+/// A key's usage over time.
+#[derive(Serialize, ToSchema)]
+pub struct KeyUsage {
+    pub key_id: String,
+    pub from: String,
+    pub to: String,
+    #[schema(examples("hour"))]
+    pub step: String,
+    /// The minute the key was last presented; `null` when never.
+    #[schema(required = true)]
+    pub last_used_at: Option<String>,
+    pub points: Vec<UsagePointBody>,
+}
+
+/// An owner's or a key's totals in a window.
+#[derive(Serialize, ToSchema)]
+pub struct UsageWho {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub key_id: Option<String>,
+    #[schema(required = true)]
+    pub owner: Option<String>,
+    pub requests: i64,
+    #[schema(value_type = Object)]
+    pub counts: Value,
+}
+
+/// Totals in a window: of everything (or of one owner), per owner, the keys with the most
+/// requests, and the series.
+#[derive(Serialize, ToSchema)]
+pub struct UsageTotals {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = String, required = false)]
+    pub owner: Option<String>,
+    pub from: String,
+    pub to: String,
+    pub step: String,
+    pub requests: i64,
+    #[schema(value_type = Object)]
+    pub counts: Value,
+    pub owners: Vec<UsageWho>,
+    /// At most 10, most requests first.
+    pub top_keys: Vec<UsageWho>,
+    pub points: Vec<UsagePointBody>,
 }
 
 /// The query parameters `P` documents: the only ones its handler accepts.

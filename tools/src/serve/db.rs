@@ -35,9 +35,11 @@
 
 mod events;
 mod leaks;
+mod usage;
 
 pub use events::Due;
 pub use leaks::LeakRow;
+pub use usage::UsageRow;
 
 use crate::serve::error::{one_line, ApiError};
 use crate::serve::postgres_reader::PostgresReader;
@@ -117,6 +119,8 @@ pub struct StoredKey {
     pub sha256: String,
     pub name: Option<String>,
     pub entry: String,
+    /// The minute the key was last presented to a filter counting usage (Unix ms).
+    pub last_used_ms: Option<i64>,
 }
 
 /// What one key contributes to a change: its digest and every origin it listed before or
@@ -272,36 +276,50 @@ impl Db {
     }
 
     pub async fn get(&self, id: &str) -> Result<Option<StoredKey>, ApiError> {
-        let row = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, sha256, name, entry, last_used_ms FROM keys WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&self.pool)
+                .await?;
         row.map(|r| stored(&r)).transpose()
     }
 
     /// Up to `limit` keys with ids after `after`, in id order.
+    /// With `unused_since` (Unix ms), only keys not presented since then (never-used ones
+    /// included).
     pub async fn list(
         &self,
         owner: Option<&str>,
+        unused_since: Option<i64>,
         after: &str,
         limit: i64,
     ) -> Result<Vec<StoredKey>, ApiError> {
-        let sql = match owner {
-            Some(_) => "SELECT id, sha256, name, entry FROM keys WHERE id > $1 AND owner = $3 ORDER BY id LIMIT $2",
-            None => "SELECT id, sha256, name, entry FROM keys WHERE id > $1 ORDER BY id LIMIT $2",
-        };
-        let mut query = sqlx::query(sql).bind(after).bind(limit);
+        let mut sql =
+            String::from("SELECT id, sha256, name, entry, last_used_ms FROM keys WHERE id > $1");
+        if owner.is_some() {
+            sql.push_str(" AND owner = $3");
+        }
+        if unused_since.is_some() {
+            let n = if owner.is_some() { 4 } else { 3 };
+            sql.push_str(&format!(" AND (last_used_ms IS NULL OR last_used_ms < ${n})"));
+        }
+        sql.push_str(" ORDER BY id LIMIT $2");
+        let mut query = sqlx::query(&sql).bind(after).bind(limit);
         if let Some(owner) = owner {
             query = query.bind(owner);
+        }
+        if let Some(since) = unused_since {
+            query = query.bind(since);
         }
         query.fetch_all(&self.pool).await?.iter().map(stored).collect()
     }
 
     /// Every key, in id order (the export and the ECDS file).
     pub async fn all(&self) -> Result<Vec<StoredKey>, ApiError> {
-        let rows = sqlx::query("SELECT id, sha256, name, entry FROM keys ORDER BY id")
-            .fetch_all(&self.pool)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, sha256, name, entry, last_used_ms FROM keys ORDER BY id")
+                .fetch_all(&self.pool)
+                .await?;
         rows.iter().map(stored).collect()
     }
 
@@ -477,6 +495,7 @@ fn stored(r: &sqlx::any::AnyRow) -> Result<StoredKey, ApiError> {
         sha256: r.try_get("sha256")?,
         name: r.try_get("name")?,
         entry: r.try_get("entry")?,
+        last_used_ms: r.try_get("last_used_ms")?,
     })
 }
 
@@ -571,10 +590,11 @@ impl Write<'_> {
     }
 
     pub async fn get(&mut self, id: &str) -> Result<Option<StoredKey>, ApiError> {
-        let row = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE id = $1")
-            .bind(id)
-            .fetch_optional(&mut *self.tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, sha256, name, entry, last_used_ms FROM keys WHERE id = $1")
+                .bind(id)
+                .fetch_optional(&mut *self.tx)
+                .await?;
         row.map(|r| stored(&r)).transpose()
     }
 
@@ -702,10 +722,11 @@ impl Write<'_> {
 
     /// Every key of `owner`: what an owner's change touches for the feed.
     pub async fn keys_of(&mut self, owner: &str) -> Result<Vec<StoredKey>, ApiError> {
-        let rows = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE owner = $1")
-            .bind(owner)
-            .fetch_all(&mut *self.tx)
-            .await?;
+        let rows =
+            sqlx::query("SELECT id, sha256, name, entry, last_used_ms FROM keys WHERE owner = $1")
+                .bind(owner)
+                .fetch_all(&mut *self.tx)
+                .await?;
         rows.iter().map(stored).collect()
     }
 

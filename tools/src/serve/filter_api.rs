@@ -4,12 +4,12 @@
 
 use crate::ratelimit::owners::OwnerLimits;
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
-use crate::serve::{feed, now_ms, AppState};
+use crate::serve::{feed, now_ms, usage, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use keygate::core::cors::normalize_origin;
 use keygate::core::timestamp::parse_rfc3339;
@@ -21,6 +21,7 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/filter/keys/{sha256}", get(key))
         .route("/v1/filter/origins/{origin}", get(origin))
         .route("/v1/filter/changes", get(changes))
+        .route("/v1/filter/usage", post(usage::take))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .with_state(state)

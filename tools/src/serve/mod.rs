@@ -29,6 +29,8 @@ mod owners;
 mod postgres_reader;
 pub mod request;
 mod sqlite_reader;
+pub mod usage;
+mod usage_api;
 mod webhooks;
 
 use crate::ratelimit::counters::Counters;
@@ -73,6 +75,8 @@ pub struct Settings {
     pub github_keys: Option<PathBuf>,
     /// Where key events are sent (`webhooks`), signed with `KEYGATE_WEBHOOK_SECRET`.
     pub webhooks: Vec<String>,
+    /// How long usage is kept per minute, then per hour (`usage`).
+    pub usage_retention: usage::Retention,
 }
 
 /// What every handler shares.
@@ -160,6 +164,7 @@ async fn serve(
         tokio::spawn(webhooks::run(db.clone(), secret));
     }
     tokio::spawn(feed::watch(db.clone(), state.held.clone()));
+    tokio::spawn(usage::roll_up(db.clone(), args.usage_retention));
     owner_sync::load(&db, &state.owners)
         .await
         .map_err(|e| format!("cannot read owners: {}", e.body()))?;

@@ -38,6 +38,8 @@ pub fn check(doc: Value) -> Result<Checked, ApiError> {
     let Value::Object(mut entry) = doc else {
         return Err(ApiError::at("entry", "expected a JSON object"));
     };
+    // Shown in answers, never stored: the service sets it from usage.
+    entry.shift_remove("last_used_at");
     let name = match entry.shift_remove("name") {
         None | Some(Value::Null) => None,
         Some(Value::String(n)) if NAME_CHARS.contains(&n.chars().count()) => Some(n),

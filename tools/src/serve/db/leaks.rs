@@ -20,10 +20,11 @@ pub struct LeakRow {
 impl Write<'_> {
     /// The key with this digest, read inside this transaction.
     pub async fn by_digest(&mut self, sha256: &str) -> Result<Option<StoredKey>, ApiError> {
-        let row = sqlx::query("SELECT id, sha256, name, entry FROM keys WHERE sha256 = $1")
-            .bind(sha256)
-            .fetch_optional(&mut *self.tx)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, sha256, name, entry, last_used_ms FROM keys WHERE sha256 = $1")
+                .bind(sha256)
+                .fetch_optional(&mut *self.tx)
+                .await?;
         row.map(|r| stored(&r)).transpose()
     }
 

@@ -1,0 +1,169 @@
+"""Usage per key through real Envoy (two workers) and the real key service: every request counted
+by key, result and upstream status class, batches taken once however often they are sent,
+`last_used_at` and `unused_since`, totals per owner and the top keys.
+
+Needs `cargo build -p keygate-tools` (target/debug/keygate).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from support.harness import Envoy, bearer
+from support.service import KEYGATE, Service, request
+
+if not KEYGATE.exists():
+    raise RuntimeError(f"{KEYGATE} is missing: run cargo build -p keygate-tools")
+
+
+def start_envoy(service: Service, flush_ms: int = 1000, concurrency: int = 2) -> Envoy:
+    config = {
+        "keys": [],
+        "public_endpoints": [{"methods": ["GET"], "paths": ["/public/*"]}],
+        "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 200, "timeout_ms": 1000},
+        "usage": {"flush_ms": flush_ms},
+    }
+    return Envoy(plugin_config=config, clusters={"keygate-keys": service.filter_port},
+                 concurrency=concurrency).start()
+
+
+def create(s: Service, entry: dict) -> str:
+    r = s.admin("POST", "/v1/keys", entry)
+    assert r.status == 201, r
+    return r.json()["key"]
+
+
+def until(predicate, timeout: float, what: str, step: float = 0.1):
+    began = time.monotonic()
+    while True:
+        value = predicate()
+        if value:
+            return value
+        assert time.monotonic() - began < timeout, f"{what}: not within {timeout} s"
+        time.sleep(step)
+
+
+def key_totals(s: Service, key_id: str) -> dict:
+    r = s.admin("GET", f"/v1/keys/{key_id}/usage?step=minute")
+    assert r.status == 200, r
+    totals: dict[str, int] = {}
+    for point in r.json()["points"]:
+        for result, n in point["counts"].items():
+            totals[result] = totals.get(result, 0) + n
+    return totals
+
+
+def away_from_the_minute_boundary():
+    """Minute buckets: a short test stays within one minute so its counts are in one point."""
+    into = time.time() % 60
+    if into > 45:
+        time.sleep(60 - into + 0.5)
+
+
+def test_every_request_is_counted_by_key_result_and_upstream_class(services):
+    s = services()
+    e = start_envoy(s)
+    try:
+        web = create(s, {"id": "web", "owner": "acme"})
+        cli = create(s, {"id": "cli", "owner": "acme"})
+        old = create(s, {"id": "old", "owner": "umbrella", "expires_at": "2020-01-01T00:00:00Z"})
+        create(s, {"id": "never-used"})
+        away_from_the_minute_boundary()
+        began = time.time()
+        statuses = []
+        for status in [200] * 5 + [503, 503, 429, 404]:
+            statuses.append(e.get("/api/x", [bearer(web), ("x-echo-status", str(status))]).status)
+        assert statuses == [200] * 5 + [503, 503, 429, 404]
+        assert [e.get("/api/x", [bearer(cli), ("x-echo-status", "302")]).status for _ in range(3)] == [302] * 3
+        assert [e.get("/api/x", [bearer(old)]).status for _ in range(2)] == [401, 401]
+        assert [e.get("/api/x", [bearer("kg_nobody_" + str(i))]).status for i in range(4)] == [401] * 4
+        assert [e.get("/public/doc", []).status for _ in range(2)] == [200, 200]
+        assert [e.get("/api/x", []).status for _ in range(3)] == [401] * 3
+
+        expected_web = {"allowed": 9, "upstream_2xx": 5, "upstream_5xx": 2, "upstream_429": 1, "upstream_4xx": 1}
+        until(lambda: key_totals(s, "web") == expected_web, 10, "web's counts")
+        assert key_totals(s, "cli") == {"allowed": 3, "upstream_3xx": 3}
+        assert key_totals(s, "old") == {"denied_expired": 2}
+        assert key_totals(s, "never-used") == {}
+        totals = s.admin("GET", "/v1/usage?step=minute").json()
+        assert totals["counts"] == {"allowed": 12, "denied_expired": 2, "denied_unknown": 4, "public": 2,
+                                    "denied_missing": 3, "upstream_2xx": 5, "upstream_3xx": 3, "upstream_4xx": 1,
+                                    "upstream_429": 1, "upstream_5xx": 2}, totals["counts"]
+        assert totals["requests"] == 23
+        assert [(o["owner"], o["requests"]) for o in totals["owners"]] == [("acme", 12), ("umbrella", 2)]
+        assert [(k["key_id"], k["requests"]) for k in totals["top_keys"]] == [("web", 9), ("cli", 3), ("old", 2)]
+        acme = s.admin("GET", "/v1/usage?owner=acme&step=minute").json()
+        assert (acme["owner"], acme["requests"], [k["key_id"] for k in acme["top_keys"]]) == \
+            ("acme", 12, ["web", "cli"])
+        # last_used_at: the minute each key was last presented; null for one never used.
+        minute = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(began))
+        keys = {k["id"]: k for k in s.admin("GET", "/v1/keys").json()["entries"]}
+        assert {k: v["last_used_at"] for k, v in keys.items()} == \
+            {"web": minute, "cli": minute, "old": minute, "never-used": None}
+        unused = s.admin("GET", f"/v1/keys?unused_since={minute}").json()["entries"]
+        assert [k["id"] for k in unused] == ["never-used"]
+        later = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(began + 120))
+        assert [k["id"] for k in s.admin("GET", f"/v1/keys?unused_since={later}").json()["entries"]] == \
+            ["cli", "never-used", "old", "web"]
+        # The entry as shown can be sent back: last_used_at is read-only and ignored.
+        assert s.admin("PATCH", "/v1/keys/web", {**keys["web"], "name": "Web"}).status == 200
+        assert "last_used_at" not in s.admin("GET", "/v1/export").body.decode(), "never stored in an entry"
+        assert e.counter("usage.batches_sent") >= 1
+        assert e.counter("usage.batches_failed") == 0
+    finally:
+        e.stop()
+
+
+def post_batch(s: Service, body: dict | bytes):
+    raw = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return request(s.filter_port, "POST", "/v1/filter/usage", raw, {"content-type": "application/json"})
+
+
+def test_a_batch_sent_twice_is_counted_once(services):
+    s = services()
+    create(s, {"id": "twice", "owner": "acme"})
+    minute = int(time.time() // 60 * 60_000)
+    batch = {"batch": "test-vm-1", "minute": minute,
+             "keys": [{"id": "twice", "owner": "acme", "counts": {"allowed": 7, "upstream_2xx": 7}}]}
+    first = post_batch(s, batch)
+    again = post_batch(s, batch)
+    assert (first.status, first.json()) == (200, {"counted": True})
+    assert (again.status, again.json()) == (200, {"counted": False})
+    assert key_totals(s, "twice") == {"allowed": 7, "upstream_2xx": 7}
+    other = post_batch(s, {**batch, "batch": "test-vm-2"})
+    assert other.json() == {"counted": True}
+    assert key_totals(s, "twice") == {"allowed": 14, "upstream_2xx": 14}
+
+
+@pytest.mark.parametrize("body, reason", [
+    (b"not json", "not JSON"),
+    ({"batch": "b", "minute": 1, "keys": []}, "minute: expected the Unix milliseconds of a minute's start"),
+    ({"batch": "b", "minute": 0, "keys": [{"id": "k", "counts": {"allowd": 1}}]},
+     'keys[0].counts: unknown result "allowd"'),
+])
+def test_a_malformed_batch_is_a_400_and_counts_nothing(services, body, reason):
+    s = services()
+    r = post_batch(s, body)
+    assert r.status == 400 and r.json()["message"].startswith(reason), r
+    assert s.admin("GET", "/v1/usage").json()["requests"] == 0
+
+
+def test_usage_queries_check_their_parameters(services):
+    s = services()
+    create(s, {"id": "k"})
+    for query, message in [
+        ("step=week", "step: expected minute, hour or day"),
+        ("from=yesterday", "from: expected an RFC 3339 time such as 2026-12-01T00:00:00Z"),
+        ("from=2026-12-02T00:00:00Z&to=2026-12-01T00:00:00Z", "from: must be before to"),
+        ("from=2000-01-01T00:00:00Z&step=minute", "at most 10000 points: a longer step, or a shorter window"),
+    ]:
+        r = s.admin("GET", f"/v1/keys/k/usage?{query}")
+        assert (r.status, r.json()["message"]) == (400, message), query
+    assert s.admin("GET", "/v1/keys/nope/usage").status == 404
+    r = s.admin("GET", "/v1/keys/k/usage?from=2026-12-01T00:00:00Z&to=2026-12-01T03:00:00Z")
+    assert [p["at"] for p in r.json()["points"]] == [
+        "2026-12-01T00:00:00Z", "2026-12-01T01:00:00Z", "2026-12-01T02:00:00Z"]
+    assert all(p["requests"] == 0 and p["counts"] == {} for p in r.json()["points"])
