@@ -206,7 +206,7 @@ def test_create_refuses_bad_input_of_every_kind(svc):
     error(post({"id": "a", "name": "n" * 201}), 400, path="name")
     error(post({"id": "a", "name": 7}), 400, path="name")
     error(post(["id", "a"]), 400, "expected a JSON object", "entry")
-    assert svc.admin("GET", "/v1/keys").json() == {"entries": [], "next": None}
+    assert svc.admin("GET", "/v1/keys").json() == {"entries": [], "leaked": [], "next": None}
     assert svc.admin("GET", "/v1/audit").json() == {"entries": [], "next": None}
     # A name of exactly 200 characters is fine; the same id twice is a conflict.
     svc.create({"id": "a", "name": "n" * 200})
@@ -220,7 +220,7 @@ def test_get_and_list_with_owner_and_paging(svc):
     for i in range(5):
         svc.create({"id": f"k{i}", "name": f"key {i}", "owner": "acme" if i % 2 else "zed"})
     r = svc.admin("GET", "/v1/keys/k3")
-    assert r.status == 200 and r.json() == {"entry": {"id": "k3", "name": "key 3", "owner": "acme"}}
+    assert r.status == 200 and r.json() == {"entry": {"id": "k3", "name": "key 3", "owner": "acme", "last_used_at": None}}
     error(svc.admin("GET", "/v1/keys/nope"), 404, 'no key with id "nope"')
     page = svc.admin("GET", "/v1/keys?limit=2").json()
     assert [e["id"] for e in page["entries"]] == ["k0", "k1"] and page["next"] == "k1"
