@@ -167,3 +167,37 @@ def test_usage_queries_check_their_parameters(services):
     assert [p["at"] for p in r.json()["points"]] == [
         "2026-12-01T00:00:00Z", "2026-12-01T01:00:00Z", "2026-12-01T02:00:00Z"]
     assert all(p["requests"] == 0 and p["counts"] == {} for p in r.json()["points"])
+
+
+def test_the_cli_prints_a_keys_series_the_totals_and_unused_keys(services):
+    from support.service import run_keygate
+
+    s = services()
+    create(s, {"id": "busy", "owner": "acme"})
+    create(s, {"id": "idle", "owner": "acme"})
+    minute = int(time.time() // 60 * 60_000)
+    batch = {"batch": "cli-vm-1", "minute": minute,
+             "keys": [{"id": "busy", "owner": "acme",
+                       "counts": {"allowed": 5, "denied_endpoint": 2, "upstream_2xx": 4, "upstream_5xx": 1}}],
+             "unkeyed": {"public": 3}}
+    assert post_batch(s, batch).json() == {"counted": True}
+    env = {"KEYGATE_ADMIN_TOKEN": s.token}
+    server = f"http://127.0.0.1:{s.admin_port}"
+    at = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(minute / 1000))
+    p = run_keygate("keys", "usage", "busy", "--server", server, "--step", "minute", "--from", "5m", env=env)
+    assert p.returncode == 0, p.stderr
+    rows = {line.split()[0]: line.split()[1:] for line in p.stdout.splitlines()[2:]}
+    assert rows[at] == ["7", "5", "2", "0", "0", "4", "0", "0", "0", "1"], p.stdout
+    assert f"last used {at}" in p.stdout.splitlines()[0]
+    p = run_keygate("keys", "usage", "busy", "--server", server, "--json", env=env)
+    assert json.loads(p.stdout)["key_id"] == "busy"
+    p = run_keygate("usage", "--server", server, "--owner", "acme", "--step", "minute", "--from", "5m", env=env)
+    lines = p.stdout.splitlines()
+    assert lines[2].split() == ["total", "7", "5", "2", "0", "0", "4", "0", "0", "0", "1"], p.stdout
+    assert lines[-1].split() == ["busy", "7", "5", "2", "0", "0", "4", "0", "0", "0", "1"], p.stdout
+    p = run_keygate("keys", "list", "--server", server, "--unused-since", "0m", env=env)
+    assert p.stdout.splitlines() == ["idle  owner acme"], p.stdout
+    p = run_keygate("keys", "list", "--server", server, "--unused-since", "90d", env=env)
+    assert p.stdout.splitlines() == ["idle  owner acme"], p.stdout
+    p = run_keygate("keys", "list", "--server", server, "--unused-since", "soon", env=env)
+    assert p.returncode == 2 and "span back from now" in p.stderr

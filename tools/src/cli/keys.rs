@@ -25,6 +25,8 @@ pub enum KeysCommand {
     /// Report a leaked key, read from standard input (never an argument, which shells and
     /// process lists keep): the service disables it at once, or ends it soon (its --on-leak).
     Leaked(LeakedArgs),
+    /// A key's requests over time, by result and upstream status class.
+    Usage(crate::cli::usage::KeyUsageArgs),
 }
 
 #[derive(Args)]
@@ -89,6 +91,9 @@ pub struct ListArgs {
     /// Continue after this id (the `next` of the previous page).
     #[arg(long)]
     after: Option<String>,
+    /// Only keys not used since then: RFC 3339, or a span back from now (`90d`).
+    #[arg(long, value_name = "TIME", value_parser = crate::cli::usage::time_arg)]
+    unused_since: Option<String>,
 }
 
 #[derive(Args)]
@@ -170,6 +175,7 @@ pub fn run(cmd: KeysCommand) -> Result<ExitCode, String> {
         }
         KeysCommand::Rotate(a) => rotate(&a),
         KeysCommand::Leaked(a) => leaked(&a),
+        KeysCommand::Usage(a) => crate::cli::usage::key_usage(&a),
     }
 }
 
@@ -240,6 +246,9 @@ fn list(a: &ListArgs) -> Result<ExitCode, String> {
     if let Some(after) = &a.after {
         query.push(format!("after={}", segment(after)));
     }
+    if let Some(since) = &a.unused_since {
+        query.push(format!("unused_since={}", segment(since)));
+    }
     let path =
         if query.is_empty() { "/v1/keys".into() } else { format!("/v1/keys?{}", query.join("&")) };
     let answer = a.conn.call("GET", &path, None)?;
@@ -278,6 +287,9 @@ fn summary(e: &Value) -> String {
     }
     if let Some(t) = field("expires_at") {
         line.push_str(&format!("  expires {t}"));
+    }
+    if let Some(t) = field("last_used_at") {
+        line.push_str(&format!("  used {t}"));
     }
     if let Some(limits) = e.get("limits") {
         line.push_str(&format!("  limits {}", limit_arg::summary(limits)));

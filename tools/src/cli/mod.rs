@@ -1,5 +1,5 @@
 //! The `keygate` command line: one file per command. `key` works offline on this machine;
-//! `keys`, `owners` and `export` call a key service's admin API (through `crate::client`, with the
+//! `keys`, `owners`, `export` and `usage` call a key service's admin API (through `crate::client`, with the
 //! options in `connection`); `serve` runs one.
 
 pub mod check;
@@ -11,6 +11,7 @@ pub mod keys;
 pub mod limit_arg;
 pub mod owners;
 pub mod serve;
+pub mod usage;
 
 use clap::{Parser, Subcommand};
 use std::process::ExitCode;
@@ -61,6 +62,8 @@ enum Command {
     Owners(owners::OwnersCommand),
     /// Print a key service's whole table as a plugin configuration (with digests).
     Export(export::ExportArgs),
+    /// What the filters counted: totals, per owner, and the keys with the most requests.
+    Usage(usage::UsageArgs),
 }
 
 /// Runs the command line; errors are printed as `keygate: <message>` and exit with 1.
@@ -74,6 +77,7 @@ pub fn main() -> ExitCode {
         Command::Keys(cmd) => keys::run(cmd),
         Command::Owners(cmd) => owners::run(cmd),
         Command::Export(args) => export::run(&args),
+        Command::Usage(args) => usage::run(&args),
     };
     match result {
         Ok(code) => code,

@@ -506,7 +506,8 @@ async fn list(
     let after = q.get("after").map_or("", String::as_str);
     let unused_since = match q.get("unused_since") {
         None => None,
-        Some(t) => Some(parse_rfc3339(t).map_err(|_| {
+        // Use is kept to the minute: a key used in the minute of `unused_since` was used since.
+        Some(t) => Some(parse_rfc3339(t).map(|t| t - t.rem_euclid(60_000)).map_err(|_| {
             ApiError::bad_request(
                 "unused_since: expected an RFC 3339 time such as 2026-09-01T00:00:00Z",
             )

@@ -461,7 +461,7 @@ pub struct ListQuery {
     limit: Option<i64>,
     /// Continue after this id (the `next` of the previous page).
     after: Option<String>,
-    /// Only keys not used since this RFC 3339 time (never-used keys included).
+    /// Only keys not used since this RFC 3339 time, to the minute (never-used keys included).
     unused_since: Option<String>,
 }
 

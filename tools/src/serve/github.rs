@@ -27,7 +27,9 @@ pub const MAX_REPORTS: usize = 1_000;
 /// The longest string a report may hold.
 pub const MAX_FIELD: usize = 4_096;
 
-/// GitHub's secret scanning public keys, by identifier.
+/// GitHub's secret scanning public keys, by identifier. `is_current` is not read: a key
+/// GitHub is rotating out stays listed while reports signed with it may still arrive, so every
+/// listed key verifies until the file no longer lists it.
 pub struct PublicKeys {
     keys: Vec<(String, VerifyingKey)>,
 }
@@ -81,7 +83,9 @@ impl PublicKeys {
                 .get("key_identifier")
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
-                .ok_or(format!("public_keys[{i}].key_identifier: expected a string"))?;
+                .ok_or(format!(
+                "public_keys[{i}].key_identifier: expected a non-empty string"
+            ))?;
             if keys.iter().any(|(known, _)| known == id) {
                 return Err(format!("public_keys[{i}].key_identifier: listed twice"));
             }
@@ -96,7 +100,9 @@ impl PublicKeys {
         Ok(PublicKeys { keys })
     }
 
-    /// Checks the headers' signature of `body`.
+    /// Checks the headers' signature of the raw `body` (the bytes as received: GitHub signed
+    /// those, not a re-encoding). A replayed body with its signature verifies again; the
+    /// handler's action is idempotent, so a replay changes nothing new.
     pub fn verify(
         &self,
         identifier: Option<&[u8]>,
@@ -265,8 +271,15 @@ mod tests {
         );
         assert_eq!(
             refused(r#"{"public_keys": [{"key": "x"}]}"#),
-            "public_keys[0].key_identifier: expected a string"
+            "public_keys[0].key_identifier: expected a non-empty string"
         );
+        assert_eq!(
+            refused(r#"{"public_keys": [{"key_identifier": "", "key": "x"}]}"#),
+            "public_keys[0].key_identifier: expected a non-empty string"
+        );
+        // A well-formed EC key on another curve (P-384, made by Python's `cryptography`).
+        let p384 = serde_json::json!({"public_keys": [{"key_identifier": "a", "key": P384_PEM}]});
+        assert_eq!(refused(&p384.to_string()), "public_keys[0].key: not a P-256 public key");
     }
 
     #[test]
@@ -320,5 +333,76 @@ mod tests {
                 hex::encode(&sha256(b"kg_secret_1"))
             )
         );
+    }
+
+    // GitHub's own signed sample request from the partner program's documentation, with the
+    // two keys GitHub published then (the first no longer current): a body GitHub really
+    // signed verifies here, and the answer's hash is the one other partners compute for it.
+    const GITHUB_KEYS: &str = r#"{"public_keys": [
+        {"key_identifier": "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a",
+         "key": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAE9MJJHnMfn2+H4xL4YaPDA4RpJqUq\nkCmRCBnYERxZanmcpzQSXs1X/AljlKkbJ8qpVIW4clayyef9gWhFbNHWAA==\n-----END PUBLIC KEY-----\n",
+         "is_current": false},
+        {"key_identifier": "bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c",
+         "key": "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEYAGMWO8XgCamYKMJS6jc/qgvSlAd\nAjPuDPRcXU22YxgBrz+zoN19MzuRyW87qEt9/AmtoNP5GrobzUvQSyJFVw==\n-----END PUBLIC KEY-----\n",
+         "is_current": true}
+    ]}"#;
+    const GITHUB_ID: &str = "bcb53661c06b4728e59d897fb6165d5c9cda0fd9cdf9d09ead458168deb7518c";
+    const GITHUB_SIGNATURE: &str =
+        "MEQCIQDaMKqrGnE27S0kgMrEK0eYBmyG0LeZismAEz/BgZyt7AIfXt9fErtRS4XaeSt/AO1RtBY66YcAdjxji410VQV4xg==";
+    const GITHUB_BODY: &str = r#"[{"source":"commit","token":"some_token","type":"some_type","url":"https://example.com/base-repo-url/"}]"#;
+
+    #[test]
+    fn the_signed_sample_in_githubs_documentation_verifies() {
+        let keys = match PublicKeys::parse(GITHUB_KEYS) {
+            Ok(k) => k,
+            Err(e) => unreachable!("{e}"),
+        };
+        let verify = |id: &str, body: &str| {
+            keys.verify(Some(id.as_bytes()), Some(GITHUB_SIGNATURE.as_bytes()), body.as_bytes())
+        };
+        assert_eq!(verify(GITHUB_ID, GITHUB_BODY), Ok(()));
+        // Parsed and written again, the body differs in bytes: only the raw body verifies.
+        let respaced = GITHUB_BODY.replace(',', ", ");
+        assert_eq!(verify(GITHUB_ID, &respaced), Err(Refused::BadSignature));
+        let old = "90a421169f0a406205f1563a953312f0be898d3c7b6c06b681aa86a874555f4a";
+        assert_eq!(verify(old, GITHUB_BODY), Err(Refused::BadSignature));
+        let reports = parse_reports(GITHUB_BODY.as_bytes()).unwrap_or_default();
+        assert_eq!(reports.len(), 1);
+        assert_eq!(reports[0].source, "commit");
+        assert_eq!(
+            serde_json::to_value(label(&reports[0], false)).unwrap_or_default(),
+            serde_json::json!({
+                "token_hash": "9a45520a1213f15016d2d768b5fb3d904492a44ee274b44d4de8803e00fb536a",
+                "token_type": "some_type",
+                "label": "false_positive"
+            })
+        );
+    }
+
+    // Made once by tests/integration/support/github_signing.py (GithubSigner("py")), so the
+    // Python signer the integration tests use and this verifier are held to one scheme. Its
+    // S is in the upper half of the order, which GitHub's signer may produce too: such a
+    // signature must verify (no low-S rule here).
+    const PYTHON_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMFkwEwYHKoZIzj0CAQYIKoZIzj0DAQcDQgAEAZyl4o+YQtjyFTI4JqhcbIo3itxa\nCe74f3sNRt8wPuWbvubGYnH46JwUByaMjyocXw7+5APFRvETXuzPmC+1Eg==\n-----END PUBLIC KEY-----\n";
+    const PYTHON_BODY: &str =
+        r#"[{"token":"kg_from_python","type":"keygate_api_key","url":"","source":"content"}]"#;
+    const PYTHON_SIGNATURE: &str =
+        "MEYCIQDA0/A0CuzZqDJbnzopTsBBJFHeTgjy6BJQ1RB/TODTnAIhAOwZUwPHygb5jXfO/j9RToNV988esFBa0HFrCM7cD/em";
+    const P384_PEM: &str = "-----BEGIN PUBLIC KEY-----\nMHYwEAYHKoZIzj0CAQYFK4EEACIDYgAElp3FRocmmQ2t6xU8lFDabrIzQouaJG4t\n4xJWxFHazjysAuNUBkYgYZ3w9nF/xMIzyqYxDjV/D/NA/mP+LpsoWQA2iIujpI0s\nL/KbHlVd2N3BO7F/6dThyvH8gisMF3O7\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn a_body_signed_by_the_python_test_signer_verifies() {
+        let json = serde_json::json!({"public_keys": [
+            {"key_identifier": "py", "key": PYTHON_PEM, "is_current": true}
+        ]});
+        let keys = match PublicKeys::parse(&json.to_string()) {
+            Ok(k) => k,
+            Err(e) => unreachable!("{e}"),
+        };
+        let verify = |body: &str| {
+            keys.verify(Some(b"py"), Some(PYTHON_SIGNATURE.as_bytes()), body.as_bytes())
+        };
+        assert_eq!(verify(PYTHON_BODY), Ok(()));
+        assert_eq!(verify(&PYTHON_BODY.replace("python", "pythom")), Err(Refused::BadSignature));
     }
 }
