@@ -11,7 +11,7 @@ use crate::serve::error::ApiError;
 use sqlx::Row;
 
 /// The advisory lock of the roll-up ("usage" in ASCII).
-const ROLLUP_LOCK: i64 = 0x7573_6167_65;
+const ROLLUP_LOCK: i64 = 0x0075_7361_6765;
 /// Rows per multi-row statement (5 parameters each: well under either database's limit).
 const CHUNK: usize = 1_000;
 
