@@ -8,7 +8,7 @@ cd "$(dirname "$0")/.."
 seconds="${1:-60}"
 command -v cargo-fuzz >/dev/null 2>&1 || cargo install cargo-fuzz --locked
 export RUSTC_BOOTSTRAP=1
-for target in bearer path config decide remote entry admin_body github_body; do
+for target in bearer path config decide remote entry admin_body github_body usage_body; do
   echo "== fuzz $target for ${seconds}s"
   # A scratch copy of the corpus, so a run's findings don't dirty the checked-in seeds.
   work="fuzz/work/$target"
