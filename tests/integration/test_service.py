@@ -220,7 +220,8 @@ def test_get_and_list_with_owner_and_paging(svc):
     for i in range(5):
         svc.create({"id": f"k{i}", "name": f"key {i}", "owner": "acme" if i % 2 else "zed"})
     r = svc.admin("GET", "/v1/keys/k3")
-    assert r.status == 200 and r.json() == {"entry": {"id": "k3", "name": "key 3", "owner": "acme", "last_used_at": None}}
+    shown = {"id": "k3", "name": "key 3", "owner": "acme", "last_used_at": None}
+    assert r.status == 200 and r.json() == {"entry": shown}
     error(svc.admin("GET", "/v1/keys/nope"), 404, 'no key with id "nope"')
     page = svc.admin("GET", "/v1/keys?limit=2").json()
     assert [e["id"] for e in page["entries"]] == ["k0", "k1"] and page["next"] == "k1"
