@@ -18,13 +18,16 @@ class GithubSigner:
         self.key = ec.generate_private_key(ec.SECP256R1())
 
     def public_pem(self) -> str:
-        return self.key.public_key().public_bytes(
-            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-        ).decode()
+        return (
+            self.key.public_key()
+            .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+            .decode()
+        )
 
     def write_keys_file(self, path: Path, *others: GithubSigner):
-        keys = [{"key_identifier": s.identifier, "key": s.public_pem(), "is_current": s is self}
-                for s in (self, *others)]
+        keys = [
+            {"key_identifier": s.identifier, "key": s.public_pem(), "is_current": s is self} for s in (self, *others)
+        ]
         Path(path).write_text(json.dumps({"public_keys": keys}))
 
     def sign(self, body: bytes) -> str:

@@ -79,22 +79,21 @@ impl PublicKeys {
         }
         let mut keys: Vec<(String, VerifyingKey)> = Vec::with_capacity(list.len());
         for (i, item) in list.iter().enumerate() {
+            let at = format!("public_keys[{i}]");
             let id = item
                 .get("key_identifier")
                 .and_then(Value::as_str)
                 .filter(|s| !s.is_empty())
-                .ok_or(format!(
-                "public_keys[{i}].key_identifier: expected a non-empty string"
-            ))?;
+                .ok_or(format!("{at}.key_identifier: expected a non-empty string"))?;
             if keys.iter().any(|(known, _)| known == id) {
-                return Err(format!("public_keys[{i}].key_identifier: listed twice"));
+                return Err(format!("{at}.key_identifier: listed twice"));
             }
             let pem = item
                 .get("key")
                 .and_then(Value::as_str)
-                .ok_or(format!("public_keys[{i}].key: expected a PEM public key"))?;
+                .ok_or(format!("{at}.key: expected a PEM public key"))?;
             let key = VerifyingKey::from_public_key_pem(pem)
-                .map_err(|_| format!("public_keys[{i}].key: not a P-256 public key"))?;
+                .map_err(|_| format!("{at}.key: not a P-256 public key"))?;
             keys.push((id.to_string(), key));
         }
         Ok(PublicKeys { keys })
