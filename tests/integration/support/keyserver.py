@@ -138,6 +138,7 @@ class KeyServer:
         self.inflight: collections.Counter = collections.Counter()
         self.max_inflight: collections.Counter = collections.Counter()
         self.violations: list[str] = []
+        self.usage_batches: list[dict] = []  # the usage batches filters posted, as JSON
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._conns: set[_Conn] = set()
@@ -374,8 +375,8 @@ class KeyServer:
                     if not chunk:
                         return
                     buf += chunk
-                buf = buf[length:]
-                keep = self._handle(conn.sock, method, target, headers)
+                body, buf = buf[:length], buf[length:]
+                keep = self._handle(conn.sock, method, target, headers, body)
                 if not keep:
                     return
         except OSError:
@@ -390,12 +391,14 @@ class KeyServer:
             if len(self.violations) < 1000:
                 self.violations.append(what)
 
-    def _handle(self, sock: socket.socket, method: str, target: str, headers: dict) -> bool:
+    def _handle(self, sock: socket.socket, method: str, target: str, headers: dict, body: bytes = b"") -> bool:
         path, _, query = target.partition("?")
         host = headers.get("host", "")
         kind, arg = self._route(path)
-        if method != "GET":
+        if method != ("POST" if kind == "usage" else "GET"):
             self._violation(f"{method} {target}")
+        if kind == "usage":
+            arg = body.decode("utf-8", "replace")
         if self.authority is not None and host != self.authority:
             self._violation(f"host {host!r} for {target}")
         with self._lock:
@@ -459,6 +462,8 @@ class KeyServer:
         rest = path[len(self.prefix) + 1:]
         if rest == "changes":
             return "changes", ""
+        if rest == "usage":
+            return "usage", ""
         if rest.startswith("keys/"):
             sha = rest[5:]
             if len(sha) == 64 and all(ch in "0123456789abcdef" for ch in sha):
@@ -473,6 +478,9 @@ class KeyServer:
 
     def _answer(self, kind: str, arg: str, query: str, f: Fault | None) -> tuple[int, bytes]:
         with self._lock:
+            if kind == "usage":
+                self.usage_batches.append(json.loads(arg))
+                return 200, b'{"counted": true}'
             if kind == "keys":
                 if len(self._asked) < 1_000_000:
                     self._asked.add(arg)
