@@ -11,6 +11,7 @@ admin API refusing cross-site requests. The screenshots the README shows are tak
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -422,7 +423,7 @@ def test_create_disable_rotate_delete_through_envoy_and_the_audit_view(browser, 
     created = service.admin("GET", "/v1/keys/console-web").json()["entry"]
     assert created == {"id": "console-web", "name": "Console web app", "owner": "user-7",
                        "cors": {"allowed_origins": [ORIGIN], "full_access": False},
-                       "not_before": "2026-01-01T00:00:00Z"}
+                       "not_before": "2026-01-01T00:00:00Z", "last_used_at": None}
     wait(browser, lambda d: status_of(d, "console-web") == "active")
     # The key list as the README shows it (before the rotation writes today's time into it).
     browser.execute_script("document.getElementById('keys-status').textContent = '';"
@@ -630,6 +631,46 @@ def test_a_leaked_key_is_marked_in_the_list_and_its_record_shown_in_its_dialog(b
     assert item.text.endswith(f"UTC by {admin} (disabled): {source}"), item.text
     assert item.find_elements(By.TAG_NAME, "b") == [], "the source was read as markup"
     by_id(browser, "key-dialog").send_keys(Keys.ESCAPE)
+
+
+def test_a_keys_usage_is_charted_in_its_dialog_and_unused_keys_can_be_listed(browser, service):
+    for key_id in ("charted", "idle-in-console"):
+        assert service.admin("POST", "/v1/keys", {"id": key_id, "owner": "chart-co"}).status == 201
+    minute = int(time.time() // 60 * 60_000)
+    batch = {"batch": f"console-{minute}", "minute": minute,
+             "keys": [{"id": "charted", "owner": "chart-co",
+                       "counts": {"allowed": 7, "denied_endpoint": 2, "unavailable": 1, "upstream_2xx": 7}}]}
+    r = request(service.filter_port, "POST", "/v1/filter/usage", json.dumps(batch).encode(),
+                {"content-type": "application/json"})
+    assert r.status == 200, r
+    hour = time.strftime("%Y-%m-%dT%H:00:00Z", time.gmtime(minute / 1000))
+    used = time.strftime("%Y-%m-%d %H:%M:00", time.gmtime(minute / 1000))
+    sign_in(browser, service)
+    wait(browser, lambda d: row(d, "charted") is not None)
+    def last_used(key_id):
+        return row(browser, key_id).find_element(By.CSS_SELECTOR, "td.last-used").text
+
+    assert (last_used("charted"), last_used("idle-in-console")) == (used, "never")
+    row_action(browser, "charted", "edit")
+    wait(browser, lambda d: visible(d, "usage-panel"), message="the usage chart was not shown")
+    bars = by_id(browser, "usage-chart").find_elements(By.CSS_SELECTOR, "g[data-at]")
+    assert len(bars) in (24, 25)
+    [busy] = [g for g in bars if g.get_attribute("data-requests") != "0"]
+    assert busy.get_attribute("data-at") == hour
+    assert busy.get_attribute("data-requests") == "10"
+    assert sorted(r.get_attribute("class") for r in busy.find_elements(By.TAG_NAME, "rect")) == \
+        ["allowed", "denied", "unavailable"]
+    assert "7 allowed" in text_of(browser, "usage-summary") and "2 denied" in text_of(browser, "usage-summary")
+    by_id(browser, "key-dialog").send_keys(Keys.ESCAPE)
+    wait(browser, lambda d: not visible(d, "key-dialog"))
+    # Keys unused for a week: the one never used is listed, the one used now is not.
+    Select(by_id(browser, "unused-filter")).select_by_value("7")
+    by_id(browser, "filter-form").find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda d: row(d, "charted") is None and row(d, "idle-in-console") is not None,
+         message="the unused filter did not apply")
+    Select(by_id(browser, "unused-filter")).select_by_value("")
+    by_id(browser, "filter-form").find_element(By.CSS_SELECTOR, "button[type=submit]").click()
+    wait(browser, lambda d: row(d, "charted") is not None)
 
 
 def test_a_page_on_another_origin_cannot_drive_the_api(browser, service):

@@ -14,6 +14,7 @@
   const state = {
     token: null,
     owner: "",
+    unusedDays: "", // list only keys unused for this many days
     limit: 50,
     cursors: [""], // the `after` of each page seen so far
     page: 0,
@@ -258,12 +259,17 @@
       cell("Limits", tags((e.limits || []).map(limitText), "none")),
       cell("Status", statusCell),
       cell("Validity (UTC)", validity(e)),
+      cell("Last used (UTC)", e.last_used_at ? when(e.last_used_at) : el("span", { class: "muted", text: "never" }), "last-used"),
       actions);
   }
 
   async function loadKeys() {
     const params = new URLSearchParams({ limit: String(state.limit) });
     if (state.owner) params.set("owner", state.owner);
+    if (state.unusedDays) {
+      const since = new Date(Date.now() - Number(state.unusedDays) * 86400000);
+      params.set("unused_since", since.toISOString().replace(/\.\d{3}Z$/, "Z"));
+    }
     const after = state.cursors[state.page];
     if (after) params.set("after", after);
     // Paging waits for the page on its way; an answer overtaken by a newer call is dropped.
@@ -294,8 +300,9 @@
     const leaked = new Set(data.leaked || []);
     const rows = data.entries.map((e) => keyRow(e, leaked));
     if (rows.length === 0) {
-      const text = state.owner ? `No keys with owner “${state.owner}”.` : "No keys yet: create one.";
-      rows.push(el("tr", {}, el("td", { class: "empty", colspan: "9", text })));
+      const text = state.unusedDays ? `No keys unused for ${state.unusedDays} days.`
+        : state.owner ? `No keys with owner “${state.owner}”.` : "No keys yet: create one.";
+      rows.push(el("tr", {}, el("td", { class: "empty", colspan: "11", text })));
     }
     $("key-rows").replaceChildren(...rows);
     const first = state.page * state.limit + 1;
@@ -310,6 +317,7 @@
   function onFilter(event) {
     event.preventDefault();
     state.owner = $("owner-filter").value.trim();
+    state.unusedDays = $("unused-filter").value;
     state.limit = Number($("page-size").value) || 50;
     openKeys(true);
   }
@@ -492,7 +500,12 @@
     if (editing && entry.owner) loadOwnerLimits(entry.owner);
     $("leak-record").hidden = true;
     $("leak-list").replaceChildren();
-    if (editing) loadLeaks(entry.id);
+    $("usage-panel").hidden = true;
+    $("usage-chart").replaceChildren();
+    if (editing) {
+      loadLeaks(entry.id);
+      loadUsage(entry.id);
+    }
     $("key-dialog").showModal();
     (editing ? $("f-name") : $("f-id")).focus();
   }
@@ -582,6 +595,70 @@
   }
 
   // The owner's limits as the dialog opened with them, so that only a change is saved.
+  // ---- Usage: a key's requests per hour over the last day, as stacked SVG bars -----------
+
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attrs, ...children) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [k, v] of Object.entries(attrs)) node.setAttribute(k, String(v));
+    node.append(...children);
+    return node;
+  }
+
+  // allowed, every denial, and the 503s, from one point's counts.
+  function split(counts) {
+    let denied = 0;
+    for (const [k, v] of Object.entries(counts)) if (k.startsWith("denied_") || k === "preflight_denied") denied += v;
+    return { allowed: counts.allowed || 0, denied, unavailable: counts.unavailable || 0 };
+  }
+
+  function usageChart(points) {
+    const width = 480, height = 120, gap = 2;
+    const parts = points.map((p) => split(p.counts));
+    const top = Math.max(1, ...parts.map((x) => x.allowed + x.denied + x.unavailable));
+    const bar = width / Math.max(1, points.length);
+    const chart = svg("svg", { viewBox: `0 0 ${width} ${height}`, role: "img", preserveAspectRatio: "none" });
+    points.forEach((p, i) => {
+      const x = parts[i];
+      const total = x.allowed + x.denied + x.unavailable;
+      const group = svg("g", { "data-at": p.at, "data-requests": total });
+      group.append(svg("title", {}, `${when(p.at)} UTC: ${total} requests (${x.allowed} allowed, ${x.denied} denied, ${x.unavailable} unverified)`));
+      let y = height;
+      for (const kind of ["allowed", "denied", "unavailable"]) {
+        if (!x[kind]) continue;
+        const h = (x[kind] / top) * (height - 4);
+        y -= h;
+        group.append(svg("rect", { class: kind, x: i * bar + gap / 2, y, width: Math.max(1, bar - gap), height: h }));
+      }
+      chart.append(group);
+    });
+    return chart;
+  }
+
+  async function loadUsage(id) {
+    let data;
+    try {
+      data = await api("GET", `${keyPath(id)}/usage?step=hour`);
+    } catch (err) {
+      unauthorized(err);
+      return;
+    }
+    if (!state.editing || state.editing.id !== id) return;
+    const points = data.points || [];
+    const sum = points.reduce((acc, p) => {
+      const x = split(p.counts);
+      return { allowed: acc.allowed + x.allowed, denied: acc.denied + x.denied, unavailable: acc.unavailable + x.unavailable };
+    }, { allowed: 0, denied: 0, unavailable: 0 });
+    $("usage-chart").replaceChildren(usageChart(points));
+    const legend = (kind, text) => [el("span", { class: `legend-swatch ${kind}` }), text];
+    $("usage-summary").replaceChildren(
+      ...legend("allowed", `${sum.allowed} allowed`), ...legend("denied", `${sum.denied} denied`),
+      ...legend("unavailable", `${sum.unavailable} unverified`),
+      data.last_used_at ? ` · last used ${when(data.last_used_at)} UTC` : " · never used");
+    $("usage-panel").hidden = false;
+  }
+
   // A key's leak reports, shown at the top of its dialog: when, by whom, where, what was done.
   async function loadLeaks(id) {
     let data;
