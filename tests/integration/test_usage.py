@@ -201,3 +201,48 @@ def test_the_cli_prints_a_keys_series_the_totals_and_unused_keys(services):
     assert p.stdout.splitlines() == ["idle  owner acme"], p.stdout
     p = run_keygate("keys", "list", "--server", server, "--unused-since", "soon", env=env)
     assert p.returncode == 2 and "span back from now" in p.stderr
+
+
+def test_a_flood_of_distinct_keys_goes_in_bounded_batches_and_nothing_is_dropped():
+    """3,000 distinct valid keys within at most two flush intervals of one worker, max_keys 1,000:
+    each interval keeps 1,000 keys' own rows at most, the rest are counted in `other` (and in
+    keygate.usage.overflow), every batch is at most 64 KiB, and the batches add up to every
+    request sent."""
+    import hashlib
+
+    from support.keyserver import KeyServer
+    from support.remote import CLUSTER, key_service
+
+    keys = [f"kg_flood_key_{i:05d}" for i in range(3000)]
+    config = {"keys": [{"id": f"flood-{i:05d}", "sha256": hashlib.sha256(k.encode()).hexdigest(),
+                        "owner": "o" * 200} for i, k in enumerate(keys)],
+              "key_service": key_service(), "usage": {"flush_ms": 20_000, "max_keys": 1000}}
+    with KeyServer() as server:
+        e = Envoy(plugin_config=config, clusters={CLUSTER: server.port}, concurrency=1).start()
+        try:
+            away_from_the_minute_boundary()
+            for k in keys:
+                assert e.get("/api/x", [bearer(k)]).status == 200
+            began = time.monotonic()
+            # A flush (every 20 s) or the minute's end sends them: wait for every request.
+            def counted(bodies):
+                docs = [json.loads(b) for b in bodies]
+                return sum(d.get("other", {}).get("allowed", 0) + sum(k["counts"]["allowed"] for k in d["keys"])
+                           for d in docs)
+
+            bodies = until(lambda: list(server.usage_batches) if counted(server.usage_batches) == 3000 else None,
+                           45, "every request in a batch")
+            assert time.monotonic() - began < 25
+            assert max(len(b.encode()) for b in bodies) <= 64 * 1024
+            docs = [json.loads(b) for b in bodies]
+            own = [k for d in docs for k in d["keys"]]
+            other = sum(d.get("other", {}).get("allowed", 0) for d in docs)
+            assert len(own) + other == 3000 and len(own) <= 2000 and other >= 1000
+            assert len({k["id"] for k in own}) == len(own), "a key counted twice"
+            assert len(docs) >= 4, "1,000 keys with 200-byte owners do not fit one batch"
+            assert len({d["batch"] for d in docs}) == len(docs)
+            assert sum(d.get("overflow", 0) for d in docs) == other
+            until(lambda: e.counter("usage.overflow") == other, 2, "the overflow counter")
+            assert e.counter("usage.dropped") == 0
+        finally:
+            e.stop()

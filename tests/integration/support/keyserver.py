@@ -138,7 +138,7 @@ class KeyServer:
         self.inflight: collections.Counter = collections.Counter()
         self.max_inflight: collections.Counter = collections.Counter()
         self.violations: list[str] = []
-        self.usage_batches: list[dict] = []  # the usage batches filters posted, as JSON
+        self.usage_batches: list[str] = []  # the usage batches filters posted, as sent
         self._listener: socket.socket | None = None
         self._accept_thread: threading.Thread | None = None
         self._conns: set[_Conn] = set()
@@ -479,7 +479,7 @@ class KeyServer:
     def _answer(self, kind: str, arg: str, query: str, f: Fault | None) -> tuple[int, bytes]:
         with self._lock:
             if kind == "usage":
-                self.usage_batches.append(json.loads(arg))
+                self.usage_batches.append(arg)
                 return 200, b'{"counted": true}'
             if kind == "keys":
                 if len(self._asked) < 1_000_000:
