@@ -131,16 +131,22 @@ fn usage_needs_a_key_service_and_bounded_settings() {
         (r#"{"keys":[],"usage":{}}"#.to_string(), "usage: needs key_service: the counts are sent to the key service's cluster"),
         (format!(r#"{{"keys":[],{ks},"usage":{{"flush_ms":999}}}}"#), "usage.flush_ms: expected 1000 to 600000"),
         (format!(r#"{{"keys":[],{ks},"usage":{{"max_keys":0}}}}"#), "usage.max_keys: expected 1 to 1000000"),
-        (format!(r#"{{"keys":[],{ks},"usage":{{"flush":5}}}}"#), "usage.flush: unknown field `flush`, expected `flush_ms` or `max_keys` at line 1 column 60"),
+        (format!(r#"{{"keys":[],{ks},"usage":{{"flush":5}}}}"#), "usage.flush: unknown field `flush`, expected one of `flush_ms`, `max_keys`, `upstream_status` at line 1 column 60"),
     ] {
         assert_eq!(config_error(&json), expected, "{json}");
     }
     let p = policy(&format!(r#"{{"keys":[],{ks},"usage":{{}}}}"#));
+    assert_eq!(p.usage, Some(keygate::core::usage::UsageSettings::default()));
+    let p = policy(&format!(
+        r#"{{"keys":[],{ks},"usage":{{"flush_ms":2000,"max_keys":5,"upstream_status":false}}}}"#
+    ));
     assert_eq!(
         p.usage,
-        Some(keygate::core::usage::UsageSettings { flush_ms: 10_000, max_keys: 10_000 })
+        Some(keygate::core::usage::UsageSettings {
+            flush_ms: 2_000,
+            max_keys: 5,
+            upstream_status: false
+        })
     );
-    let p = policy(&format!(r#"{{"keys":[],{ks},"usage":{{"flush_ms":2000,"max_keys":5}}}}"#));
-    assert_eq!(p.usage, Some(keygate::core::usage::UsageSettings { flush_ms: 2_000, max_keys: 5 }));
     assert_eq!(policy(&format!(r#"{{"keys":[],{ks}}}"#)).usage, None);
 }

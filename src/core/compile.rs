@@ -200,7 +200,11 @@ fn usage(raw: Option<&RawUsage>, key_service: bool) -> Result<Option<UsageSettin
     if !(1..=1_000_000).contains(&raw.max_keys) {
         return Err(ConfigError::new("usage.max_keys", "expected 1 to 1000000"));
     }
-    Ok(Some(UsageSettings { flush_ms: u64::from(raw.flush_ms), max_keys: raw.max_keys as usize }))
+    Ok(Some(UsageSettings {
+        flush_ms: u64::from(raw.flush_ms),
+        max_keys: raw.max_keys as usize,
+        upstream_status: raw.upstream_status,
+    }))
 }
 
 fn key_service(raw: &RawKeyService) -> Result<KeyService, ConfigError> {

@@ -30,11 +30,13 @@ pub struct RawRest {
 pub struct RawUsage {
     pub flush_ms: u32,
     pub max_keys: u32,
+    /// Count the upstream's answers by status class too (a header read per forwarded request).
+    pub upstream_status: bool,
 }
 
 impl Default for RawUsage {
     fn default() -> RawUsage {
-        RawUsage { flush_ms: 10_000, max_keys: 10_000 }
+        RawUsage { flush_ms: 10_000, max_keys: 10_000, upstream_status: true }
     }
 }
 

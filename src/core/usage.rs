@@ -29,11 +29,13 @@ const OUTCOMES: usize = Outcome::ALL.len();
 pub struct UsageSettings {
     pub flush_ms: u64,
     pub max_keys: usize,
+    /// Whether forwarded requests wait for their upstream status to be counted.
+    pub upstream_status: bool,
 }
 
 impl Default for UsageSettings {
     fn default() -> UsageSettings {
-        UsageSettings { flush_ms: 10_000, max_keys: 10_000 }
+        UsageSettings { flush_ms: 10_000, max_keys: 10_000, upstream_status: true }
     }
 }
 

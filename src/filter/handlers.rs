@@ -307,7 +307,9 @@ fn carry_out(policy: &Rc<Policy>, scan: &headers::Scan, verdict: &Verdict, strea
                 origin: origin.to_vec(),
                 allowed: verdict.allow_origin,
             });
-            let usage = counted.filter(|_| identity.is_some());
+            // The upstream's status costs a header read per forwarded request: only if asked.
+            let wants_status = policy.usage.is_some_and(|u| u.upstream_status);
+            let usage = counted.filter(|_| identity.is_some() && wants_status);
             if cors.is_some() || usage.is_some() {
                 with_vm(|vm| vm.contexts.await_response(stream, Awaiting { cors, usage }));
             }

@@ -19,12 +19,12 @@ if not KEYGATE.exists():
     raise RuntimeError(f"{KEYGATE} is missing: run cargo build -p keygate-tools")
 
 
-def start_envoy(service: Service, flush_ms: int = 1000, concurrency: int = 2) -> Envoy:
+def start_envoy(service: Service, flush_ms: int = 1000, concurrency: int = 2, upstream_status: bool = True) -> Envoy:
     config = {
         "keys": [],
         "public_endpoints": [{"methods": ["GET"], "paths": ["/public/*"]}],
         "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 200, "timeout_ms": 1000},
-        "usage": {"flush_ms": flush_ms},
+        "usage": {"flush_ms": flush_ms, "upstream_status": upstream_status},
     }
     return Envoy(plugin_config=config, clusters={"keygate-keys": service.filter_port},
                  concurrency=concurrency).start()
@@ -113,6 +113,18 @@ def test_every_request_is_counted_by_key_result_and_upstream_class(services):
         assert "last_used_at" not in s.admin("GET", "/v1/export").body.decode(), "never stored in an entry"
         assert e.counter("usage.batches_sent") >= 1
         assert e.counter("usage.batches_failed") == 0
+    finally:
+        e.stop()
+
+
+def test_without_upstream_status_only_decisions_are_counted(services):
+    s = services()
+    e = start_envoy(s, upstream_status=False)
+    try:
+        key = create(s, {"id": "plain"})
+        away_from_the_minute_boundary()
+        assert [e.get("/api/x", [bearer(key), ("x-echo-status", "503")]).status for _ in range(4)] == [503] * 4
+        until(lambda: key_totals(s, "plain") == {"allowed": 4}, 10, "the decisions, and no upstream class")
     finally:
         e.stop()
 
