@@ -8,7 +8,7 @@
 //! written as batches of at most [`MAX_BATCH_BYTES`], each with an id of its own, so a batch
 //! sent twice (its answer lost) is counted once by the service.
 //!
-//! Memory is bounded: past `max_keys` distinct keys in a minute, further keys are counted
+//! Memory is bounded: past `max_keys` distinct keys in a flush interval, further keys are counted
 //! together in an `other` row, and how many requests went there is counted too.
 
 use crate::core::verdict::Outcome;
@@ -24,7 +24,7 @@ pub const MAX_BATCH_BYTES: usize = 64 * 1024;
 pub const CLASSES: [&str; 5] = ["2xx", "3xx", "4xx", "429", "5xx"];
 const OUTCOMES: usize = Outcome::ALL.len();
 
-/// The usage settings of a configuration (`usage: {flush_ms, max_keys}`).
+/// The usage settings of a configuration (`usage: {flush_ms, max_keys, upstream_status}`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UsageSettings {
     pub flush_ms: u64,
@@ -110,7 +110,7 @@ pub const fn class_of(status: u32) -> Option<usize> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Counted {
     Key(Rc<str>, Option<Rc<str>>),
-    /// In `other`: the minute already held `max_keys` keys.
+    /// In `other`: the flush interval already held `max_keys` keys.
     Other,
 }
 
