@@ -258,3 +258,44 @@ def test_a_flood_of_distinct_keys_goes_in_bounded_batches_and_nothing_is_dropped
             assert e.counter("usage.dropped") == 0
         finally:
             e.stop()
+
+
+def test_a_configuration_push_keeps_the_vms_counts():
+    """A new configuration pushed by ECDS (as Istio pushes a WasmPlugin change) reaches the same
+    VMs: the counts from before the push are sent with those from after it, none lost."""
+    import hashlib
+
+    from support.ecds import EcdsEnvoy
+    from support.harness import static_cluster
+    from support.keyserver import KeyServer
+    from support.remote import CLUSTER, key_service
+
+    key = "kg_pushed_config_key_0001"
+
+    def config(extra_keys: int) -> dict:
+        keys = [{"id": "pushed", "sha256": hashlib.sha256(key.encode()).hexdigest()}]
+        keys += [{"id": f"extra-{i}", "sha256": hashlib.sha256(f"x{i}".encode()).hexdigest()}
+                 for i in range(extra_keys)]
+        return {"keys": keys, "key_service": key_service(), "usage": {"flush_ms": 30_000}}
+
+    with KeyServer() as server:
+        ecds = EcdsEnvoy(config(0))
+        ecds.envoy.concurrency = 2
+        ecds.envoy.bootstrap["static_resources"]["clusters"].append(static_cluster(CLUSTER, server.port))
+        ecds.start()
+        e = ecds.envoy
+        try:
+            away_from_the_minute_boundary()
+            assert [e.get("/api/x", [bearer(key)]).status for _ in range(150)] == [200] * 150
+            ecds.push(config(5))
+            assert [e.get("/api/x", [bearer(key)]).status for _ in range(150)] == [200] * 150
+
+            def allowed():
+                return sum(k["counts"].get("allowed", 0) for b in server.usage_batches
+                           for k in json.loads(b)["keys"] if k["id"] == "pushed")
+
+            until(lambda: allowed() == 300, 45, "every request's count, from before and after the push")
+            time.sleep(1)
+            assert allowed() == 300
+        finally:
+            ecds.stop()
