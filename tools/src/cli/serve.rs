@@ -3,6 +3,7 @@
 use crate::ratelimit::service::OnError;
 use crate::serve::leaks::OnLeak;
 use crate::serve::{self, Limits, Settings};
+use clap::builder::{PossibleValuesParser, TypedValueParser as _};
 use clap::Args;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -24,6 +25,14 @@ pub struct ServeArgs {
     /// Where the filter's protocol (/v1/filter/...) listens; no authentication.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9101")]
     filter_listen: SocketAddr,
+    /// Also serve the Prometheus metrics at GET /metrics on this address, plain HTTP and
+    /// without a token (for a scraper on a private network). The admin listener serves them
+    /// at /v1/metrics with an admin token either way.
+    // Boxed, as `--ratelimit-on-error` is parsed to its 1-byte enum here: `ServeArgs` is the
+    // largest of the subcommands' arguments, and clippy holds the command enum's variants
+    // within 200 bytes of one another.
+    #[arg(long, value_name = "ADDR", value_parser = socket_addr)]
+    metrics_listen: Option<Box<SocketAddr>>,
     /// After every change, write the whole table here as an Envoy ECDS file.
     #[arg(long, value_name = "PATH")]
     ecds_file: Option<PathBuf>,
@@ -64,8 +73,10 @@ pub struct ServeArgs {
     redis: Option<String>,
     /// When the counters cannot be reached: `allow` answers OK (the key itself is still
     /// checked by the filter), `deny` answers UNAVAILABLE (Envoy's failure_mode_deny decides).
-    #[arg(long, value_name = "WHAT", default_value = "allow", value_parser = ["allow", "deny"])]
-    ratelimit_on_error: String,
+    #[arg(long, value_name = "WHAT", default_value = "allow",
+          value_parser = PossibleValuesParser::new(["allow", "deny"])
+              .map(|v| if v == "deny" { OnError::Deny } else { OnError::Allow }))]
+    ratelimit_on_error: OnError,
     /// What a reported leak does to a key held here: `disable` it at once, or
     /// `expire-in=DURATION` (`24h`, `7d`, ...) to end it that long after the report, so its
     /// owner can rotate without an outage.
@@ -92,6 +103,10 @@ pub struct ServeArgs {
     pub listen: serve::listen::ListenArgs,
 }
 
+fn socket_addr(text: &str) -> Result<Box<SocketAddr>, String> {
+    text.parse().map(Box::new).map_err(|e| format!("{e}"))
+}
+
 fn webhook_url(text: &str) -> Result<String, String> {
     let rest = text.strip_prefix("https://").or_else(|| text.strip_prefix("http://"));
     match rest {
@@ -105,6 +120,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         db: args.db,
         admin_listen: args.admin_listen,
         filter_listen: args.filter_listen,
+        metrics_listen: args.metrics_listen.map(|addr| *addr),
         ecds_file: args.ecds_file,
         ecds_base: args.ecds_base,
         ecds_wasm: args.ecds_wasm,
@@ -117,11 +133,7 @@ pub fn run(args: ServeArgs) -> Result<ExitCode, String> {
         admin_timeout: Duration::from_millis(args.admin_timeout_ms),
         ratelimit_listen: args.ratelimit_listen,
         redis: args.redis,
-        ratelimit_on_error: if args.ratelimit_on_error == "deny" {
-            OnError::Deny
-        } else {
-            OnError::Allow
-        },
+        ratelimit_on_error: args.ratelimit_on_error,
         on_leak: args.on_leak,
         github_keys: args.github_keys,
         webhooks: args.webhooks,

@@ -11,6 +11,7 @@ use crate::ratelimit::counters::{Check, Counters};
 use crate::ratelimit::decision::{self, Counted};
 use crate::ratelimit::owners::OwnerLimits;
 use crate::serve::listen::Every;
+use crate::serve::metrics::{self, Decision};
 use envoy_types::pb::envoy::service::ratelimit::v3::rate_limit_service_server::{
     RateLimitService, RateLimitServiceServer,
 };
@@ -96,6 +97,7 @@ impl Limiter {
                 }
                 Err(e) => {
                     let n = self.stats.errors.fetch_add(1, Ordering::Relaxed) + 1;
+                    metrics::decision(Decision::Error);
                     if self.log.now() {
                         eprintln!(
                             "keygate serve: rate limit: counters unavailable ({e}); {} ({n} so far)",
@@ -117,6 +119,11 @@ impl Limiter {
         let stat =
             if answer.raw_body.is_empty() { &self.stats.allowed } else { &self.stats.limited };
         stat.fetch_add(1, Ordering::Relaxed);
+        metrics::decision(if answer.raw_body.is_empty() {
+            Decision::Ok
+        } else {
+            Decision::OverLimit
+        });
         Ok(answer)
     }
 }

@@ -18,6 +18,7 @@ use crate::serve::api::{
 };
 use crate::serve::db::{KeyRow, StoredKey, Touched, Write};
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
+use crate::serve::metrics::{self, Op};
 use crate::serve::request::{check, json_body, patched, rotation, with_id, Checked};
 use crate::serve::{console, leaks, owners, usage_api};
 use crate::serve::{now_ms, rfc3339, AppState};
@@ -61,6 +62,7 @@ fn api() -> OpenApiRouter<AppState> {
         .routes(routes!(audit))
         .routes(routes!(export))
         .routes(routes!(openapi_json))
+        .routes(routes!(metrics::scrape))
         .merge(console::routes())
 }
 
@@ -179,8 +181,7 @@ pub mod logins {
     static FAILED: AtomicU64 = AtomicU64::new(0);
     static LOG: LazyLock<Every> = LazyLock::new(|| Every::new(Duration::from_secs(10)));
 
-    /// Failed admin-token attempts since the service started (for a metrics endpoint).
-    #[allow(dead_code)]
+    /// Failed admin-token attempts since the service started (`keygate_admin_token_failures_total`).
     pub fn failed_total() -> u64 {
         FAILED.load(Ordering::Relaxed)
     }
@@ -438,7 +439,7 @@ pub(super) async fn commit(
     admin: &Admin,
 ) -> Result<(), ApiError> {
     let seq = w.seq;
-    w.commit().await?;
+    metrics::timed(Op::Write, w.commit()).await?;
     s.changed.notify_one();
     eprintln!("keygate serve: {action} {id} by admin {} (change {seq})", admin.0);
     Ok(())

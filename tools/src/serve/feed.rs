@@ -20,6 +20,7 @@
 
 use crate::serve::db::{ChangeRow, Db};
 use crate::serve::error::ApiError;
+use crate::serve::metrics::{self, Feed, Op};
 use serde_json::{json, Map, Value};
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -80,6 +81,7 @@ impl Held {
         if before == 0 {
             self.first.notify_one();
         }
+        metrics::feed_held(1);
         Some(Slot(self.clone()))
     }
 }
@@ -90,6 +92,7 @@ struct Slot(Arc<Held>);
 impl Drop for Slot {
     fn drop(&mut self) {
         self.0.count.fetch_sub(1, Ordering::SeqCst);
+        metrics::feed_held(-1);
     }
 }
 
@@ -152,6 +155,7 @@ pub async fn changes(
 
 /// One answer, and whether it is idle: a valid cursor with nothing after it.
 async fn answer(db: &Db, after: Option<&str>) -> Result<(String, bool), ApiError> {
+    let _timer = metrics::timer(Op::Feed);
     let (last, floor) = db.feed_state().await?;
     // What every replica serving the feed knows committed: a write that later finds the
     // database behind it (restored under the running service) starts a new epoch.
@@ -255,6 +259,18 @@ fn body(cursor: &str, page: &Page, last: i64) -> String {
     Value::Object(answer).to_string()
 }
 
+/// What an answer [`body`] wrote carried, read back from its JSON (for the metrics, once per
+/// answer sent, however often a held poll read the database).
+pub fn carried(body: &str) -> Feed {
+    if body.contains(r#""reset":true"#) {
+        Feed::Reset
+    } else if body.contains(r#""keys":[]"#) {
+        Feed::Empty
+    } else {
+        Feed::Changes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -356,5 +372,16 @@ mod tests {
             answer(&[row(7, "aa", &[&huge])], 9, 9),
             r#"{"cursor":"db.0a0b0c0d.7","reset":true,"more":true,"behind":2}"#
         );
+    }
+
+    #[test]
+    fn what_an_answer_carried_is_read_back_from_its_body() {
+        let huge = "o".repeat(BUDGET);
+        assert_eq!(carried(&answer(&[row(7, "aa", &[&huge])], 9, 9)), Feed::Reset);
+        assert_eq!(carried(&answer(&[], 2, 2)), Feed::Empty);
+        assert_eq!(carried(&answer(&[row(3, "aa", &[])], 3, 1000)), Feed::Changes);
+        // An origin cannot pass for either: its quotes are escaped.
+        let tricky = r#"x","reset":true,"keys":[]"#;
+        assert_eq!(carried(&answer(&[row(3, "aa", &[tricky])], 3, 3)), Feed::Changes);
     }
 }

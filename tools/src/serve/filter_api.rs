@@ -4,6 +4,7 @@
 
 use crate::ratelimit::owners::OwnerLimits;
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
+use crate::serve::metrics::{self, Answer, Lookup, Op};
 use crate::serve::{feed, now_ms, usage, AppState};
 use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
@@ -36,10 +37,13 @@ async fn key(
     let unknown = || ApiError::not_found("no such key");
     let Path(sha256) = sha256.map_err(|_| unknown())?;
     if sha256.len() != 64 || !sha256.bytes().all(|c| c.is_ascii_hexdigit()) {
+        metrics::lookup(Lookup::Key, Answer::NotFound);
         return Err(unknown());
     }
     let sha256 = sha256.to_ascii_lowercase();
-    let entry = s.db.by_digest(&sha256).await?.ok_or_else(unknown)?;
+    let entry = metrics::timed(Op::Lookup, s.db.by_digest(&sha256)).await;
+    metrics::lookup(Lookup::Key, metrics::found(entry.as_ref().map(Option::is_some)));
+    let entry = entry?.ok_or_else(unknown)?;
     let limited = limited_owners(&s.owners, std::slice::from_ref(&entry));
     Ok(json(StatusCode::OK, format!("{{\"sha256\": \"{sha256}\", \"key\": {entry}{limited}}}")))
 }
@@ -53,11 +57,14 @@ async fn origin(
     let Path(origin) = origin.map_err(|_| ApiError::bad_request("not a percent-encoded origin"))?;
     // An origin no configuration could list (a path, `null`, another scheme) has no keys.
     let Ok(origin) = normalize_origin(&origin) else {
+        metrics::lookup(Lookup::Origin, Answer::NotFound);
         return Ok(json(StatusCode::OK, "{\"keys\": []}".into()));
     };
     let now = now_ms();
-    let entries = s.db.by_origin(&origin).await?;
+    let entries = metrics::timed(Op::Origin, s.db.by_origin(&origin)).await;
+    let entries = entries.inspect_err(|_| metrics::lookup(Lookup::Origin, Answer::Error))?;
     let live: Vec<String> = entries.into_iter().filter(|e| is_live(e, now)).collect();
+    metrics::lookup(Lookup::Origin, if live.is_empty() { Answer::NotFound } else { Answer::Found });
     let limited = limited_owners(&s.owners, &live);
     Ok(json(StatusCode::OK, format!("{{\"keys\": [{}]{limited}}}", live.join(", "))))
 }
@@ -118,6 +125,7 @@ async fn changes(
     };
     let body =
         feed::changes(&s.db, &s.held, query.get("after").map(String::as_str), wait_ms).await?;
+    metrics::feed(feed::carried(&body));
     Ok(json(StatusCode::OK, body))
 }
 

@@ -10,7 +10,7 @@
 //! one error type and its JSON, and the 404 and 405 both listeners answer), `import`
 //! (`--import`), `owners` (`/v1/owners`), `owner_sync` (the owners' limits kept in memory),
 //! `sqlite_reader` and `postgres_reader` (the filter's key lookups, off
-//! sqlx's pool).
+//! sqlx's pool), `metrics` (the Prometheus metrics and `--metrics-listen`).
 
 mod admin;
 pub mod api;
@@ -24,6 +24,7 @@ pub mod github;
 mod import;
 pub mod leaks;
 pub mod listen;
+pub mod metrics;
 mod owner_sync;
 mod owners;
 mod postgres_reader;
@@ -55,6 +56,8 @@ pub struct Settings {
     pub db: String,
     pub admin_listen: SocketAddr,
     pub filter_listen: SocketAddr,
+    /// A plain-HTTP listener of its own for `GET /metrics`, without a token.
+    pub metrics_listen: Option<SocketAddr>,
     pub ecds_file: Option<PathBuf>,
     pub ecds_base: Option<PathBuf>,
     pub ecds_wasm: String,
@@ -180,12 +183,22 @@ async fn serve(
     let admin_listener = bind(args.admin_listen, "admin-listen").await?;
     let filter_listener = bind(args.filter_listen, "filter-listen").await?;
     let ratelimit_listener = bind(args.ratelimit_listen, "ratelimit-listen").await?;
+    let metrics_listener = match args.metrics_listen {
+        Some(addr) => Some(bind(addr, "metrics-listen").await?),
+        None => None,
+    };
     if let Some(ecds) = ecds {
         tokio::spawn(ecds::run(ecds, db.clone(), state.changed.clone()));
     }
     let local = |l: &TcpListener, fallback| l.local_addr().unwrap_or(fallback);
+    // Tests and scripts read the listeners from this line: the metrics one, only when
+    // asked for, goes last so that the rest of the line does not move.
+    let metrics_at = match (&metrics_listener, args.metrics_listen) {
+        (Some(l), Some(addr)) => format!(", metrics http://{}", local(l, addr)),
+        _ => String::new(),
+    };
     println!(
-        "keygate serve: admin http://{}, filter {}://{}, rate limits grpc://{} (counters {}), db {}",
+        "keygate serve: admin http://{}, filter {}://{}, rate limits grpc://{} (counters {}), db {}{metrics_at}",
         local(&admin_listener, args.admin_listen),
         args.listen.filter_scheme(),
         local(&filter_listener, args.filter_listen),
@@ -201,6 +214,8 @@ async fn serve(
     ));
     // The console's headers (nosniff, no-store, ...) on the timeout's 503 too.
     let admin_routes = admin_routes.layer(axum::middleware::from_fn(console::headers));
+    // Outermost, so that the timeout's 503 is counted like any other answer.
+    let admin_routes = admin_routes.layer(axum::middleware::from_fn(metrics::count_admin_calls));
     let admin = listen::serve(admin_listener, admin_routes, &args.listen, listen::Which::Admin);
     let filter = listen::serve(
         filter_listener,
@@ -208,8 +223,17 @@ async fn serve(
         &args.listen,
         listen::Which::Filter,
     );
+    let metrics = async {
+        match metrics_listener {
+            Some(l) => {
+                listen::serve(l, metrics::router(), &args.listen, listen::Which::Admin).await
+            }
+            None => std::future::pending().await,
+        }
+    };
     tokio::select! {
         r = admin => r.map_err(|e| format!("admin listener: {e}"))?,
+        r = metrics => r.map_err(|e| format!("metrics listener: {e}"))?,
         r = filter => r.map_err(|e| format!("filter listener: {e}"))?,
         r = service::serve(ratelimit_listener, limiter) => r.map_err(|e| format!("rate-limit listener: {e}"))?,
         () = stopped() => {}

@@ -11,6 +11,7 @@
 use crate::serve::db::{Db, UsageRow};
 use crate::serve::error::{json, ApiError};
 use crate::serve::listen::Every;
+use crate::serve::metrics::{self, Op, Taken};
 use crate::serve::{now_ms, AppState};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -139,15 +140,24 @@ pub fn parse_batch(body: &[u8]) -> Result<Batch, String> {
 /// taken before; 400 for a batch that will never be taken.
 pub async fn take(State(s): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
     if body.len() > MAX_BODY {
+        metrics::batch(Taken::Refused, 0);
         return Err(ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "usage batch over 1 MiB"));
     }
-    let batch = parse_batch(&body).map_err(ApiError::bad_request)?;
+    let batch = parse_batch(&body).map_err(ApiError::bad_request);
+    let batch = batch.inspect_err(|_| metrics::batch(Taken::Refused, 0))?;
     let rows: Vec<UsageRow> = batch
         .rows
         .into_iter()
         .map(|(key_id, owner, result, count)| UsageRow { key_id, owner, result, count })
         .collect();
-    let counted = s.db.add_usage(&batch.id, batch.minute, &rows, &batch.used, now_ms()).await?;
+    let written = s.db.add_usage(&batch.id, batch.minute, &rows, &batch.used, now_ms());
+    let counted = metrics::timed(Op::Usage, written).await;
+    let counted = counted.inspect_err(|_| metrics::batch(Taken::Error, 0))?;
+    if counted {
+        metrics::batch(Taken::Counted, rows.len());
+    } else {
+        metrics::batch(Taken::Duplicate, 0);
+    }
     Ok(json(StatusCode::OK, format!("{{\"counted\": {counted}}}")))
 }
 
