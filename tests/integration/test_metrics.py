@@ -4,7 +4,7 @@ Each kind of call the metrics count is made a known number of times (admin write
 origin lookups, change-feed answers, a held poll, usage batches, rate-limit decisions over
 gRPC, wrong admin tokens), then /metrics is read with the reference Prometheus parser and
 every counter is checked exactly, and each database operation used has timed calls. Both
-ways to scrape are checked: `/v1/metrics` on the admin listener with the admin token, and
+ways to scrape are checked: `/metrics` on the admin listener with the admin token, and
 `/metrics` on `--metrics-listen` without one, where nothing else is served.
 """
 
@@ -149,11 +149,11 @@ def test_every_metric_counts_exactly_what_was_done(services):
     assert should_rate_limit(s.ratelimit_port, limited) == ("0", 1)
     assert should_rate_limit(s.ratelimit_port, limited) == ("0", 2)
 
-    # The admin listener: /v1/metrics needs the admin token; one wrong token is counted.
-    assert s.admin("GET", "/v1/metrics", token="").status == 401
-    assert s.admin("GET", "/v1/metrics", token="kg_not_an_admin").status == 401
+    # The admin listener: /metrics needs the admin token; one wrong token is counted.
+    assert s.admin("GET", "/metrics", token="").status == 401
+    assert s.admin("GET", "/metrics", token="kg_not_an_admin").status == 401
     assert s.admin("GET", "/v1/nothing-here").status == 404
-    on_admin = s.admin("GET", "/v1/metrics")
+    on_admin = s.admin("GET", "/metrics")
     assert on_admin.status == 200, on_admin
     assert on_admin.headers["content-type"] == CONTENT_TYPE
     assert value(samples(on_admin.body.decode()), "keygate_lookups_total", kind="key", result="found") == 1
@@ -180,8 +180,8 @@ def test_every_metric_counts_exactly_what_was_done(services):
         ("keygate_ratelimit_decisions_total", (("code", "error"),)): 0,
         ("keygate_admin_token_failures_total", ()): 1,
         ("keygate_admin_calls_total", (("method", "POST"), ("route", "/v1/keys"), ("status", "201"))): 3,
-        ("keygate_admin_calls_total", (("method", "GET"), ("route", "/v1/metrics"), ("status", "401"))): 2,
-        ("keygate_admin_calls_total", (("method", "GET"), ("route", "/v1/metrics"), ("status", "200"))): 1,
+        ("keygate_admin_calls_total", (("method", "GET"), ("route", "/metrics"), ("status", "401"))): 2,
+        ("keygate_admin_calls_total", (("method", "GET"), ("route", "/metrics"), ("status", "200"))): 1,
         ("keygate_admin_calls_total", (("method", "GET"), ("route", "unmatched"), ("status", "404"))): 1,
         # The database calls timed: one per lookup that reached it, per commit, per batch taken.
         ("keygate_db_seconds_count", (("op", "lookup"),)): 2,
@@ -212,11 +212,10 @@ def test_the_metrics_listener_serves_only_the_metrics(services):
         assert r.headers["content-type"] == "application/json"
         assert r.json()["error"] == ("Not Found" if status == 404 else "Method Not Allowed")
     # The admin listener keeps its own: the page needs no token, the metrics do.
-    assert s.admin("GET", "/metrics", token="").status == 404
-    assert s.admin("GET", "/v1/metrics", token="").status == 401
+    assert s.admin("GET", "/metrics", token="").status == 401
 
 
 def test_without_metrics_listen_the_start_line_is_unchanged(services):
     s = services()
     assert s.lines[0].endswith(f"db sqlite:{s.workdir / 'keys.db'}\n"), s.lines[0]
-    assert s.admin("GET", "/v1/metrics").status == 200
+    assert s.admin("GET", "/metrics").status == 200

@@ -27,7 +27,7 @@ pub struct ServeArgs {
     filter_listen: SocketAddr,
     /// Also serve the Prometheus metrics at GET /metrics on this address, plain HTTP and
     /// without a token (for a scraper on a private network). The admin listener serves them
-    /// at /v1/metrics with an admin token either way.
+    /// at /metrics with an admin token either way.
     // Boxed, as `--ratelimit-on-error` is parsed to its 1-byte enum here: `ServeArgs` is the
     // largest of the subcommands' arguments, and clippy holds the command enum's variants
     // within 200 bytes of one another.

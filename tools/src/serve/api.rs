@@ -657,7 +657,10 @@ mod tests {
         for (path, item) in paths {
             for (method, operation) in item.as_object().cloned().unwrap_or_default() {
                 let open = operation.get("security").is_none();
-                let public = path == "/v1/openapi.json" || !path.starts_with("/v1/");
+                // The console's page and assets are public; `/metrics` is the admin listener's
+                // scrape path, behind the token like the API.
+                let public =
+                    path == "/v1/openapi.json" || !(path.starts_with("/v1/") || path == "/metrics");
                 assert_eq!(open, public, "{method} {path}");
                 let scheme =
                     if path == "/v1/leaks/github" { GITHUB_SIGNATURE } else { ADMIN_TOKEN };

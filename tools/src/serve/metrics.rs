@@ -1,4 +1,4 @@
-//! The key service's Prometheus metrics, in the text exposition format: at `GET /v1/metrics`
+//! The key service's Prometheus metrics, in the text exposition format: at `GET /metrics`
 //! on the admin listener (with an admin token, like the rest of `/v1/`), and at
 //! `GET /metrics` on `--metrics-listen` when it is given (no token: for a scraper on a
 //! private network, as the filter listener is for the filters).
@@ -296,7 +296,7 @@ fn answer() -> Response {
 /// The service's metrics (Prometheus text format), for a scraper holding an admin token;
 /// `--metrics-listen` serves the same at `/metrics` without one.
 #[utoipa::path(
-    get, path = "/v1/metrics", tag = "meta", operation_id = "metrics",
+    get, path = "/metrics", tag = "meta", operation_id = "metrics",
     security(("admin_token" = [])),
     responses(
         (status = 200, description = "Every metric, in the Prometheus text format 0.0.4",
