@@ -1,5 +1,6 @@
 """What taking usage batches costs the key service, and what the counts take on disk.
 
+    cargo build --release -p keygate-tools
     .venv/bin/python bench/bench_usage.py [--keys 10000] [--seconds 20]
 
 For SQLite (a file on disk) and PostgreSQL (a throwaway cluster), `keygate serve` runs pinned
@@ -29,6 +30,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
 from support.service import Postgres, Service  # noqa: E402
+
+RELEASE = ROOT / "target" / "release" / "keygate"
 
 KEYS_PER_BATCH = 1000
 
@@ -103,7 +106,7 @@ def table_bytes(db: str, pg: Postgres | None, workdir: Path) -> int:
 def run(name: str, db: str, pg: Postgres | None, keys: int, seconds: float, workdir: Path) -> dict:
     s = Service(db, workdir, args=["--import", str(import_file(keys, workdir))])
     unpinned = s.command
-    s.command = lambda: ["taskset", "-c", "1", *unpinned()]
+    s.command = lambda: ["taskset", "-c", "1", str(RELEASE), *unpinned()[1:]]
     s.start(timeout=120)
     try:
         now_minute = int(time.time() // 60 * 60_000) - 3_600_000
@@ -132,6 +135,8 @@ def main():
     ap.add_argument("--keys", type=int, default=10_000)
     ap.add_argument("--seconds", type=float, default=20)
     args = ap.parse_args()
+    if not RELEASE.exists():
+        sys.exit(f"{RELEASE} is missing: cargo build --release -p keygate-tools")
     os.sched_setaffinity(0, {0})
     work = Path(tempfile.mkdtemp(prefix="keygate-bench-usage-"))
     results = [run("SQLite", f"sqlite:{work / 'usage.db'}", None, args.keys, args.seconds, work)]
@@ -141,7 +146,7 @@ def main():
     finally:
         pg.stop()
     lines = [f"# keygate usage ingest {datetime.now(UTC):%Y-%m-%d %H:%M} UTC", "",
-             f"`.venv/bin/python bench/bench_usage.py --keys {args.keys} --seconds {args.seconds:g}`: "
+             f"`.venv/bin/python bench/bench_usage.py --keys {args.keys} --seconds {args.seconds:g}` (release build): "
              "`keygate serve` pinned to CPU 1, four clients on CPU 0 posting batches of 1,000 keys, two results "
              "each, every key once a minute. A key-count is one key's counts in one batch.", "",
              "| database | key-counts/s | rows/s | batches | seconds | bytes per minute row (table and indexes) "
