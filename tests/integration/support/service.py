@@ -72,6 +72,7 @@ class Service:
         self.admin_port, self.filter_port, self.ratelimit_port = free_port(), free_port(), free_port()
         self.extra_env, self.args = dict(env or {}), list(args)
         self.proc = None
+        self.started_once = False
         self.lines: list[str] = []
         self.errors: list[str] = []
 
@@ -92,6 +93,18 @@ class Service:
         return env
 
     def start(self, timeout=30.0) -> Service:
+        # Ports are picked free but bound only now: another process can take one in between.
+        # A first start then picks new ones; a restart must keep its ports (Envoy points at them).
+        for attempt in range(3):
+            try:
+                return self._start(timeout)
+            except RuntimeError as e:
+                if self.started_once or "Address already in use" not in str(e) or attempt == 2:
+                    raise
+                self.admin_port, self.filter_port, self.ratelimit_port = free_port(), free_port(), free_port()
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> Service:
         self.lines, self.errors = [], []
         self.proc = subprocess.Popen(self.command(), cwd=self.workdir, env=self.environment(),
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -105,6 +118,7 @@ class Service:
             self.lines.append(line)
             if line.startswith("keygate serve: admin http://"):
                 threading.Thread(target=self._drain, args=(self.proc.stdout, self.lines), daemon=True).start()
+                self.started_once = True
                 return self
         self.proc.wait(timeout=5)
         # The process is gone: its standard error is all there, once the reader has read it.
