@@ -159,8 +159,14 @@ impl Tally {
     }
 
     /// The row of `key` in the current minute (its own, or `other` past `max_keys`), and the
-    /// id it is held under. One hash lookup when the key is already held.
-    fn row(&mut self, key: &str, owner: Option<&str>) -> (&mut Row, Option<Rc<str>>) {
+    /// id it is held under. One hash lookup when the key is already held. `request`: a
+    /// request is being counted (not an answer), so one sent to `other` counts as overflow.
+    fn row(
+        &mut self,
+        key: &str,
+        owner: Option<&str>,
+        request: bool,
+    ) -> (&mut Row, Option<Rc<str>>) {
         let full = self.keys.len() >= self.max_keys;
         match self.keys.entry_ref(key) {
             EntryRef::Occupied(o) => {
@@ -168,8 +174,10 @@ impl Tally {
                 (o.into_mut(), Some(id))
             }
             EntryRef::Vacant(_) if full => {
-                self.overflow += 1;
-                self.overflowed += 1;
+                if request {
+                    self.overflow += 1;
+                    self.overflowed += 1;
+                }
                 (&mut self.other, None)
             }
             EntryRef::Vacant(v) => {
@@ -192,7 +200,7 @@ impl Tally {
             self.unkeyed[outcome as usize] += 1;
             return None;
         };
-        let (row, id) = self.row(id, owner);
+        let (row, id) = self.row(id, owner, true);
         row.decided[outcome as usize] += 1;
         let owner = row.owner.clone();
         Some(match id {
@@ -208,7 +216,7 @@ impl Tally {
             Counted::Key(id, owner) => match self.keys.get_mut(id) {
                 Some(row) => row,
                 // Counted in a minute since sealed: the answer belongs to this one.
-                None => self.row(id, owner.as_deref()).0,
+                None => self.row(id, owner.as_deref(), false).0,
             },
             Counted::Other => &mut self.other,
         };
@@ -504,6 +512,17 @@ mod tests {
         assert_eq!(sealed.other.upstream[0], 1);
         assert_eq!(sealed.overflow, 3);
         assert_eq!(sealed.total().decided[Outcome::Allowed as usize], 6, "nothing dropped");
+        // An answer whose key has no room in the next interval counts in `other`, but is no
+        // request: the overflow count stays the requests'.
+        let mut t = Tally::new(1, T0);
+        let first = t.decided(Some(("a", None)), Outcome::Allowed);
+        t.seal();
+        t.decided(Some(("b", None)), Outcome::Allowed);
+        if let Some(a) = &first {
+            t.responded(a, 200);
+        }
+        let sealed = t.seal().unwrap_or_default();
+        assert_eq!((sealed.other.upstream[0], sealed.overflow, t.overflowed()), (1, 0, 0));
     }
 
     #[test]
