@@ -455,7 +455,12 @@ def test_lookup_fault(rigs, name, fault, felt, n, seconds):
     # fresh clone, as many answers were in flight at once): 4 MiB more allowed.
     s, rss = run(rig.lg, rig.envoy, name, lambda: rig.server.fault(on=("keys", "origins"), **fault),
                  rig.server.clear_faults, seconds, prime=prime, allowance=4096 if huge else 0)
-    check(s, rig.envoy, rss, rig.server)
+    # A slow service holds each cached key's request for its refresh's timeout (2 s) before the
+    # stale answer: one cached answer per load thread every 2 s at most, as few as 10 in the
+    # 10 s fault (seen in a full-suite run). Every one of them must still be a 200.
+    check(s, rig.envoy, rss, rig.server, fault_cached=5 if fault["kind"] == "slow" else 20)
+    if fault["kind"] == "slow":
+        assert s.n("fault", "cached", "503") == 0, s.table()
     bit(s, *felt, n=n)
     if huge:
         assert huge.growth < 64 * 1024, huge.growth
