@@ -294,14 +294,17 @@ impl<S: Send + Sync> FromRequest<S> for JsonBody {
 }
 
 type IdPath = Result<Path<String>, PathRejection>;
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
+pub(super) type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
 
 fn id_of(path: IdPath) -> Result<String, ApiError> {
     path.map(|Path(id)| id).map_err(|_| ApiError::bad_request("malformed key id in the path"))
 }
 
 /// The query parameters, each one of the `allowed` (the documented ones).
-fn params(query: Params, allowed: &[String]) -> Result<HashMap<String, String>, ApiError> {
+pub(super) fn params(
+    query: Params,
+    allowed: &[String],
+) -> Result<HashMap<String, String>, ApiError> {
     let Query(mut query) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
     if let Some(other) = query.keys().find(|k| !allowed.contains(k)) {
         // Named only when it looks like a mistyped one, never a pasted key (as in entries).

@@ -1,15 +1,15 @@
 //! Usage on the admin API: a key's time series (`GET /v1/keys/{id}/usage`) and totals per
 //! owner with the top keys (`GET /v1/usage`), read from the filters' counts (`usage`).
 
-use crate::serve::admin::{answer, Admin};
+use crate::serve::admin::{answer, params, Admin, Params};
 use crate::serve::api::{
     names, Error, KeyUsage, UsagePointBody, UsageQuery, UsageTotals, UsageWho,
 };
 use crate::serve::error::ApiError;
 use crate::serve::usage::{OTHER, UNKEYED};
 use crate::serve::{now_ms, rfc3339, AppState};
-use axum::extract::rejection::{PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
 use keygate::core::timestamp::parse_rfc3339;
@@ -68,20 +68,6 @@ fn requests(counts: &Map<String, Value>) -> i64 {
 fn add(counts: &mut Map<String, Value>, result: &str, n: i64) {
     let now = counts.get(result).and_then(Value::as_i64).unwrap_or(0);
     counts.insert(result.to_string(), Value::from(now + n));
-}
-
-type Params = Result<Query<HashMap<String, String>>, QueryRejection>;
-
-fn params(query: Params, allowed: &[String]) -> Result<HashMap<String, String>, ApiError> {
-    let Query(mut q) = query.map_err(|_| ApiError::bad_request("malformed query string"))?;
-    if q.keys().any(|k| !allowed.contains(k)) {
-        return Err(ApiError::bad_request(format!(
-            "unknown query parameter; expected {}",
-            allowed.join(", ")
-        )));
-    }
-    q.retain(|_, v| !v.is_empty());
-    Ok(q)
 }
 
 async fn series(
