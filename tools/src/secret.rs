@@ -9,6 +9,14 @@ use keygate::core::keyformat::{ALPHABET, BODY_LEN, CHECK_LEN};
 pub const PREFIX: &str = "kg_";
 
 /// A new key: `kg_` + 43 base62 characters (log2(62) x 43 = 256.03 bits) + checksum.
+/// `prefix` and 16 random hex characters (64 bits from the OS random source): an id, such as
+/// a generated key id or a webhook event id, unique without coordination.
+pub fn random_id(prefix: &str) -> Result<String, String> {
+    let mut bytes = [0u8; 8];
+    getrandom::fill(&mut bytes).map_err(|e| format!("OS random source: {e}"))?;
+    Ok(format!("{prefix}{}", keygate::core::hex::encode(&bytes)))
+}
+
 pub fn new_secret() -> Result<String, String> {
     let mut key = String::with_capacity(PREFIX.len() + BODY_LEN + CHECK_LEN);
     key.push_str(PREFIX);

@@ -11,7 +11,7 @@
 //! as an admin sees it is the stored entry with its `name` after the `id`; the digest and
 //! the secret are never part of it (the secret is in the one 201 that creates it).
 
-use crate::secret::new_secret;
+use crate::secret::{new_secret, random_id};
 use crate::serve::api::{
     names, ApiDoc, AuditPage, AuditQuery, AuditRecord, Created, EntryPatch, Error, Export, KeyPage,
     ListQuery, NewKey, Rotation, Shown,
@@ -358,12 +358,10 @@ fn union(a: Vec<String>, b: Vec<String>) -> Vec<String> {
 
 /// `key_` and 16 random hex characters.
 fn new_id() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        eprintln!("keygate serve: OS random source: {e}");
+    random_id("key_").map_err(|e| {
+        eprintln!("keygate serve: {e}");
         ApiError::internal()
-    })?;
-    Ok(format!("key_{}", hex::encode(&bytes)))
+    })
 }
 
 fn secret() -> Result<(String, String), ApiError> {

@@ -22,12 +22,10 @@ pub struct Due {
 
 /// `evt_` and 16 random hex characters: the event's id, the same for every URL it goes to.
 fn event_id() -> Result<String, ApiError> {
-    let mut bytes = [0u8; 8];
-    getrandom::fill(&mut bytes).map_err(|e| {
-        eprintln!("keygate serve: OS random source: {e}");
+    crate::secret::random_id("evt_").map_err(|e| {
+        eprintln!("keygate serve: {e}");
         ApiError::internal()
-    })?;
-    Ok(format!("evt_{}", keygate::core::hex::encode(&bytes)))
+    })
 }
 
 /// The body every URL receives: `{"id", "type", "created_at", "data"}`.
