@@ -19,7 +19,7 @@ fi
 (cd bench/floor && cargo build --quiet --release --target wasm32-wasip1)
 # The cost probes: the least filter the host accepts, plus one per-request cost each.
 mkdir -p bench/work/probes
-for features in none pairs response lifecycle response,lifecycle add_header sha256 reply reply_bare reply_continue; do
+for features in none pairs response lifecycle response,lifecycle response,status response,status_property add_header sha256 reply reply_bare reply_continue; do
   flags=(); [ "$features" = none ] || flags=(--features "$features")
   (cd bench/probe && cargo build --quiet --release --target wasm32-wasip1 "${flags[@]}")
   cp bench/probe/target/wasm32-wasip1/release/wasm_probe.wasm "bench/work/probes/probe-${features/,/+}.wasm"

@@ -17,6 +17,13 @@ extern "C" {
         size: *mut usize,
     ) -> u32;
     fn proxy_get_header_map_pairs(map: u32, data: *mut *mut u8, size: *mut usize) -> u32;
+    #[cfg(feature = "status_property")]
+    fn proxy_get_property(
+        path: *const u8,
+        path_size: usize,
+        data: *mut *mut u8,
+        size: *mut usize,
+    ) -> u32;
     fn proxy_add_header_map_value(
         map: u32,
         key: *const u8,
@@ -145,6 +152,23 @@ pub extern "C" fn proxy_on_request_headers(_stream: u32, _headers: usize, _end: 
 #[cfg(any(feature = "response", feature = "reply_late_headers"))]
 #[no_mangle]
 pub extern "C" fn proxy_on_response_headers(_stream: u32, _headers: usize, _end: u32) -> u32 {
+    if cfg!(any(feature = "status", feature = "status_property")) {
+        let (mut data, mut size) = (null_mut(), 0);
+        // SAFETY: out-pointers to locals; the name and path are static.
+        unsafe {
+            #[cfg(feature = "status_property")]
+            {
+                let path = b"response\0code";
+                proxy_get_property(path.as_ptr(), path.len(), &mut data, &mut size);
+            }
+            #[cfg(not(feature = "status_property"))]
+            {
+                let name = b":status";
+                proxy_get_header_map_value(2, name.as_ptr(), name.len(), &mut data, &mut size);
+            }
+        }
+        release(data, size);
+    }
     if cfg!(feature = "reply_late_headers") {
         let set = |name: &[u8], value: &[u8], replace: bool| {
             // SAFETY: pointers and lengths of static slices.
