@@ -120,14 +120,15 @@ def keygate_variant(name, n, cors=False, wasm=KEYGATE, runtime="envoy.wasm.runti
     return Variant(name, [f])
 
 
-def keygate_usage_variant(n: int, key_server_port: int, usage: bool = True, upstream_status: bool = True) -> Variant:
+def keygate_usage_variant(n: int, key_server_port: int, usage: bool = True, upstream_status: bool = False) -> Variant:
     """keygate with `n` static keys and a key service (the same in-process one as the remote
     row), with usage counting on (its batches sent every 10 s: about one flush in a counted
-    run) or off: the pair prices the counting alone."""
+    run; the upstream's status classes too with `upstream_status`) or off: the pair prices
+    the counting alone."""
     config = {**keygate_config(n), "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 600_000}}
     if usage:
-        config["usage"] = {"flush_ms": 10_000, "upstream_status": upstream_status}
-    name = ("keygate_usage" if upstream_status else "keygate_usage_decisions") if usage else "keygate_service"
+        config["usage"] = {"flush_ms": 10_000, **({"upstream_status": True} if upstream_status else {})}
+    name = ("keygate_usage_status" if upstream_status else "keygate_usage") if usage else "keygate_service"
     return Variant(name, [http_filter_wasm(config)],
                    extra_clusters=[static_cluster("keygate-keys", key_server_port)])
 
@@ -467,8 +468,8 @@ def instructions(count: int, warmup: int, only: str | None = None, extra_wasm: l
              ("keygate 10 keys, key service, usage off", keygate_usage_variant(10, key_server.port, False), ["valid"],
               10),
              ("keygate 10 keys, key service, usage on", keygate_usage_variant(10, key_server.port), ["valid"], 10),
-             ("keygate 10 keys, key service, usage on, no upstream status",
-              keygate_usage_variant(10, key_server.port, upstream_status=False), ["valid"], 10),
+             ("keygate 10 keys, key service, usage on, upstream status",
+              keygate_usage_variant(10, key_server.port, upstream_status=True), ["valid"], 10),
              ("keygate remote cached", remote, ["valid"], 10),
              ("keygate", keygate_variant("keygate", 100_000), ["valid", "unknown", "malformed", "preflight"], 100_000),
              ("keygate_cors", keygate_variant("keygate_cors", 100_000, cors=True), ["cors", "preflight"], 100_000)]

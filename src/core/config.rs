@@ -36,7 +36,7 @@ pub struct RawUsage {
 
 impl Default for RawUsage {
     fn default() -> RawUsage {
-        RawUsage { flush_ms: 10_000, max_keys: 10_000, upstream_status: true }
+        RawUsage { flush_ms: 10_000, max_keys: 10_000, upstream_status: false }
     }
 }
 

@@ -35,7 +35,7 @@ pub struct UsageSettings {
 
 impl Default for UsageSettings {
     fn default() -> UsageSettings {
-        UsageSettings { flush_ms: 10_000, max_keys: 10_000, upstream_status: true }
+        UsageSettings { flush_ms: 10_000, max_keys: 10_000, upstream_status: false }
     }
 }
 

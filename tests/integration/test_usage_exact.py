@@ -86,7 +86,7 @@ def plugin_config() -> dict:
     return {"keys": [],
             "key_service": {"cluster": "keygate-keys", "changes_poll_ms": 500, "timeout_ms": 2000,
                             "cache": {"ttl_seconds": 3600, "stale_if_error_seconds": 3600}},
-            "usage": {"flush_ms": FLUSH_MS}}
+            "usage": {"flush_ms": FLUSH_MS, "upstream_status": True}}
 
 
 class Load:
