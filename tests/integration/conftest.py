@@ -1,12 +1,36 @@
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from support.harness import WASM, Envoy
 from support.service import Postgres, Service
 
+SCRATCH = pytest.StashKey[str]()
+
 
 def pytest_sessionstart(session):
     if not WASM.exists():
         raise pytest.UsageError(f"{WASM} is missing: run ./wasm-build.sh (scripts/test.sh does)")
+    # Every temporary folder the run makes (Envoy's logs, databases, browser profiles) goes
+    # under one: removed after a passing run, kept for reading after a failing one. Others may
+    # pass through it: PostgreSQL runs as its own user in a folder of its own inside.
+    scratch = tempfile.mkdtemp(prefix="keygate-tests-")
+    os.chmod(scratch, 0o711)
+    session.config.stash[SCRATCH] = scratch
+    tempfile.tempdir = scratch
+
+
+def pytest_sessionfinish(session, exitstatus):
+    scratch = session.config.stash.get(SCRATCH, None)
+    tempfile.tempdir = None
+    if scratch is None:
+        return
+    if exitstatus == 0:
+        shutil.rmtree(scratch, ignore_errors=True)
+    else:
+        print(f"\nkeygate: logs and databases of this run kept in {scratch}")
 
 
 @pytest.fixture

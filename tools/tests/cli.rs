@@ -27,12 +27,28 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn temp_file(name: &str, content: &str) -> std::path::PathBuf {
+/// A file in the temporary folder, removed when the test is done with it.
+struct TempFile(std::path::PathBuf);
+
+impl std::ops::Deref for TempFile {
+    type Target = std::path::Path;
+    fn deref(&self) -> &std::path::Path {
+        &self.0
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn temp_file(name: &str, content: &str) -> TempFile {
     let path = std::env::temp_dir().join(format!("keygate-cli-{}-{name}", std::process::id()));
     if let Err(e) = std::fs::write(&path, content) {
         unreachable!("{e}");
     }
-    path
+    TempFile(path)
 }
 
 #[test]
