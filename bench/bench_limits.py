@@ -1,7 +1,7 @@
 """Limits, measured (docs/limits.md, docs/performance.md): what the rate-limit path costs and
 how exactly it counts.
 
-    .venv/bin/python bench/bench_limits.py [--skip-instructions]
+    .venv/bin/python bench/bench_limits.py [--skip-instructions | --only-instructions]
 
 - accuracy: two Envoys (two workers each) and two `keygate serve` replicas sharing one Redis;
   one key limited to L a second, hammered well over 5x L for 10 one-second windows. The
@@ -10,8 +10,9 @@ how exactly it counts.
 - latency: one Envoy (one worker) and the service (counters in memory); a limited key (limit
   never reached) and an unlimited key, alternating on one keep-alive connection: the p50 and
   p99 each, and the difference.
-- instructions: callgrind on Envoy, per request, for a limited key with the rate-limit filter
-  on, the same key with the filter off, and an unlimited key with the filter on and off.
+- instructions: callgrind on Envoy, per request, for a limited key and an unlimited key, with
+  the rate-limit filter as shipped (made by a composite filter only for requests that carry
+  x-api-key-limits), with the filter bare in the chain, and without it.
 - throughput: the rate-limit service alone, pinned to CPU 1, asked by bench/rls-load pinned
   to CPU 0 (64 callers on one HTTP/2 connection), counters in memory and in Redis.
 - memory: bytes per active counter after 100,000 keys were counted once, in memory (the
@@ -161,6 +162,23 @@ def envoy_binary() -> str:
     return os.environ.get("ENVOY_BIN") or str(found[0])
 
 
+def bare(e: Envoy) -> None:
+    """The rate-limit filter straight in the chain, without the composite filter that makes it
+    only for limited keys' requests: what that wrapper saves."""
+    render = e.render
+
+    def unwrapped() -> dict:
+        config = render()
+        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+        filters = hcm["http_filters"]
+        i = next(i for i, f in enumerate(filters) if f["name"] == "keygate-limits")
+        matcher = filters[i]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
+        filters[i] = matcher["on_match"]["action"]["typed_config"]["typed_config"]
+        return config
+
+    e.render = unwrapped
+
+
 def instructions(workdir: Path, count: int = 2000, warmup: int = 2000) -> dict:
     s = service(workdir, f"sqlite:{workdir / 'instr.db'}")
     wrapper = workdir / "envoy-under-callgrind.sh"
@@ -173,9 +191,11 @@ def instructions(workdir: Path, count: int = 2000, warmup: int = 2000) -> dict:
     old = os.environ.get("ENVOY_BIN")
     os.environ["ENVOY_BIN"] = str(wrapper)
     try:
-        for filter_on in (True, False):
+        for chain in ("on", "on, bare", "off"):
             e = Envoy(plugin_config=plugin_config(None, static), concurrency=1,
-                      ratelimit_port=s.ratelimit_port if filter_on else None)
+                      ratelimit_port=s.ratelimit_port if chain != "off" else None)
+            if chain == "on, bare":
+                bare(e)
             e.start(timeout=600)
             try:
                 for name, key in (("limited", LIMITED_KEY), ("unlimited", FREE_KEY)):
@@ -196,7 +216,7 @@ def instructions(workdir: Path, count: int = 2000, warmup: int = 2000) -> dict:
                     dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda f: f.stat().st_mtime)
                     total = next(int(line.split()[1]) for line in dumps[-1].read_text(errors="replace").splitlines()
                                  if line.startswith(("summary:", "totals:")))
-                    label = f"{name} key, rate-limit filter {'on' if filter_on else 'off'}"
+                    label = f"{name} key, rate-limit filter {chain}"
                     results[label] = round(total / count)
                     print(f"  {label}: {total / count:,.0f} instructions/request", flush=True)
             finally:
@@ -263,25 +283,29 @@ def service_alone(workdir: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-instructions", action="store_true")
+    ap.add_argument("--only-instructions", action="store_true", help="only the callgrind counts (~3 minutes)")
     args = ap.parse_args()
     for needed in (RELEASE, LOAD):
         if not needed.exists():
             sys.exit(f"{needed} is missing: cargo build --release -p keygate-tools, and "
                      "(cd bench/rls-load && cargo build --release --target-dir ../../target)")
     workdir = Path(tempfile.mkdtemp(prefix="keygate-bench-limits-"))
-    results = {"service alone": service_alone(workdir)}
-    print(json.dumps(results, indent=1), flush=True)
-    results["accuracy"] = accuracy(workdir)
-    print(json.dumps(results["accuracy"], indent=1), flush=True)
-    results["latency through Envoy"] = latency(workdir)
-    print(json.dumps(results["latency through Envoy"], indent=1), flush=True)
+    results = {}
+    if not args.only_instructions:
+        results["service alone"] = service_alone(workdir)
+        print(json.dumps(results, indent=1), flush=True)
+        results["accuracy"] = accuracy(workdir)
+        print(json.dumps(results["accuracy"], indent=1), flush=True)
+        results["latency through Envoy"] = latency(workdir)
+        print(json.dumps(results["latency through Envoy"], indent=1), flush=True)
     if not args.skip_instructions:
         results["instructions per request (callgrind, one worker)"] = instructions(workdir)
     stamp = datetime.now(UTC)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     text = (f"# keygate limits {stamp:%Y-%m-%d %H:%M} UTC ({commit})\n\n"
-            f"`.venv/bin/python bench/bench_limits.py`, on {os.cpu_count()} CPUs, 127.0.0.1 only.\n\n```json\n"
+            f"`.venv/bin/python bench/bench_limits.py{' --only-instructions' if args.only_instructions else ''}`, "
+            f"on {os.cpu_count()} CPUs, 127.0.0.1 only.\n\n```json\n"
             + json.dumps(results, indent=1) + "\n```\n")
     out = ROOT / "bench" / "results" / f"{stamp:%Y-%m-%d-%H%M}-limits.md"
     out.write_text(text)

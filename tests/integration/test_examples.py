@@ -120,7 +120,8 @@ def test_the_key_service_is_wired_the_same_way_everywhere():
     # The gateway's rate-limit filter names the Service's gRPC port's outbound cluster.
     rl_port = next(p for p in service["spec"]["ports"] if p["name"].startswith("grpc-"))["port"]
     patches = yaml.safe_load((ROOT / "examples/istio/ratelimit.yaml").read_text())["spec"]["configPatches"]
-    grpc = patches[0]["patch"]["value"]["typed_config"]["rate_limit_service"]["grpc_service"]["envoy_grpc"]
+    grpc = limited_only(patches[0]["patch"]["value"])["typed_config"]["rate_limit_service"]["grpc_service"][
+        "envoy_grpc"]
     assert grpc["cluster_name"] == f"outbound|{rl_port}||{host}" and grpc["authority"] == host
     assert deploy["spec"]["selector"]["matchLabels"] == service["spec"]["selector"]
 
@@ -176,6 +177,20 @@ def test_every_shipped_key_service_cluster_closes_idle_connections_before_the_se
     assert len(seconds) == 4 and all(0 < s < 60 for s in seconds.values()), seconds
 
 
+def limited_only(wrapper: dict) -> dict:
+    """The rate-limit filter inside the composite filter that makes it only for requests with
+    x-api-key-limits; the wrapper around it must be envoy/envoy.yaml's own."""
+    shipped = yaml.safe_load((ROOT / "envoy/envoy.yaml").read_text())
+    filters = shipped["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
+        "http_filters"]
+    ours = next(f for f in filters if f["name"] == wrapper["name"])["typed_config"]
+    theirs = wrapper["typed_config"]
+    assert theirs["extension_config"] == ours["extension_config"]
+    matcher, our_matcher = theirs["xds_matcher"]["matcher_list"], ours["xds_matcher"]["matcher_list"]
+    assert [m["predicate"] for m in matcher["matchers"]] == [m["predicate"] for m in our_matcher["matchers"]]
+    return matcher["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]
+
+
 def ratelimit_parts(example: str) -> tuple[dict, list, list]:
     """The rate-limit filter, the route's rate_limits and any clusters an example adds."""
     doc = yaml.safe_load((ROOT / example).read_text())
@@ -198,7 +213,8 @@ def test_the_rate_limit_examples_are_configurations_envoy_accepts(example, tmp_p
     route = shipped["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"][
         "route_config"]["virtual_hosts"][0]["routes"][0]["route"]
     assert rate_limits == route["rate_limits"]
-    grpc = rl_filter["typed_config"]["rate_limit_service"]["grpc_service"]["envoy_grpc"]["cluster_name"]
+    grpc = limited_only(rl_filter)["typed_config"]["rate_limit_service"]["grpc_service"]["envoy_grpc"][
+        "cluster_name"]
     if not clusters:  # Istio makes the Service's outbound cluster itself
         clusters = [static_cluster(grpc, free_port(), http2=True)]
     assert any(c["name"] == grpc for c in clusters)

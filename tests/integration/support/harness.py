@@ -103,7 +103,10 @@ RATE_LIMITS = [{"actions": [
 
 
 def ratelimit_filter(failure_mode_deny: bool = False) -> dict:
-    return {"name": "envoy.filters.http.ratelimit", "typed_config": {
+    """Envoy's rate-limit filter as the shipped configuration places it: made only for requests
+    that carry x-api-key-limits (a composite filter behind a matcher), so that an unlimited
+    key's request never pays for the filter's instance and its gRPC client."""
+    ratelimit = {"name": "envoy.filters.http.ratelimit", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
         "domain": "keygate",
         "failure_mode_deny": failure_mode_deny,
@@ -113,6 +116,19 @@ def ratelimit_filter(failure_mode_deny: bool = False) -> dict:
         "rate_limit_service": {"transport_api_version": "V3",
                                "grpc_service": {"envoy_grpc": {"cluster_name": RATELIMIT_CLUSTER}}},
     }}
+    limited = {"single_predicate": {
+        "input": {"name": "limits", "typed_config": {
+            "@type": "type.googleapis.com/envoy.type.matcher.v3.HttpRequestHeaderMatchInput",
+            "header_name": "x-api-key-limits"}},
+        "value_match": {"safe_regex": {"google_re2": {}, "regex": ".*"}}}}
+    return {"name": "keygate-limits", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        "extension_config": {"name": "composite", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.composite.v3.Composite"}},
+        "xds_matcher": {"matcher_list": {"matchers": [{"predicate": limited, "on_match": {"action": {
+            "name": "ratelimit", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction",
+                "typed_config": ratelimit}}}}]}}}}
 
 
 def hcm(stat_prefix: str, http_filters: list, routes: list, *, normalize: bool = False, access_log: str | None = None,
