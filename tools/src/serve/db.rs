@@ -63,6 +63,8 @@ pub struct Db {
     pub database_id: String,
     /// Serializes this process's writers (the database serializes them across processes).
     writer: Mutex<()>,
+    /// SQLite: the one connection usage is written on (`db::usage`); PostgreSQL: none.
+    usage: Option<AnyPool>,
     /// The filter's key lookups, off the pool (see the two modules for why).
     reader: Reader,
     /// The newest change number this process knows committed: its own writes publish it at
@@ -222,6 +224,34 @@ impl Db {
             .connect(&connect)
             .await
             .map_err(|e| fail("cannot open database", &e))?;
+        // Usage batches come many a second and each touches a page per key: on a connection
+        // of their own, one at a time, that connection's page cache stays valid from one
+        // batch to the next (SQLite empties it whenever another connection wrote) and holds
+        // 64 MiB. Its statement journals (a multi-row upsert keeps one) stay in memory.
+        let usage = if postgres {
+            None
+        } else {
+            let pool = AnyPoolOptions::new()
+                .max_connections(1)
+                .acquire_timeout(Duration::from_secs(10))
+                .after_connect(|conn, _| {
+                    Box::pin(async move {
+                        for pragma in [
+                            "PRAGMA journal_mode = WAL",
+                            "PRAGMA busy_timeout = 10000",
+                            "PRAGMA cache_size = -65536",
+                            "PRAGMA temp_store = MEMORY",
+                        ] {
+                            sqlx::query(pragma).execute(&mut *conn).await?;
+                        }
+                        Ok(())
+                    })
+                })
+                .connect(&connect)
+                .await
+                .map_err(|e| fail("cannot open database", &e))?;
+            Some(pool)
+        };
         let database_id: String =
             sqlx::query_scalar("SELECT value FROM meta WHERE name = 'database_id'")
                 .fetch_one(&pool)
@@ -253,6 +283,7 @@ impl Db {
             postgres,
             database_id,
             writer: Mutex::new(()),
+            usage,
             reader,
             committed,
             webhooks: Vec::new(),

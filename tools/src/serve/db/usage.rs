@@ -31,6 +31,17 @@ pub struct UsagePoint {
 }
 
 impl Db {
+    /// The `n`th (from 1) parameter of a statement with many. SQLite looks up a numbered
+    /// parameter (`$n`) by walking a list of every name, so binding a thousand of them costs
+    /// a million steps; its anonymous `?` takes the next value, bound in order.
+    fn param(&self, n: usize) -> String {
+        if self.postgres {
+            format!("${n}")
+        } else {
+            "?".to_string()
+        }
+    }
+
     /// Adds a batch's rows at `minute` and sets `last_used_ms` of the keys in `used`;
     /// `false` (and nothing added) when the batch id was taken before.
     pub async fn add_usage(
@@ -41,7 +52,7 @@ impl Db {
         used: &[String],
         now_ms: i64,
     ) -> Result<bool, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.usage.as_ref().unwrap_or(&self.pool).begin().await?;
         let new = sqlx::query(
             "INSERT INTO usage_batches (id, received_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
         )
@@ -57,8 +68,8 @@ impl Db {
         for chunk in rows.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let n = i * 5;
-                    format!("(${}, ${}, ${}, ${}, ${})", n + 1, n + 2, n + 3, n + 4, n + 5)
+                    let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(|j| self.param(i * 5 + j));
+                    format!("({a}, {b}, {c}, {d}, {e})")
                 })
                 .collect();
             let sql = format!(
@@ -78,13 +89,14 @@ impl Db {
             query.execute(&mut *tx).await?;
         }
         for chunk in used.chunks(CHUNK) {
-            let ids: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+            let ids: Vec<String> = (0..chunk.len()).map(|i| self.param(i + 3)).collect();
+            let (a, b) = (self.param(1), self.param(2));
             let sql = format!(
-                "UPDATE keys SET last_used_ms = $1 \
-                 WHERE (last_used_ms IS NULL OR last_used_ms < $1) AND id IN ({})",
+                "UPDATE keys SET last_used_ms = {a} \
+                 WHERE (last_used_ms IS NULL OR last_used_ms < {b}) AND id IN ({})",
                 ids.join(", ")
             );
-            let mut query = sqlx::query(&sql).bind(minute);
+            let mut query = sqlx::query(&sql).bind(minute).bind(minute);
             for id in chunk {
                 query = query.bind(id);
             }
@@ -102,7 +114,7 @@ impl Db {
         hours_before: i64,
         batches_before: i64,
     ) -> Result<u64, ApiError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.usage.as_ref().unwrap_or(&self.pool).begin().await?;
         if self.postgres {
             sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
                 .bind(ROLLUP_LOCK)
