@@ -5,7 +5,7 @@ state, most answers are judged, and Envoy's RSS grows less than a 20 B/request l
 
 from support.churn import MIN_JUDGED, churn, passed
 
-SECONDS = 30
+SECONDS = 20
 
 
 def test_short_churn_every_answer_agrees_with_the_keys_state():

@@ -165,17 +165,18 @@ def test_counts_are_exact_across_a_replica_restart_an_outage_and_a_lost_answer(p
         since = time.strftime("%Y-%m-%dT%H:%M:00Z", time.gmtime(time.time() - 60))
         load = Load(envoys, keys)
         load.start()
-        time.sleep(4)
+        # Each phase lasts a few of the 1 s flushes of every VM.
+        time.sleep(2.5)
         # A replica killed and restarted: its Envoy's batches fail, are held, and go later.
         replicas[1].proc.kill()
         replicas[1].proc.wait()
-        time.sleep(3)
+        time.sleep(2.5)
         replicas[1].start()
-        time.sleep(3)
+        time.sleep(2.5)
         # A batch written, its answer lost: sent again, counted once.
         for p in proxies:
             p.lose()
-        time.sleep(3)
+        time.sleep(2.5)
         assert [p.lost for p in proxies] == [1, 1], "no answer was lost"
         # The whole service down for 30 s: cached keys go on, counts are held.
         for r in replicas:
@@ -183,7 +184,7 @@ def test_counts_are_exact_across_a_replica_restart_an_outage_and_a_lost_answer(p
         time.sleep(30)
         for r in replicas:
             r.start()
-        time.sleep(4)
+        time.sleep(2.5)
         load.stop()
         expected = {k: Counter({n: c for n, c in v.items() if c}) for k, v in load.seen.items()}
         assert sum(sum(v.values()) for v in expected.values()) > 1000, "too little load to judge"
