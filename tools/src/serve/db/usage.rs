@@ -8,12 +8,89 @@
 
 use super::Db;
 use crate::serve::error::ApiError;
+use axum::http::StatusCode;
+use sqlx::any::AnyRow;
 use sqlx::Row;
+use std::collections::HashMap;
 
 /// The advisory lock of the roll-up ("usage" in ASCII).
 const ROLLUP_LOCK: i64 = 0x0075_7361_6765;
 /// Rows per multi-row statement (5 parameters each: well under either database's limit).
 const CHUNK: usize = 1_000;
+
+/// Every result a batch may count, in name order: the columns of `usage_minutes` and
+/// `usage_hours` (migration 0006), where a result not counted is NULL.
+pub const RESULTS: [&str; 21] = [
+    "allowed",
+    "denied_checksum",
+    "denied_cors_backend_key",
+    "denied_disabled",
+    "denied_endpoint",
+    "denied_expired",
+    "denied_malformed",
+    "denied_missing",
+    "denied_not_yet_valid",
+    "denied_origin",
+    "denied_resource",
+    "denied_unknown",
+    "preflight_allowed",
+    "preflight_denied",
+    "public",
+    "unavailable",
+    "upstream_2xx",
+    "upstream_3xx",
+    "upstream_429",
+    "upstream_4xx",
+    "upstream_5xx",
+];
+
+/// One key's counts of a batch, by column of [`RESULTS`].
+struct KeyCounts<'a> {
+    key_id: &'a str,
+    owner: Option<&'a str>,
+    counts: [Option<i64>; RESULTS.len()],
+}
+
+/// A batch's rows gathered by key, in the order keys first appear.
+fn by_key(rows: &[UsageRow]) -> Result<Vec<KeyCounts<'_>>, ApiError> {
+    let mut keys: Vec<KeyCounts> = Vec::new();
+    let mut at: HashMap<&str, usize> = HashMap::new();
+    for row in rows {
+        let column = RESULTS.binary_search(&row.result).map_err(|_| {
+            let why = format!("usage result {:?} has no column", row.result);
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, why)
+        })?;
+        let i = *at.entry(&row.key_id).or_insert_with(|| {
+            keys.push(KeyCounts {
+                key_id: &row.key_id,
+                owner: row.owner.as_deref(),
+                counts: [None; RESULTS.len()],
+            });
+            keys.len() - 1
+        });
+        let count = &mut keys[i].counts[column];
+        *count = Some(count.unwrap_or(0) + row.count);
+    }
+    Ok(keys)
+}
+
+/// `CAST(SUM(r) AS BIGINT) AS r` for every result (PostgreSQL sums BIGINT into NUMERIC).
+fn totals() -> String {
+    let sums: Vec<String> =
+        RESULTS.iter().map(|r| format!("CAST(SUM({r}) AS BIGINT) AS {r}")).collect();
+    sums.join(", ")
+}
+
+/// The results a row of [`totals`] counts, in name order.
+fn counted(row: &AnyRow) -> Result<Vec<(&'static str, i64)>, ApiError> {
+    let mut out = Vec::new();
+    for result in RESULTS {
+        if let Some(n) = row.try_get::<Option<i64>, _>(result)? {
+            out.push((result, n));
+        }
+    }
+    Ok(out)
+}
 
 /// One count of a batch.
 pub struct UsageRow {
@@ -52,6 +129,7 @@ impl Db {
         used: &[String],
         now_ms: i64,
     ) -> Result<bool, ApiError> {
+        let keys = by_key(rows)?;
         let mut tx = self.usage.as_ref().unwrap_or(&self.pool).begin().await?;
         let new = sqlx::query(
             "INSERT INTO usage_batches (id, received_ms) VALUES ($1, $2) ON CONFLICT DO NOTHING",
@@ -65,26 +143,37 @@ impl Db {
         if !new {
             return Ok(false);
         }
-        for chunk in rows.chunks(CHUNK) {
+        // Only the columns this batch counts: the statement stays short, and the few
+        // combinations batches have are each prepared once.
+        let counted: Vec<usize> =
+            (0..RESULTS.len()).filter(|&c| keys.iter().any(|k| k.counts[c].is_some())).collect();
+        let names: Vec<&str> = counted.iter().map(|&c| RESULTS[c]).collect();
+        let added: Vec<String> = names
+            .iter()
+            .map(|r| format!("{r} = COALESCE(usage_minutes.{r} + excluded.{r}, usage_minutes.{r}, excluded.{r})"))
+            .collect();
+        let width = 3 + counted.len();
+        for chunk in keys.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
                 .map(|i| {
-                    let [a, b, c, d, e] = [1, 2, 3, 4, 5].map(|j| self.param(i * 5 + j));
-                    format!("({a}, {b}, {c}, {d}, {e})")
+                    let marks: Vec<String> =
+                        (1..=width).map(|j| self.param(i * width + j)).collect();
+                    format!("({})", marks.join(", "))
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO usage_minutes (key_id, minute, result, owner, count) VALUES {} \
-                 ON CONFLICT (key_id, minute, result) DO UPDATE SET count = usage_minutes.count + excluded.count",
-                values.join(", ")
+                "INSERT INTO usage_minutes (key_id, minute, owner, {}) VALUES {} \
+                 ON CONFLICT (key_id, minute) DO UPDATE SET {}",
+                names.join(", "),
+                values.join(", "),
+                added.join(", ")
             );
             let mut query = sqlx::query(&sql);
-            for row in chunk {
-                query = query
-                    .bind(&row.key_id)
-                    .bind(minute)
-                    .bind(row.result)
-                    .bind(row.owner.as_deref())
-                    .bind(row.count);
+            for key in chunk {
+                query = query.bind(key.key_id).bind(minute).bind(key.owner);
+                for &c in &counted {
+                    query = query.bind(key.counts[c]);
+                }
             }
             query.execute(&mut *tx).await?;
         }
@@ -121,15 +210,25 @@ impl Db {
                 .execute(&mut *tx)
                 .await?;
         }
-        sqlx::query(
-            "INSERT INTO usage_hours (key_id, hour, result, owner, count) \
-             SELECT key_id, minute - (minute % 3600000), result, MAX(owner), SUM(count) \
-             FROM usage_minutes WHERE minute < $1 GROUP BY key_id, minute - (minute % 3600000), result \
-             ON CONFLICT (key_id, hour, result) DO UPDATE SET count = usage_hours.count + excluded.count",
-        )
-        .bind(minutes_before)
-        .execute(&mut *tx)
-        .await?;
+        let sums: Vec<String> = RESULTS.iter().map(|r| format!("SUM({r})")).collect();
+        let added: Vec<String> = RESULTS
+            .iter()
+            .map(|r| {
+                format!(
+                    "{r} = COALESCE(usage_hours.{r} + excluded.{r}, usage_hours.{r}, excluded.{r})"
+                )
+            })
+            .collect();
+        let sql = format!(
+            "INSERT INTO usage_hours (key_id, hour, owner, {}) \
+             SELECT key_id, minute - (minute % 3600000), MAX(owner), {} \
+             FROM usage_minutes WHERE minute < $1 GROUP BY key_id, minute - (minute % 3600000) \
+             ON CONFLICT (key_id, hour) DO UPDATE SET {}",
+            RESULTS.join(", "),
+            sums.join(", "),
+            added.join(", ")
+        );
+        sqlx::query(&sql).bind(minutes_before).execute(&mut *tx).await?;
         let rolled = sqlx::query("DELETE FROM usage_minutes WHERE minute < $1")
             .bind(minutes_before)
             .execute(&mut *tx)
@@ -148,7 +247,8 @@ impl Db {
     }
 
     /// The counts of `key_id` (or of every key of `owner`, with `by_owner`) from `from_ms`
-    /// to `to_ms` (excluded), summed per bucket of `step_ms`, from minutes and hours both.
+    /// to `to_ms` (excluded), summed per bucket of `step_ms`, from minutes and hours both;
+    /// by bucket, then result.
     pub async fn usage_series(
         &self,
         key_id: Option<&str>,
@@ -162,14 +262,16 @@ impl Db {
             (None, Some(owner)) => ("owner = $4", owner),
             (None, None) => ("$4 = $4", ""),
         };
+        let columns = RESULTS.join(", ");
         let sql = format!(
-            "SELECT at, result, CAST(SUM(count) AS BIGINT) AS total FROM ( \
-               SELECT minute - (minute % $3) AS at, result, count FROM usage_minutes \
+            "SELECT at, {} FROM ( \
+               SELECT minute - (minute % $3) AS at, {columns} FROM usage_minutes \
                  WHERE {filter} AND minute >= $1 AND minute < $2 \
                UNION ALL \
-               SELECT hour - (hour % $3) AS at, result, count FROM usage_hours \
+               SELECT hour - (hour % $3) AS at, {columns} FROM usage_hours \
                  WHERE {filter} AND hour >= $1 AND hour < $2 \
-             ) AS u GROUP BY at, result ORDER BY at, result"
+             ) AS u GROUP BY at ORDER BY at",
+            totals()
         );
         let rows = sqlx::query(&sql)
             .bind(from_ms)
@@ -178,18 +280,18 @@ impl Db {
             .bind(who)
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(UsagePoint {
-                    at_ms: r.try_get("at")?,
-                    result: r.try_get("result")?,
-                    count: r.try_get("total")?,
-                })
-            })
-            .collect()
+        let mut out = Vec::new();
+        for r in &rows {
+            let at_ms: i64 = r.try_get("at")?;
+            for (result, count) in counted(r)? {
+                out.push(UsagePoint { at_ms, result: result.to_string(), count });
+            }
+        }
+        Ok(out)
     }
 
-    /// Per key (with its owner) in the window: counts by result, for totals and top keys.
+    /// Per key (with its owner) in the window: counts by result, for totals and top keys;
+    /// by key, then result.
     pub async fn usage_by_key(
         &self,
         owner: Option<&str>,
@@ -197,14 +299,16 @@ impl Db {
         to_ms: i64,
     ) -> Result<Vec<(String, Option<String>, String, i64)>, ApiError> {
         let filter = if owner.is_some() { "owner = $3" } else { "$3 = $3" };
+        let columns = RESULTS.join(", ");
         let sql = format!(
-            "SELECT key_id, MAX(owner) AS owner, result, CAST(SUM(count) AS BIGINT) AS total FROM ( \
-               SELECT key_id, owner, result, count FROM usage_minutes \
+            "SELECT key_id, MAX(owner) AS owner, {} FROM ( \
+               SELECT key_id, owner, {columns} FROM usage_minutes \
                  WHERE {filter} AND minute >= $1 AND minute < $2 \
                UNION ALL \
-               SELECT key_id, owner, result, count FROM usage_hours \
+               SELECT key_id, owner, {columns} FROM usage_hours \
                  WHERE {filter} AND hour >= $1 AND hour < $2 \
-             ) AS u GROUP BY key_id, result ORDER BY key_id, result"
+             ) AS u GROUP BY key_id ORDER BY key_id",
+            totals()
         );
         let rows = sqlx::query(&sql)
             .bind(from_ms)
@@ -212,16 +316,15 @@ impl Db {
             .bind(owner.unwrap_or(""))
             .fetch_all(&self.pool)
             .await?;
-        rows.iter()
-            .map(|r| {
-                Ok((
-                    r.try_get("key_id")?,
-                    r.try_get("owner")?,
-                    r.try_get("result")?,
-                    r.try_get("total")?,
-                ))
-            })
-            .collect()
+        let mut out = Vec::new();
+        for r in &rows {
+            let (key_id, key_owner): (String, Option<String>) =
+                (r.try_get("key_id")?, r.try_get("owner")?);
+            for (result, count) in counted(r)? {
+                out.push((key_id.clone(), key_owner.clone(), result.to_string(), count));
+            }
+        }
+        Ok(out)
     }
 
     /// When each of these keys was last presented (Unix ms), `None` for never.
@@ -240,5 +343,129 @@ impl Db {
             }
         }
         Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::serve::db::{Limits, SQLITE};
+    use keygate::core::usage::{usage_name, CLASSES};
+    use keygate::core::verdict::Outcome;
+    use sqlx::migrate::Migrator;
+    use sqlx::Connection;
+    use std::borrow::Cow;
+    use std::fmt::Debug;
+
+    trait Must<T> {
+        fn must(self) -> T;
+    }
+
+    impl<T, E: Debug> Must<T> for Result<T, E> {
+        fn must(self) -> T {
+            self.unwrap_or_else(|e| unreachable!("{e:?}"))
+        }
+    }
+
+    #[test]
+    fn every_result_a_batch_counts_has_its_column() {
+        let mut names: Vec<String> =
+            Outcome::ALL.iter().map(|o| usage_name(*o).to_string()).collect();
+        names.extend(CLASSES.iter().map(|c| format!("upstream_{c}")));
+        names.sort();
+        assert_eq!(names, RESULTS);
+    }
+
+    fn row(key_id: &str, owner: Option<&str>, result: &'static str, count: i64) -> UsageRow {
+        UsageRow { key_id: key_id.into(), owner: owner.map(Into::into), result, count }
+    }
+
+    async fn series(db: &Db, key: &str) -> Vec<(i64, String, i64)> {
+        let points = db.usage_series(Some(key), None, 0, i64::MAX / 2, 60_000).await.must();
+        points.into_iter().map(|p| (p.at_ms, p.result, p.count)).collect()
+    }
+
+    async fn totals(db: &Db) -> Vec<(String, Option<String>, String, i64)> {
+        db.usage_by_key(None, 0, i64::MAX / 2).await.must()
+    }
+
+    #[tokio::test]
+    async fn counts_from_before_0006_are_kept_and_batches_add_up_once() {
+        const M: i64 = 1_800_000_000_000;
+        const H: i64 = M - 7_200_000;
+        let dir = std::env::temp_dir().join(format!("keygate-usage-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).must();
+        let url = format!("sqlite:{}", dir.join("usage.db").display());
+        sqlx::any::install_default_drivers();
+        // A database of 0005, one row per key, minute and result.
+        let mut conn = sqlx::AnyConnection::connect(&format!("{url}?mode=rwc")).await.must();
+        let before = SQLITE.iter().filter(|m| m.version <= 5).cloned().collect::<Vec<_>>();
+        let up_to_5 = Migrator {
+            migrations: Cow::Owned(before),
+            ignore_missing: false,
+            locking: true,
+            no_tx: false,
+        };
+        up_to_5.run(&mut conn).await.must();
+        for (table, at, key, result, owner, n) in [
+            ("usage_minutes", M, "web", "allowed", Some("acme"), 3),
+            ("usage_minutes", M, "web", "upstream_2xx", Some("acme"), 2),
+            ("usage_minutes", M, "cli", "unavailable", None, 1),
+            ("usage_hours", H, "web", "denied_expired", Some("acme"), 4),
+        ] {
+            let column = if table == "usage_hours" { "hour" } else { "minute" };
+            let sql = format!(
+                "INSERT INTO {table} (key_id, {column}, result, owner, count) VALUES ($1, $2, $3, $4, $5)"
+            );
+            let q = sqlx::query(&sql).bind(key).bind(at).bind(result).bind(owner).bind(n);
+            q.execute(&mut conn).await.must();
+        }
+        conn.close().await.must();
+
+        let db = Db::open(&url, Limits::default()).await.must();
+        let web = |allowed: i64| {
+            vec![
+                (H, "denied_expired".to_string(), 4),
+                (M, "allowed".to_string(), allowed),
+                (M, "upstream_2xx".to_string(), 2),
+            ]
+        };
+        assert_eq!(series(&db, "web").await, web(3));
+
+        let rows = [row("web", Some("acme"), "allowed", 5), row("new", None, "public", 1)];
+        assert!(db.add_usage("b1", M, &rows, &[], M).await.must());
+        assert!(!db.add_usage("b1", M, &rows, &[], M).await.must());
+        let rows = [row("web", Some("acme"), "allowed", 1)];
+        assert!(db.add_usage("b2", M, &rows, &[], M).await.must());
+        assert_eq!(series(&db, "web").await, web(9));
+
+        let expected = vec![
+            ("cli".to_string(), None, "unavailable".to_string(), 1),
+            ("new".to_string(), None, "public".to_string(), 1),
+            ("web".to_string(), Some("acme".to_string()), "allowed".to_string(), 9),
+            ("web".to_string(), Some("acme".to_string()), "denied_expired".to_string(), 4),
+            ("web".to_string(), Some("acme".to_string()), "upstream_2xx".to_string(), 2),
+        ];
+        assert_eq!(totals(&db).await, expected);
+
+        // Rolled up into its hour, the minute's counts add to what the hour holds.
+        assert_eq!(db.roll_usage_up(M + 3_600_000, 0, 0).await.must(), 3);
+        assert_eq!(totals(&db).await, expected);
+        let hour = M - M % 3_600_000;
+        let hourly: Vec<_> = (db.usage_series(Some("web"), None, 0, 2 * M, 3_600_000).await)
+            .must()
+            .into_iter()
+            .map(|p| (p.at_ms, p.result, p.count))
+            .collect();
+        assert_eq!(
+            hourly,
+            [
+                (H, "denied_expired".to_string(), 4),
+                (hour, "allowed".to_string(), 9),
+                (hour, "upstream_2xx".to_string(), 2),
+            ]
+        );
+        drop(db);
+        std::fs::remove_dir_all(&dir).must();
     }
 }
