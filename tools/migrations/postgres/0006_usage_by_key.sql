@@ -2,7 +2,8 @@
 -- result, named as in the batches: a key that is counted with two results in a minute takes
 -- one row, not two, so a batch writes half the rows and index entries it did, and the tables
 -- take about half the bytes. A result not counted is NULL. A result added to the filters
--- needs its column here. Keep it equivalent to the other folder's 0006_usage_by_key.sql.
+-- needs a column of its own, added by a later migration (and to `RESULTS` in db/usage.rs).
+-- Keep it equivalent to the other folder's 0006_usage_by_key.sql.
 
 CREATE TABLE usage_minutes_by_key (
     key_id TEXT NOT NULL,
