@@ -304,7 +304,7 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()
     text = (f"# keygate limits {stamp:%Y-%m-%d %H:%M} UTC ({commit})\n\n"
-            f"`.venv/bin/python bench/bench_limits.py{' --only-instructions' if args.only_instructions else ''}`, "
+            f"`.venv/bin/python bench/bench_limits.py{''.join(' ' + a for a in sys.argv[1:])}`, "
             f"on {os.cpu_count()} CPUs, 127.0.0.1 only.\n\n```json\n"
             + json.dumps(results, indent=1) + "\n```\n")
     out = ROOT / "bench" / "results" / f"{stamp:%Y-%m-%d-%H%M}-limits.md"
