@@ -188,6 +188,7 @@ def limited_only(wrapper: dict) -> dict:
     assert theirs["extension_config"] == ours["extension_config"]
     matcher, our_matcher = theirs["xds_matcher"]["matcher_list"], ours["xds_matcher"]["matcher_list"]
     assert [m["predicate"] for m in matcher["matchers"]] == [m["predicate"] for m in our_matcher["matchers"]]
+    assert theirs["xds_matcher"]["on_no_match"] == ours["xds_matcher"]["on_no_match"]
     return matcher["matchers"][0]["on_match"]["action"]["typed_config"]["typed_config"]
 
 

@@ -104,8 +104,8 @@ RATE_LIMITS = [{"actions": [
 
 def ratelimit_filter(failure_mode_deny: bool = False) -> dict:
     """Envoy's rate-limit filter as the shipped configuration places it: made only for requests
-    that carry x-api-key-limits (a composite filter behind a matcher), so that an unlimited
-    key's request never pays for the filter's instance and its gRPC client."""
+    that carry x-api-key-limits (a composite filter behind a matcher, skipped for every other
+    request), so that an unlimited key's request never pays for the filter's instance."""
     ratelimit = {"name": "envoy.filters.http.ratelimit", "typed_config": {
         "@type": "type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit",
         "domain": "keygate",
@@ -128,7 +128,9 @@ def ratelimit_filter(failure_mode_deny: bool = False) -> dict:
         "xds_matcher": {"matcher_list": {"matchers": [{"predicate": limited, "on_match": {"action": {
             "name": "ratelimit", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.filters.http.composite.v3.ExecuteFilterAction",
-                "typed_config": ratelimit}}}}]}}}}
+                "typed_config": ratelimit}}}}]},
+            "on_no_match": {"action": {"name": "skip", "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.common.matcher.action.v3.SkipFilter"}}}}}}
 
 
 def hcm(stat_prefix: str, http_filters: list, routes: list, *, normalize: bool = False, access_log: str | None = None,
