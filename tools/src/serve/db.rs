@@ -56,6 +56,10 @@ static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
 /// The advisory lock every write transaction holds on PostgreSQL ("keygate" in ASCII).
 const WRITE_LOCK: i64 = 0x006b_6579_6761_7465;
 
+/// Every SQLite connection's settings. WAL: readers never wait for the writer; busy_timeout:
+/// a second process (or this one's usage connection) on the same file waits instead of failing.
+const SQLITE_SESSION: [&str; 2] = ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000"];
+
 pub struct Db {
     pool: AnyPool,
     postgres: bool,
@@ -212,9 +216,7 @@ impl Db {
                             sqlx::query(statement).execute(&mut *conn).await?;
                         }
                     } else {
-                        // WAL: readers never wait for the writer; busy_timeout: a second
-                        // process on the same file waits instead of failing.
-                        for pragma in ["PRAGMA journal_mode = WAL", "PRAGMA busy_timeout = 10000"] {
+                        for pragma in SQLITE_SESSION {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
                     }
@@ -239,13 +241,12 @@ impl Db {
                 .acquire_timeout(Duration::from_secs(10))
                 .after_connect(|conn, _| {
                     Box::pin(async move {
-                        for pragma in [
-                            "PRAGMA journal_mode = WAL",
-                            "PRAGMA busy_timeout = 10000",
+                        let usage = [
                             "PRAGMA cache_size = -65536",
                             "PRAGMA temp_store = MEMORY",
                             "PRAGMA wal_autocheckpoint = 20000",
-                        ] {
+                        ];
+                        for pragma in SQLITE_SESSION.into_iter().chain(usage) {
                             sqlx::query(pragma).execute(&mut *conn).await?;
                         }
                         Ok(())

@@ -74,6 +74,11 @@ fn by_key(rows: &[UsageRow]) -> Result<Vec<KeyCounts<'_>>, ApiError> {
     Ok(keys)
 }
 
+/// `r = ...` that adds the inserted row's count of `r` to `table`'s, where either may be NULL.
+fn add_to(table: &str, r: &str) -> String {
+    format!("{r} = COALESCE({table}.{r} + excluded.{r}, {table}.{r}, excluded.{r})")
+}
+
 /// `CAST(SUM(r) AS BIGINT) AS r` for every result (PostgreSQL sums BIGINT into NUMERIC).
 fn totals() -> String {
     let sums: Vec<String> =
@@ -148,10 +153,7 @@ impl Db {
         let counted: Vec<usize> =
             (0..RESULTS.len()).filter(|&c| keys.iter().any(|k| k.counts[c].is_some())).collect();
         let names: Vec<&str> = counted.iter().map(|&c| RESULTS[c]).collect();
-        let added: Vec<String> = names
-            .iter()
-            .map(|r| format!("{r} = COALESCE(usage_minutes.{r} + excluded.{r}, usage_minutes.{r}, excluded.{r})"))
-            .collect();
+        let added: Vec<String> = names.iter().map(|r| add_to("usage_minutes", r)).collect();
         let width = 3 + counted.len();
         for chunk in keys.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
@@ -211,14 +213,7 @@ impl Db {
                 .await?;
         }
         let sums: Vec<String> = RESULTS.iter().map(|r| format!("SUM({r})")).collect();
-        let added: Vec<String> = RESULTS
-            .iter()
-            .map(|r| {
-                format!(
-                    "{r} = COALESCE(usage_hours.{r} + excluded.{r}, usage_hours.{r}, excluded.{r})"
-                )
-            })
-            .collect();
+        let added: Vec<String> = RESULTS.iter().map(|r| add_to("usage_hours", r)).collect();
         let sql = format!(
             "INSERT INTO usage_hours (key_id, hour, owner, {}) \
              SELECT key_id, minute - (minute % 3600000), MAX(owner), {} \
