@@ -219,6 +219,12 @@ class Postgres:
     def url(self, name: str) -> str:
         return f"postgres://kg@127.0.0.1:{self.port}/{name}"
 
+    def scalar(self, name: str, query: str) -> str:
+        """The one value `query` answers in database `name`."""
+        out = self._as_postgres(str(self.bin / "psql"), "-h", "127.0.0.1", "-p", str(self.port), "-U", "kg",
+                                "-d", name, "-tAc", query)
+        return out.stdout.strip()
+
     def stop(self):
         if self.started:
             self._as_postgres(str(self.bin / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop",

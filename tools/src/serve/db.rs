@@ -47,8 +47,9 @@ use crate::serve::sqlite_reader::SqliteReader;
 use sqlx::any::AnyPoolOptions;
 use sqlx::migrate::Migrator;
 use sqlx::{Any, AnyPool, Connection, Row, Transaction};
+use std::sync::atomic::AtomicUsize;
 use std::time::Duration;
-use tokio::sync::{watch, Mutex, MutexGuard};
+use tokio::sync::{watch, Mutex, MutexGuard, Notify};
 
 static SQLITE: Migrator = sqlx::migrate!("./migrations/sqlite");
 static POSTGRES: Migrator = sqlx::migrate!("./migrations/postgres");
@@ -69,6 +70,10 @@ pub struct Db {
     writer: Mutex<()>,
     /// SQLite: the one connection usage is written on (`db::usage`); PostgreSQL: none.
     usage: Option<AnyPool>,
+    /// Rows added to `usage_recent` since this process last moved them (`db::usage`), and
+    /// the signal that there are enough to move.
+    recent_rows: AtomicUsize,
+    pub recent_due: Notify,
     /// The filter's key lookups, off the pool (see the two modules for why).
     reader: Reader,
     /// The newest change number this process knows committed: its own writes publish it at
@@ -289,6 +294,8 @@ impl Db {
             database_id,
             writer: Mutex::new(()),
             usage,
+            recent_rows: AtomicUsize::new(0),
+            recent_due: Notify::new(),
             reader,
             committed,
             webhooks: Vec::new(),

@@ -165,22 +165,31 @@ pub async fn take(State(s): State<AppState>, body: Bytes) -> Result<Response, Ap
     Ok(json(StatusCode::OK, format!("{{\"counted\": {counted}}}")))
 }
 
-/// Rolls minutes up into hours and forgets what is past retention, every ten minutes.
+/// Moves recent minutes into the key-ordered table whenever enough have been added, and
+/// every ten minutes rolls minutes up into hours and forgets what is past retention.
 pub async fn roll_up(db: Arc<Db>, keep: Retention) {
     const DAY_MS: i64 = 86_400_000;
-    let log = Every::new(Duration::from_secs(600));
+    const EVERY: Duration = Duration::from_secs(600);
+    let log = Every::new(EVERY);
+    let mut next = tokio::time::Instant::now();
     loop {
-        let now = now_ms();
-        let minutes_before = now - i64::from(keep.minutes_days) * DAY_MS;
-        // Only whole hours: a rolled-up hour never gets minutes later.
-        let minutes_before = minutes_before - minutes_before.rem_euclid(3_600_000);
-        let hours_before = now - i64::from(keep.hours_days) * DAY_MS;
-        if let Err(e) = db.roll_usage_up(minutes_before, hours_before, now - 2 * DAY_MS).await {
+        let done = tokio::select! {
+            () = tokio::time::sleep_until(next) => {
+                next += EVERY;
+                let now = now_ms();
+                let minutes_before = now - i64::from(keep.minutes_days) * DAY_MS;
+                // Only whole hours: a rolled-up hour never gets minutes later.
+                let minutes_before = minutes_before - minutes_before.rem_euclid(3_600_000);
+                let hours_before = now - i64::from(keep.hours_days) * DAY_MS;
+                db.roll_usage_up(minutes_before, hours_before, now - 2 * DAY_MS).await
+            }
+            () = db.recent_due.notified() => db.move_recent_usage().await,
+        };
+        if let Err(e) = done {
             if log.now() {
                 eprintln!("keygate serve: usage roll-up failed: {}", e.body());
             }
         }
-        tokio::time::sleep(Duration::from_secs(600)).await;
     }
 }
 

@@ -3,8 +3,14 @@
 //!
 //! A batch is taken in one transaction that first records its id: a batch sent again (its
 //! answer lost) finds the id and adds nothing. The rows are upserts that add, so replicas
-//! taking different batches of the same minute add up. The roll-up from minutes to hours
-//! holds a PostgreSQL advisory lock, so two replicas never roll the same minutes up twice.
+//! taking different batches of the same minute add up.
+//!
+//! Batches add to `usage_recent`, in minute order, where a batch's keys share pages; once it
+//! holds [`MOVE_ROWS`] rows (and before every roll-up) they are moved into `usage_minutes`, in
+//! key order, where a key's series is read from a few pages. Written there batch by batch,
+//! every key of a batch would cost a page write of its own. The roll-up from minutes to
+//! hours holds a PostgreSQL advisory lock, so two replicas never roll the same minutes up
+//! twice. Readers add the three tables.
 
 use super::Db;
 use crate::serve::error::ApiError;
@@ -12,14 +18,18 @@ use axum::http::StatusCode;
 use sqlx::any::AnyRow;
 use sqlx::Row;
 use std::collections::HashMap;
+use std::sync::atomic::Ordering;
 
 /// The advisory lock of the roll-up ("usage" in ASCII).
 const ROLLUP_LOCK: i64 = 0x0075_7361_6765;
+/// Rows `usage_recent` holds before they are moved: about 12 MB, read whole by a query of one
+/// key (the table has no index by key), and moved in well under a second.
+pub const MOVE_ROWS: usize = 200_000;
 /// Rows per multi-row statement (5 parameters each: well under either database's limit).
 const CHUNK: usize = 1_000;
 
-/// Every result a batch may count, in name order: the columns of `usage_minutes` and
-/// `usage_hours` (migration 0006), where a result not counted is NULL.
+/// Every result a batch may count, in name order: the columns of `usage_recent`,
+/// `usage_minutes` and `usage_hours` (migrations 0006 and 0007), NULL where not counted.
 pub const RESULTS: [&str; 21] = [
     "allowed",
     "denied_checksum",
@@ -51,7 +61,7 @@ struct KeyCounts<'a> {
     counts: [Option<i64>; RESULTS.len()],
 }
 
-/// A batch's rows gathered by key, in the order keys first appear.
+/// A batch's rows gathered by key, in key order.
 fn by_key(rows: &[UsageRow]) -> Result<Vec<KeyCounts<'_>>, ApiError> {
     let mut keys: Vec<KeyCounts> = Vec::new();
     let mut at: HashMap<&str, usize> = HashMap::new();
@@ -71,6 +81,9 @@ fn by_key(rows: &[UsageRow]) -> Result<Vec<KeyCounts<'_>>, ApiError> {
         let count = &mut keys[i].counts[column];
         *count = Some(count.unwrap_or(0) + row.count);
     }
+    // In the primary key's order: two replicas upserting the same rows take their locks in
+    // the same order, so neither waits on the other for a lock it holds.
+    keys.sort_unstable_by_key(|k| k.key_id);
     Ok(keys)
 }
 
@@ -153,7 +166,7 @@ impl Db {
         let counted: Vec<usize> =
             (0..RESULTS.len()).filter(|&c| keys.iter().any(|k| k.counts[c].is_some())).collect();
         let names: Vec<&str> = counted.iter().map(|&c| RESULTS[c]).collect();
-        let added: Vec<String> = names.iter().map(|r| add_to("usage_minutes", r)).collect();
+        let added: Vec<String> = names.iter().map(|r| add_to("usage_recent", r)).collect();
         let width = 3 + counted.len();
         for chunk in keys.chunks(CHUNK) {
             let values: Vec<String> = (0..chunk.len())
@@ -164,8 +177,8 @@ impl Db {
                 })
                 .collect();
             let sql = format!(
-                "INSERT INTO usage_minutes (key_id, minute, owner, {}) VALUES {} \
-                 ON CONFLICT (key_id, minute) DO UPDATE SET {}",
+                "INSERT INTO usage_recent (key_id, minute, owner, {}) VALUES {} \
+                 ON CONFLICT (minute, key_id) DO UPDATE SET {}",
                 names.join(", "),
                 values.join(", "),
                 added.join(", ")
@@ -194,7 +207,40 @@ impl Db {
             query.execute(&mut *tx).await?;
         }
         tx.commit().await?;
+        let before = self.recent_rows.fetch_add(keys.len(), Ordering::Relaxed);
+        if before < MOVE_ROWS && before + keys.len() >= MOVE_ROWS {
+            self.recent_due.notify_one();
+        }
         Ok(true)
+    }
+
+    /// Moves every row of `usage_recent` into `usage_minutes`, in key order; the rows moved.
+    pub async fn move_recent_usage(&self) -> Result<u64, ApiError> {
+        self.recent_rows.store(0, Ordering::Relaxed);
+        let mut tx = self.usage.as_ref().unwrap_or(&self.pool).begin().await?;
+        if self.postgres {
+            // Batches wait for the move (readers do not): a row a batch added after the
+            // copy would otherwise go with the delete.
+            sqlx::query("LOCK TABLE usage_recent IN EXCLUSIVE MODE").execute(&mut *tx).await?;
+        }
+        let columns = RESULTS.join(", ");
+        let added: Vec<String> = RESULTS.iter().map(|r| add_to("usage_minutes", r)).collect();
+        // `WHERE true`: SQLite reads `ON` after a bare `FROM t` as a join's.
+        let sql = format!(
+            "INSERT INTO usage_minutes (key_id, minute, owner, {columns}) \
+             SELECT key_id, minute, owner, {columns} FROM usage_recent WHERE true \
+             ORDER BY key_id, minute \
+             ON CONFLICT (key_id, minute) DO UPDATE SET {}",
+            added.join(", ")
+        );
+        let moved = sqlx::query(&sql).execute(&mut *tx).await?.rows_affected();
+        // PostgreSQL's DELETE would leave every row dead until a vacuum; TRUNCATE frees the
+        // table at once (under a lock that makes readers wait for the commit, briefly).
+        let empty =
+            if self.postgres { "TRUNCATE usage_recent" } else { "DELETE FROM usage_recent" };
+        sqlx::query(empty).execute(&mut *tx).await?;
+        tx.commit().await?;
+        Ok(moved)
     }
 
     /// Rolls minutes before `minutes_before` up into hours, and deletes hours before
@@ -205,6 +251,7 @@ impl Db {
         hours_before: i64,
         batches_before: i64,
     ) -> Result<u64, ApiError> {
+        self.move_recent_usage().await?;
         let mut tx = self.usage.as_ref().unwrap_or(&self.pool).begin().await?;
         if self.postgres {
             sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
@@ -242,7 +289,8 @@ impl Db {
     }
 
     /// The counts of `key_id` (or of every key of `owner`, with `by_owner`) from `from_ms`
-    /// to `to_ms` (excluded), summed per bucket of `step_ms`, from minutes and hours both;
+    /// to `to_ms` (excluded), summed per bucket of `step_ms`, from recent minutes, minutes and
+    /// hours;
     /// by bucket, then result.
     pub async fn usage_series(
         &self,
@@ -260,6 +308,9 @@ impl Db {
         let columns = RESULTS.join(", ");
         let sql = format!(
             "SELECT at, {} FROM ( \
+               SELECT minute - (minute % $3) AS at, {columns} FROM usage_recent \
+                 WHERE {filter} AND minute >= $1 AND minute < $2 \
+               UNION ALL \
                SELECT minute - (minute % $3) AS at, {columns} FROM usage_minutes \
                  WHERE {filter} AND minute >= $1 AND minute < $2 \
                UNION ALL \
@@ -297,6 +348,9 @@ impl Db {
         let columns = RESULTS.join(", ");
         let sql = format!(
             "SELECT key_id, MAX(owner) AS owner, {} FROM ( \
+               SELECT key_id, owner, {columns} FROM usage_recent \
+                 WHERE {filter} AND minute >= $1 AND minute < $2 \
+               UNION ALL \
                SELECT key_id, owner, {columns} FROM usage_minutes \
                  WHERE {filter} AND minute >= $1 AND minute < $2 \
                UNION ALL \
@@ -385,7 +439,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn counts_from_before_0006_are_kept_and_batches_add_up_once() {
+    async fn counts_from_before_0006_are_kept_and_batches_add_up_once_wherever_they_are() {
         const M: i64 = 1_800_000_000_000;
         const H: i64 = M - 7_200_000;
         let dir = std::env::temp_dir().join(format!("keygate-usage-{}", std::process::id()));
@@ -430,6 +484,11 @@ mod tests {
         let rows = [row("web", Some("acme"), "allowed", 5), row("new", None, "public", 1)];
         assert!(db.add_usage("b1", M, &rows, &[], M).await.must());
         assert!(!db.add_usage("b1", M, &rows, &[], M).await.must());
+        // Moved into the key-ordered table, the minute's counts add to what it holds there,
+        // and a batch after the move adds to them across the two tables.
+        assert_eq!(db.move_recent_usage().await.must(), 2);
+        assert_eq!(db.move_recent_usage().await.must(), 0);
+        assert_eq!(series(&db, "web").await, web(8));
         let rows = [row("web", Some("acme"), "allowed", 1)];
         assert!(db.add_usage("b2", M, &rows, &[], M).await.must());
         assert_eq!(series(&db, "web").await, web(9));
