@@ -21,6 +21,7 @@ import hashlib
 import http.client
 import json
 import os
+import re
 import sys
 import tempfile
 import threading
@@ -103,6 +104,20 @@ def table_bytes(db: str, pg: Postgres | None) -> int:
     return sql_value(db, pg, "SELECT pg_total_relation_size('usage_minutes') + pg_total_relation_size('usage_recent')")
 
 
+def move_seconds(s: Service) -> list[float]:
+    """How many moves of usage_recent the service made, and their mean and longest seconds."""
+    text = s.admin("GET", "/metrics").body.decode()
+    series = {}
+    for line in text.splitlines():
+        m = re.match(r'keygate_db_seconds_(sum|count|bucket)\{op="usage_move"(?:,le="([^"]+)")?\} (\S+)', line)
+        if m:
+            series[(m[1], m[2])] = float(m[3])
+    count = series[("count", None)]
+    # The longest lies in the first bucket that holds every move.
+    longest = min(float(le) for (kind, le), n in series.items() if kind == "bucket" and n == count)
+    return [count, series[("sum", None)] / count, longest]
+
+
 def run(name: str, db: str, pg: Postgres | None, keys: int, seconds: float, workdir: Path) -> dict:
     s = Service(db, workdir, args=["--import", str(import_file(keys, workdir))])
     unpinned = s.command
@@ -125,8 +140,9 @@ def run(name: str, db: str, pg: Postgres | None, keys: int, seconds: float, work
             minutes *= 2
         after = table_bytes(db, pg)
         waiting = sql_value(db, pg, "SELECT COUNT(*) FROM usage_recent")
+        moves = move_seconds(s)
         return {"db": name, "key_counts_per_s": keys * minutes / took, "counts_per_s": keys * minutes * 2 / took,
-                "waiting": waiting, "batches": len(bodies), "seconds": took,
+                "waiting": waiting, "moves": moves, "batches": len(bodies), "seconds": took,
                 "bytes_per_row": (after - before) / written}
     finally:
         s.stop()
@@ -154,15 +170,17 @@ def main():
              "usage_recent; the service moves its rows into usage_minutes whenever it holds 200,000, and that "
              "time is in the figure, except for the rows still waiting at the end.", "",
              "| database | key-counts/s | counts/s | batches | seconds | rows still in usage_recent at the end "
+             "| moves of usage_recent (all run): count, mean, longest at most "
              "| bytes per minute row (table and indexes) "
              "| a key used every minute with two results, per day: at minute resolution / in hours (rows of the "
              "same shape) |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in results:
         day_minutes = r["bytes_per_row"] * 1440
         day_hours = r["bytes_per_row"] * 24
         lines.append(f"| {r['db']} | {r['key_counts_per_s']:,.0f} | {r['counts_per_s']:,.0f} | {r['batches']:,} | "
-                     f"{r['seconds']:.1f} | {r['waiting']:,} | {r['bytes_per_row']:.0f} | {day_minutes / 1e6:.2f} MB / "
+                     f"{r['seconds']:.1f} | {r['waiting']:,} | {r['moves'][0]:.0f}, {r['moves'][1] * 1000:.0f} ms, "
+                     f"{r['moves'][2] * 1000:.0f} ms | {r['bytes_per_row']:.0f} | {day_minutes / 1e6:.2f} MB / "
                      f"{day_hours / 1e3:.1f} kB |")
     text = "\n".join(lines) + "\n"
     out = ROOT / "bench" / "results" / f"{datetime.now(UTC):%Y-%m-%d-%H%M}-usage.md"

@@ -188,13 +188,15 @@ def test_every_metric_counts_exactly_what_was_done(services):
         ("keygate_db_seconds_count", (("op", "origin"),)): 2,
         ("keygate_db_seconds_count", (("op", "write"),)): 3,
         ("keygate_db_seconds_count", (("op", "usage"),)): 2,
+        # The move of recent usage minutes that starts the ten-minute roll-up, at startup.
+        ("keygate_db_seconds_count", (("op", "usage_move"),)): 1,
     }
     got = {k: value(m, k[0], **dict(k[1])) for k in expected}
     assert got == expected
     # The feed is read once per answer and again each time a held poll wakes.
     assert value(m, "keygate_db_seconds_count", op="feed") >= 4
     # Every database call lands in the +Inf bucket.
-    for op in ("lookup", "origin", "feed", "write", "usage"):
+    for op in ("lookup", "origin", "feed", "write", "usage", "usage_move"):
         assert value(m, "keygate_db_seconds_bucket", op=op, le="+Inf") == value(m, "keygate_db_seconds_count", op=op)
         assert value(m, "keygate_db_seconds_sum", op=op) > 0
 

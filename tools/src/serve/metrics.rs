@@ -73,7 +73,14 @@ labels!(
 );
 labels!(
     /// The database calls timed.
-    Op { Lookup = "lookup", Origin = "origin", Feed = "feed", Write = "write", Usage = "usage" }
+    Op {
+        Lookup = "lookup",
+        Origin = "origin",
+        Feed = "feed",
+        Write = "write",
+        Usage = "usage",
+        UsageMove = "usage_move",
+    }
 );
 
 struct Metrics {

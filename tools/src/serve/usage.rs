@@ -181,9 +181,13 @@ pub async fn roll_up(db: Arc<Db>, keep: Retention) {
                 // Only whole hours: a rolled-up hour never gets minutes later.
                 let minutes_before = minutes_before - minutes_before.rem_euclid(3_600_000);
                 let hours_before = now - i64::from(keep.hours_days) * DAY_MS;
-                db.roll_usage_up(minutes_before, hours_before, now - 2 * DAY_MS).await
+                // Recent minutes first, so the roll-up sees them; were they left behind, a
+                // later roll-up would add them to their hours all the same.
+                let moved = metrics::timed(Op::UsageMove, db.move_recent_usage()).await;
+                let rolled = db.roll_usage_up(minutes_before, hours_before, now - 2 * DAY_MS).await;
+                moved.and(rolled)
             }
-            () = db.recent_due.notified() => db.move_recent_usage().await,
+            () = db.recent_due.notified() => metrics::timed(Op::UsageMove, db.move_recent_usage()).await,
         };
         if let Err(e) = done {
             if log.now() {

@@ -6,7 +6,7 @@
 //! taking different batches of the same minute add up.
 //!
 //! Batches add to `usage_recent`, in minute order, where a batch's keys share pages; once it
-//! holds [`MOVE_ROWS`] rows (and before every roll-up) they are moved into `usage_minutes`, in
+//! holds [`MOVE_ROWS`] rows (and before every roll-up: `serve::usage`) they are moved into `usage_minutes`, in
 //! key order, where a key's series is read from a few pages. Written there batch by batch,
 //! every key of a batch would cost a page write of its own. The roll-up from minutes to
 //! hours holds a PostgreSQL advisory lock, so two replicas never roll the same minutes up
@@ -251,7 +251,6 @@ impl Db {
         hours_before: i64,
         batches_before: i64,
     ) -> Result<u64, ApiError> {
-        self.move_recent_usage().await?;
         let mut tx = self.usage.as_ref().unwrap_or(&self.pool).begin().await?;
         if self.postgres {
             sqlx::query("SELECT 1 FROM (SELECT pg_advisory_xact_lock($1)) AS locked")
@@ -503,6 +502,7 @@ mod tests {
         assert_eq!(totals(&db).await, expected);
 
         // Rolled up into its hour, the minute's counts add to what the hour holds.
+        assert_eq!(db.move_recent_usage().await.must(), 1);
         assert_eq!(db.roll_usage_up(M + 3_600_000, 0, 0).await.must(), 3);
         assert_eq!(totals(&db).await, expected);
         let hour = M - M % 3_600_000;
