@@ -12,14 +12,15 @@ how exactly it counts.
   p99 each, and the difference.
 - instructions: callgrind on Envoy, per request, for a limited key and an unlimited key, with
   the rate-limit filter as shipped (made by a composite filter only for requests that carry
-  x-api-key-limits), with the filter bare in the chain, and without it.
+  x-api-key-limits, a header the bootstrap registers inline), the same with the header not
+  inline, with the filter bare in the chain, and without it (--chain picks others: CHAINS).
 - throughput: the rate-limit service alone, pinned to CPU 1, asked by bench/rls-load pinned
   to CPU 0 (64 callers on one HTTP/2 connection), counters in memory and in Redis.
 - memory: bytes per active counter after 100,000 keys were counted once, in memory (the
   service's RSS) and in Redis (`used_memory`).
 
 Results: printed, and written to bench/results/<date>-limits.md. 127.0.0.1 only; about 3
-minutes, plus about 2 for the instructions.
+minutes, plus about 10 for the instructions.
 """
 
 from __future__ import annotations
@@ -162,24 +163,69 @@ def envoy_binary() -> str:
     return os.environ.get("ENVOY_BIN") or str(found[0])
 
 
-def bare(e: Envoy) -> None:
-    """The rate-limit filter straight in the chain, without the composite filter that makes it
-    only for limited keys' requests: what that wrapper saves."""
+def limits_filter(config: dict) -> tuple[list, int]:
+    """The api listener's HTTP filters and the index of keygate-limits among them."""
+    hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filters = hcm["http_filters"]
+    return filters, next(i for i, f in enumerate(filters) if f["name"] == "keygate-limits")
+
+
+def rewrite(e: Envoy, change) -> None:
+    """Makes e render its bootstrap through change(bootstrap, keygate-limits filter), which edits
+    the bootstrap and returns the filter to put in place of keygate-limits."""
     render = e.render
 
-    def unwrapped() -> dict:
+    def rewritten() -> dict:
         config = render()
-        hcm = config["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-        filters = hcm["http_filters"]
-        i = next(i for i, f in enumerate(filters) if f["name"] == "keygate-limits")
-        matcher = filters[i]["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
-        filters[i] = matcher["on_match"]["action"]["typed_config"]["typed_config"]
+        filters, i = limits_filter(config)
+        filters[i] = change(config, filters[i])
         return config
 
-    e.render = unwrapped
+    e.render = rewritten
 
 
-def instructions(workdir: Path, count: int = 2000, warmup: int = 2000) -> dict:
+def inner_ratelimit(f: dict) -> dict:
+    """The rate-limit filter the composite filter's ExecuteFilterAction makes."""
+    matcher = f["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]
+    return matcher["on_match"]["action"]["typed_config"]["typed_config"]
+
+
+def not_inline(config: dict, f: dict) -> dict:
+    """x-api-key-limits as an ordinary header: the matcher's lookup searches the header map."""
+    del config["inline_headers"]
+    return f
+
+
+def bare(config: dict, f: dict) -> dict:
+    """The rate-limit filter straight in the chain, made for every request."""
+    return inner_ratelimit(f)
+
+
+def extension_with_matcher(config: dict, f: dict) -> dict:
+    """The rate-limit filter wrapped by ExtensionWithMatcher itself, without the composite filter:
+    SkipFilter when x-api-key-limits is absent. The filter (and its gRPC client) is still made for
+    every request; the skip only keeps its callbacks from running."""
+    predicate = f["typed_config"]["xds_matcher"]["matcher_list"]["matchers"][0]["predicate"]
+    skip = f["typed_config"]["xds_matcher"]["on_no_match"]
+    return {"name": "keygate-limits", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.common.matching.v3.ExtensionWithMatcher",
+        "extension_config": inner_ratelimit(f),
+        "xds_matcher": {"matcher_list": {"matchers": [{"predicate": {"not_matcher": predicate}, "on_match": skip}]}}}}
+
+
+# Each chain: (with the rate-limit filter and service, change or None). The first is the shipped
+# construct (tests/integration/support/harness.py: ratelimit_filter() and INLINE_HEADERS).
+CHAINS = {
+    "rate-limit filter in the composite filter, x-api-key-limits inline (shipped)": (True, None),
+    "rate-limit filter in the composite filter, x-api-key-limits not inline": (True, not_inline),
+    "rate-limit filter under ExtensionWithMatcher, no composite filter": (True, extension_with_matcher),
+    "rate-limit filter bare": (True, bare),
+    "rate-limit filter off": (False, None),
+}
+DEFAULT_CHAINS = tuple(c for c in CHAINS if "ExtensionWithMatcher" not in c)
+
+
+def instructions(workdir: Path, count: int = 2000, warmup: int = 2000, chains=DEFAULT_CHAINS) -> dict:
     s = service(workdir, f"sqlite:{workdir / 'instr.db'}")
     wrapper = workdir / "envoy-under-callgrind.sh"
     wrapper.write_text("#!/bin/sh\nexec valgrind --tool=callgrind --smc-check=all-non-file --collect-atstart=yes "
@@ -191,11 +237,12 @@ def instructions(workdir: Path, count: int = 2000, warmup: int = 2000) -> dict:
     old = os.environ.get("ENVOY_BIN")
     os.environ["ENVOY_BIN"] = str(wrapper)
     try:
-        for chain in ("on", "on, bare", "off"):
+        for chain in chains:
+            with_service, change = CHAINS[chain]
             e = Envoy(plugin_config=plugin_config(None, static), concurrency=1,
-                      ratelimit_port=s.ratelimit_port if chain != "off" else None)
-            if chain == "on, bare":
-                bare(e)
+                      ratelimit_port=s.ratelimit_port if with_service else None)
+            if change is not None:
+                rewrite(e, change)
             e.start(timeout=600)
             try:
                 for name, key in (("limited", LIMITED_KEY), ("unlimited", FREE_KEY)):
@@ -216,7 +263,7 @@ def instructions(workdir: Path, count: int = 2000, warmup: int = 2000) -> dict:
                     dumps = sorted(workdir.glob("callgrind.out.*"), key=lambda f: f.stat().st_mtime)
                     total = next(int(line.split()[1]) for line in dumps[-1].read_text(errors="replace").splitlines()
                                  if line.startswith(("summary:", "totals:")))
-                    label = f"{name} key, rate-limit filter {chain}"
+                    label = f"{name} key, {chain}"
                     results[label] = round(total / count)
                     print(f"  {label}: {total / count:,.0f} instructions/request", flush=True)
             finally:
@@ -283,7 +330,9 @@ def service_alone(workdir: Path) -> dict:
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--skip-instructions", action="store_true")
-    ap.add_argument("--only-instructions", action="store_true", help="only the callgrind counts (~3 minutes)")
+    ap.add_argument("--only-instructions", action="store_true", help="only the callgrind counts (~10 minutes)")
+    ap.add_argument("--chain", action="append", choices=list(CHAINS),
+                    help="a chain to measure (repeatable; default: all but the ExtensionWithMatcher one)")
     args = ap.parse_args()
     for needed in (RELEASE, LOAD):
         if not needed.exists():
@@ -299,7 +348,8 @@ def main():
         results["latency through Envoy"] = latency(workdir)
         print(json.dumps(results["latency through Envoy"], indent=1), flush=True)
     if not args.skip_instructions:
-        results["instructions per request (callgrind, one worker)"] = instructions(workdir)
+        results["instructions per request (callgrind, one worker)"] = instructions(
+            workdir, chains=tuple(args.chain or DEFAULT_CHAINS))
     stamp = datetime.now(UTC)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                             text=True).stdout.strip()

@@ -227,7 +227,7 @@ def test_the_rate_limit_examples_are_configurations_envoy_accepts(example, tmp_p
         c["type"] = "STATIC"
         c["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]["socket_address"][
             "address"] = "127.0.0.1"
-    bootstrap = {"static_resources": {
+    bootstrap = {"inline_headers": shipped["inline_headers"], "static_resources": {
         "listeners": [listener("api", free_port(), api)],
         "clusters": [static_cluster("echo", free_port()), static_cluster("keygate-keys", free_port())] + clusters}}
     path = tmp_path / "bootstrap.yaml"
