@@ -6,8 +6,8 @@
 //! taking different batches of the same minute add up.
 //!
 //! Batches add to `usage_recent`, in minute order, where a batch's keys share pages; once it
-//! holds [`MOVE_ROWS`] rows (and before every roll-up: `serve::usage`) they are moved into `usage_minutes`, in
-//! key order, where a key's series is read from a few pages. Written there batch by batch,
+//! holds [`MOVE_ROWS`] rows (and before every roll-up: `serve::usage`) they are moved into
+//! `usage_minutes`, in key order, where a key's series is read from a few pages. Written there batch by batch,
 //! every key of a batch would cost a page write of its own. The roll-up from minutes to
 //! hours holds a PostgreSQL advisory lock, so two replicas never roll the same minutes up
 //! twice. Readers add the three tables.
@@ -23,7 +23,7 @@ use std::sync::atomic::Ordering;
 /// The advisory lock of the roll-up ("usage" in ASCII).
 const ROLLUP_LOCK: i64 = 0x0075_7361_6765;
 /// Rows `usage_recent` holds before they are moved: about 12 MB, read whole by a query of one
-/// key (the table has no index by key), and moved in well under a second.
+/// key (the table has no index by key), and moved in about a second (bench_usage.py).
 pub const MOVE_ROWS: usize = 200_000;
 /// Rows per multi-row statement (5 parameters each: well under either database's limit).
 const CHUNK: usize = 1_000;
@@ -219,8 +219,8 @@ impl Db {
         self.recent_rows.store(0, Ordering::Relaxed);
         let mut tx = self.usage.as_ref().unwrap_or(&self.pool).begin().await?;
         if self.postgres {
-            // Batches wait for the move (readers do not): a row a batch added after the
-            // copy would otherwise go with the delete.
+            // Batches wait for the move (readers only for its last step): a row a batch added
+            // after the copy would otherwise go with the truncate.
             sqlx::query("LOCK TABLE usage_recent IN EXCLUSIVE MODE").execute(&mut *tx).await?;
         }
         let columns = RESULTS.join(", ");
@@ -289,8 +289,7 @@ impl Db {
 
     /// The counts of `key_id` (or of every key of `owner`, with `by_owner`) from `from_ms`
     /// to `to_ms` (excluded), summed per bucket of `step_ms`, from recent minutes, minutes and
-    /// hours;
-    /// by bucket, then result.
+    /// hours; by bucket, then result.
     pub async fn usage_series(
         &self,
         key_id: Option<&str>,
