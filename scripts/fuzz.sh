@@ -14,6 +14,15 @@ for target in bearer path config decide remote entry admin_body github_body usag
   work="fuzz/work/$target"
   mkdir -p "$work"
   cp -n fuzz/corpus/"$target"/* "$work"/ 2>/dev/null || true
-  cargo fuzz run --fuzz-dir fuzz --sanitizer none "$target" "$work" -- \
-    -max_total_time="$seconds" -print_final_stats=1 2>&1 | grep -E "^(#|Done|stat::number_of_executed_units|==|SUMMARY|panicked|thread)" | tail -4
+  # The whole output goes to a log: a passing run prints its last lines, a failing one
+  # (a build error, a full disk, a finding) prints the log's end, so CI shows why.
+  log="fuzz/work/$target.log"
+  if cargo fuzz run --fuzz-dir fuzz --sanitizer none "$target" "$work" -- \
+    -max_total_time="$seconds" -print_final_stats=1 >"$log" 2>&1; then
+    grep -E "^(Done|stat::number_of_executed_units)" "$log" | tail -2
+  else
+    echo "fuzz target $target failed; the end of its output:" >&2
+    tail -60 "$log" >&2
+    exit 1
+  fi
 done
