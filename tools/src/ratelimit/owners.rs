@@ -1,4 +1,4 @@
-//! The owners' limits as the rate-limit service and the filter protocol read them: a map
+//! The owners' limits as the rate-limit service reads them: a map
 //! replaced whole from the database whenever a change is committed (by any replica), so a
 //! decision never sees half of an update.
 
@@ -25,15 +25,6 @@ impl OwnerLimits {
 
     pub fn get(&self, owner: &str) -> Option<Arc<[Limit]>> {
         self.current().get(owner).cloned()
-    }
-
-    pub fn is_limited(&self, owner: &str) -> bool {
-        self.current().contains_key(owner)
-    }
-
-    /// Whether any owner has limits: when none has, lookups skip reading owners at all.
-    pub fn any(&self) -> bool {
-        !self.current().is_empty()
     }
 
     pub fn replace(&self, owners: HashMap<String, Arc<[Limit]>>) {

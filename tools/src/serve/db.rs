@@ -124,6 +124,18 @@ enum Reader {
     Postgres(PostgresReader),
 }
 
+/// A key as the filter's lookups read it: its entry JSON, and its owner when that owner has
+/// limits. Both come from one read, so an answer is never older than the change the feed
+/// announced before it (owners' limits kept in memory may be, for up to a recheck).
+pub struct Found {
+    pub entry: String,
+    pub limited_owner: Option<String>,
+}
+
+/// The lookup by digest, on either database (SQLite reads `$1` as the first parameter).
+pub const BY_DIGEST: &str = "SELECT k.entry, l.owner FROM keys k \
+     LEFT JOIN owners l ON l.owner = k.owner WHERE k.sha256 = $1";
+
 /// A key as stored: the entry JSON exactly as the filter receives it (no name, no digest).
 pub struct StoredKey {
     pub id: String,
@@ -366,23 +378,25 @@ impl Db {
         rows.iter().map(stored).collect()
     }
 
-    /// The entry JSON of the key with this digest.
-    pub async fn by_digest(&self, sha256: &str) -> Result<Option<String>, ApiError> {
+    /// The key with this digest.
+    pub async fn by_digest(&self, sha256: &str) -> Result<Option<Found>, ApiError> {
         Ok(match &self.reader {
             Reader::Sqlite(reader) => reader.by_digest(sha256)?,
             Reader::Postgres(reader) => reader.by_digest(sha256).await?,
         })
     }
 
-    /// The entry JSON of every key listing this (normalised) origin or `*`, in id order.
-    pub async fn by_origin(&self, origin: &str) -> Result<Vec<String>, ApiError> {
-        Ok(sqlx::query_scalar(
-            "SELECT k.entry FROM key_origins o JOIN keys k ON k.id = o.key_id \
+    /// Every key listing this (normalised) origin or `*`, in id order.
+    pub async fn by_origin(&self, origin: &str) -> Result<Vec<Found>, ApiError> {
+        let rows: Vec<(String, Option<String>)> = sqlx::query_as(
+            "SELECT k.entry, l.owner FROM key_origins o JOIN keys k ON k.id = o.key_id \
+             LEFT JOIN owners l ON l.owner = k.owner \
              WHERE o.origin = $1 OR o.origin = '*' ORDER BY k.id",
         )
         .bind(origin)
         .fetch_all(&self.pool)
-        .await?)
+        .await?;
+        Ok(rows.into_iter().map(|(entry, limited_owner)| Found { entry, limited_owner }).collect())
     }
 
     /// The newest committed change number and the oldest one a cursor may still name.

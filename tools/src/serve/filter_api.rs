@@ -2,7 +2,7 @@
 //! meant for the cluster network. Every answer is `application/json`; the filter treats
 //! anything but 200 (and 404 for a key) as an error.
 
-use crate::ratelimit::owners::OwnerLimits;
+use crate::serve::db::Found;
 use crate::serve::error::{json, method_not_allowed, not_found, ApiError};
 use crate::serve::metrics::{self, Answer, Lookup, Op};
 use crate::serve::{feed, now_ms, usage, AppState};
@@ -43,8 +43,9 @@ async fn key(
     let sha256 = sha256.to_ascii_lowercase();
     let entry = metrics::timed(Op::Lookup, s.db.by_digest(&sha256)).await;
     metrics::lookup(Lookup::Key, metrics::found(entry.as_ref().map(Option::is_some)));
-    let entry = entry?.ok_or_else(unknown)?;
-    let limited = limited_owners(&s.owners, std::slice::from_ref(&entry));
+    let row = entry?.ok_or_else(unknown)?;
+    let limited = limited_owners(std::slice::from_ref(&row));
+    let entry = row.entry;
     Ok(json(StatusCode::OK, format!("{{\"sha256\": \"{sha256}\", \"key\": {entry}{limited}}}")))
 }
 
@@ -63,27 +64,19 @@ async fn origin(
     let now = now_ms();
     let entries = metrics::timed(Op::Origin, s.db.by_origin(&origin)).await;
     let entries = entries.inspect_err(|_| metrics::lookup(Lookup::Origin, Answer::Error))?;
-    let live: Vec<String> = entries.into_iter().filter(|e| is_live(e, now)).collect();
+    let live: Vec<Found> = entries.into_iter().filter(|e| is_live(&e.entry, now)).collect();
     metrics::lookup(Lookup::Origin, if live.is_empty() { Answer::NotFound } else { Answer::Found });
-    let limited = limited_owners(&s.owners, &live);
-    Ok(json(StatusCode::OK, format!("{{\"keys\": [{}]{limited}}}", live.join(", "))))
+    let limited = limited_owners(&live);
+    let keys: Vec<&str> = live.iter().map(|row| row.entry.as_str()).collect();
+    Ok(json(StatusCode::OK, format!("{{\"keys\": [{}]{limited}}}", keys.join(", "))))
 }
 
-/// `, "limited_owners": [...]`: the owners of these entries that have limits, so that the
-/// filter sends their keys to the rate-limit service; empty when none has. Entries are read
-/// only when some owner has limits at all.
-fn limited_owners(owners: &OwnerLimits, entries: &[String]) -> String {
-    if !owners.any() {
-        return String::new();
-    }
-    #[derive(serde::Deserialize)]
-    struct Owned {
-        owner: Option<String>,
-    }
-    let mut limited: Vec<String> = Vec::new();
-    for entry in entries {
-        let owner = serde_json::from_str::<Owned>(entry).ok().and_then(|o| o.owner);
-        if let Some(owner) = owner.filter(|o| owners.is_limited(o) && !limited.contains(o)) {
+/// `, "limited_owners": [...]`: the owners of these keys that have limits, so that the
+/// filter sends their keys to the rate-limit service; empty when none has.
+fn limited_owners(rows: &[Found]) -> String {
+    let mut limited: Vec<&str> = Vec::new();
+    for owner in rows.iter().filter_map(|row| row.limited_owner.as_deref()) {
+        if !limited.contains(&owner) {
             limited.push(owner);
         }
     }

@@ -1,6 +1,8 @@
-//! Keeps the owners' limits in memory for the rate-limit service and the filter protocol:
-//! read whole after any change, this replica's at once and other replicas' within
-//! [`RECHECK`], well inside the 2 s in which a change must be in force everywhere.
+//! Keeps the owners' limits in memory for the rate-limit service: read whole after any
+//! change, this replica's at once and other replicas' within [`RECHECK`], well inside the
+//! 2 s in which a change must be in force everywhere. (The filter protocol's lookups read
+//! whether an owner has limits from the database with the key instead: a lookup the feed
+//! set off must not find this copy a recheck behind and be cached that way.)
 
 use crate::ratelimit::owners::OwnerLimits;
 use crate::serve::db::Db;

@@ -8,6 +8,7 @@
 //! else (writes, lists, the feed) stays on the pool. Each connection gets the same session
 //! settings as the pool's (`db::Limits`), so a lookup never waits without a bound.
 
+use crate::serve::db::{Found, BY_DIGEST};
 use sqlx::{Connection, PgConnection};
 use std::sync::Mutex;
 use tokio::sync::Semaphore;
@@ -34,8 +35,8 @@ impl PostgresReader {
         }
     }
 
-    /// The entry JSON of the key with this (lower-case hex) digest.
-    pub async fn by_digest(&self, sha256: &str) -> Result<Option<String>, sqlx::Error> {
+    /// The key with this (lower-case hex) digest.
+    pub async fn by_digest(&self, sha256: &str) -> Result<Option<Found>, sqlx::Error> {
         let _slot = self.slots.acquire().await.map_err(|_| sqlx::Error::PoolClosed)?;
         let idle = self.idle.lock().ok().and_then(|mut idle| idle.pop());
         if let Some(conn) = idle {
@@ -60,11 +61,12 @@ impl PostgresReader {
         &self,
         mut conn: PgConnection,
         sha256: &str,
-    ) -> Result<Option<String>, sqlx::Error> {
-        let entry = sqlx::query_scalar("SELECT entry FROM keys WHERE sha256 = $1")
+    ) -> Result<Option<Found>, sqlx::Error> {
+        let entry = sqlx::query_as(BY_DIGEST)
             .bind(sha256)
             .fetch_optional(&mut conn)
-            .await;
+            .await
+            .map(|row| row.map(|(entry, limited_owner)| Found { entry, limited_owner }));
         // A connection that failed is dropped, not reused (and one whose lookup was
         // cancelled never gets here: it is dropped with the future).
         if entry.is_ok() {

@@ -14,6 +14,7 @@
 //! does not. In WAL mode the writer never blocks these readers. Everything else (writes,
 //! lists, the feed) stays on sqlx.
 
+use crate::serve::db::{Found, BY_DIGEST};
 use rusqlite::{Connection, OpenFlags, OptionalExtension};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -61,12 +62,12 @@ impl SqliteReader {
         }
     }
 
-    /// The entry JSON of the key with this (lower-case hex) digest.
-    pub fn by_digest(&self, sha256: &str) -> Result<Option<String>, rusqlite::Error> {
+    /// The key with this (lower-case hex) digest.
+    pub fn by_digest(&self, sha256: &str) -> Result<Option<Found>, rusqlite::Error> {
         let conn = self.take()?;
         let entry = conn
-            .prepare_cached("SELECT entry FROM keys WHERE sha256 = ?1")?
-            .query_row([sha256], |row| row.get(0))
+            .prepare_cached(BY_DIGEST)?
+            .query_row([sha256], |row| Ok(Found { entry: row.get(0)?, limited_owner: row.get(1)? }))
             .optional();
         // A connection that failed is dropped, not reused.
         if entry.is_ok() {
