@@ -99,6 +99,26 @@ fn totals() -> String {
     sums.join(", ")
 }
 
+/// Where usage is kept, each table with its time column: minutes not yet moved, minutes,
+/// and hours rolled up from minutes. A reader sums across all three.
+const TABLES: [(&str, &str); 3] =
+    [("usage_recent", "minute"), ("usage_minutes", "minute"), ("usage_hours", "hour")];
+
+/// The rows of every usage table that pass `filter` and lie in `[$1, $2)`, as one
+/// `UNION ALL`; `select` makes the select list from the table's time column.
+fn every_table(filter: &str, select: impl Fn(&str) -> String) -> String {
+    let parts: Vec<String> = TABLES
+        .iter()
+        .map(|(table, time)| {
+            format!(
+                "SELECT {} FROM {table} WHERE {filter} AND {time} >= $1 AND {time} < $2",
+                select(time)
+            )
+        })
+        .collect();
+    parts.join(" UNION ALL ")
+}
+
 /// The results a row of [`totals`] counts, in name order.
 fn counted(row: &AnyRow) -> Result<Vec<(&'static str, i64)>, ApiError> {
     let mut out = Vec::new();
@@ -304,19 +324,8 @@ impl Db {
             (None, None) => ("$4 = $4", ""),
         };
         let columns = RESULTS.join(", ");
-        let sql = format!(
-            "SELECT at, {} FROM ( \
-               SELECT minute - (minute % $3) AS at, {columns} FROM usage_recent \
-                 WHERE {filter} AND minute >= $1 AND minute < $2 \
-               UNION ALL \
-               SELECT minute - (minute % $3) AS at, {columns} FROM usage_minutes \
-                 WHERE {filter} AND minute >= $1 AND minute < $2 \
-               UNION ALL \
-               SELECT hour - (hour % $3) AS at, {columns} FROM usage_hours \
-                 WHERE {filter} AND hour >= $1 AND hour < $2 \
-             ) AS u GROUP BY at ORDER BY at",
-            totals()
-        );
+        let rows = every_table(filter, |time| format!("{time} - ({time} % $3) AS at, {columns}"));
+        let sql = format!("SELECT at, {} FROM ({rows}) AS u GROUP BY at ORDER BY at", totals());
         let rows = sqlx::query(&sql)
             .bind(from_ms)
             .bind(to_ms)
@@ -344,17 +353,10 @@ impl Db {
     ) -> Result<Vec<(String, Option<String>, String, i64)>, ApiError> {
         let filter = if owner.is_some() { "owner = $3" } else { "$3 = $3" };
         let columns = RESULTS.join(", ");
+        let rows = every_table(filter, |_| format!("key_id, owner, {columns}"));
         let sql = format!(
-            "SELECT key_id, MAX(owner) AS owner, {} FROM ( \
-               SELECT key_id, owner, {columns} FROM usage_recent \
-                 WHERE {filter} AND minute >= $1 AND minute < $2 \
-               UNION ALL \
-               SELECT key_id, owner, {columns} FROM usage_minutes \
-                 WHERE {filter} AND minute >= $1 AND minute < $2 \
-               UNION ALL \
-               SELECT key_id, owner, {columns} FROM usage_hours \
-                 WHERE {filter} AND hour >= $1 AND hour < $2 \
-             ) AS u GROUP BY key_id ORDER BY key_id",
+            "SELECT key_id, MAX(owner) AS owner, {} FROM ({rows}) AS u \
+             GROUP BY key_id ORDER BY key_id",
             totals()
         );
         let rows = sqlx::query(&sql)
