@@ -8,6 +8,7 @@ Needs `cargo build -p keygate-tools` (target/debug/keygate).
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -149,6 +150,38 @@ def test_a_batch_sent_twice_is_counted_once(services):
     other = post_batch(s, {**batch, "batch": "test-vm-2"})
     assert other.json() == {"counted": True}
     assert key_totals(s, "twice") == {"allowed": 14, "upstream_2xx": 14}
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgresql"])
+def test_minutes_older_than_two_days_are_rolled_into_hours_and_still_counted(services, tmp_path, pg, engine):
+    db = f"sqlite:{tmp_path / 'rolled.db'}" if engine == "sqlite" else pg.createdb("usage_rolled")
+    s = services(db=db)
+    create(s, {"id": "old", "owner": "acme"})
+    hour = int(time.time() // 3600 * 3_600_000) - 3 * 86_400_000
+    recent = int(time.time() // 60 * 60_000)
+    for i, (minute, n) in enumerate([(hour + 60_000, 3), (hour + 59 * 60_000, 4), (recent, 5)]):
+        batch = {"batch": f"vm-{i}", "minute": minute,
+                 "keys": [{"id": "old", "owner": "acme", "counts": {"allowed": n}}]}
+        assert post_batch(s, batch).json() == {"counted": True}
+    s.restart()  # the roll-up runs at start: the two old minutes become one hour, the recent one stays
+
+
+    def rows(table: str, where: str) -> int:
+        query = f"SELECT COUNT(*) FROM {table} WHERE {where}"
+        if engine == "postgresql":
+            return int(pg.scalar("usage_rolled", query))
+        with sqlite3.connect(tmp_path / "rolled.db") as conn:
+            return conn.execute(query).fetchone()[0]
+
+    until(lambda: rows("usage_hours", f"key_id = 'old' AND hour = {hour} AND allowed = 7") == 1, 10, "the roll-up")
+    assert rows("usage_minutes", f"minute < {hour + 3_600_000}") == 0
+    assert rows("usage_minutes", f"minute = {recent} AND allowed = 5") == 1
+    assert key_totals(s, "old") == {"allowed": 5}  # the default window: the last 24 hours
+    day = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(hour / 1000))
+    r = s.admin("GET", f"/v1/keys/old/usage?from={day}&step=day")
+    assert r.status == 200, r
+    assert sum(p["counts"].get("allowed", 0) for p in r.json()["points"]) == 12
+    assert s.admin("GET", "/v1/usage?owner=acme").json()["requests"] == 5
 
 
 @pytest.mark.parametrize("body, reason", [

@@ -277,6 +277,13 @@ impl Db {
                 .bind(ROLLUP_LOCK)
                 .execute(&mut *tx)
                 .await?;
+            // Another replica's move must not add minutes between the copy into hours and the
+            // delete: each statement sees what committed before it, so the delete would take
+            // a late minute (one before `minutes_before`) that the copy never summed. Moves
+            // wait for the roll-up; readers do not.
+            sqlx::query("LOCK TABLE usage_minutes IN SHARE ROW EXCLUSIVE MODE")
+                .execute(&mut *tx)
+                .await?;
         }
         let sums: Vec<String> = RESULTS.iter().map(|r| format!("SUM({r})")).collect();
         let added: Vec<String> = RESULTS.iter().map(|r| add_to("usage_hours", r)).collect();
