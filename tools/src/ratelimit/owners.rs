@@ -1,6 +1,6 @@
-//! The owners' limits as the rate-limit service reads them: a map
-//! replaced whole from the database whenever a change is committed (by any replica), so a
-//! decision never sees half of an update.
+//! The owners' limits as the rate-limit service reads them: a map replaced whole from the
+//! database whenever a change is committed (by any replica), so a decision never sees half
+//! of an update.
 
 use keygate::core::limits::Limit;
 use std::collections::HashMap;
