@@ -8,6 +8,7 @@
 //! - an idle timeout: a connection with no request in flight and no byte read or written for
 //!   `--idle-timeout-ms` is closed (gracefully: HTTP/2 gets a GOAWAY);
 //! - a cap on open connections per listener (`--max-connections`);
+//! - a deep accept queue ([`bind`]), so that a fleet connecting at once is not dropped;
 //! - `--allowed-hosts`: a request whose `Host` / `:authority` is not listed is answered 421;
 //! - TLS on the filter listener, with client certificates when `--filter-client-ca` is given.
 //!
@@ -32,7 +33,7 @@ use std::sync::{Arc, Once};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpSocket};
 use tokio::sync::Semaphore;
 use tokio_rustls::rustls;
 use tokio_rustls::TlsAcceptor;
@@ -124,6 +125,21 @@ impl Listen {
             "http"
         }
     }
+}
+
+/// How many connections the kernel holds before they are accepted. The standard library
+/// asks for 128: a burst of new connections (a fleet of Envoys reconnecting after a restart)
+/// overflows that while the accept loop is busy for a few milliseconds, and a client whose
+/// SYN was dropped tries again only a second later. The kernel caps this at
+/// `net.core.somaxconn`.
+const BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with the [`BACKLOG`] above.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { TcpSocket::new_v4()? } else { TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(BACKLOG)
 }
 
 /// Which listener: TLS applies to the filter's only.

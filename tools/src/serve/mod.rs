@@ -177,14 +177,14 @@ async fn serve(
         None => Counters::memory(),
     };
     let limiter = Arc::new(Limiter::new(counters, state.owners.clone(), args.ratelimit_on_error));
-    let bind = |addr: SocketAddr, flag: &'static str| async move {
-        TcpListener::bind(addr).await.map_err(|e| format!("--{flag} {addr}: {e}"))
+    let bind = |addr: SocketAddr, flag: &'static str| {
+        listen::bind(addr).map_err(|e| format!("--{flag} {addr}: {e}"))
     };
-    let admin_listener = bind(args.admin_listen, "admin-listen").await?;
-    let filter_listener = bind(args.filter_listen, "filter-listen").await?;
-    let ratelimit_listener = bind(args.ratelimit_listen, "ratelimit-listen").await?;
+    let admin_listener = bind(args.admin_listen, "admin-listen")?;
+    let filter_listener = bind(args.filter_listen, "filter-listen")?;
+    let ratelimit_listener = bind(args.ratelimit_listen, "ratelimit-listen")?;
     let metrics_listener = match args.metrics_listen {
-        Some(addr) => Some(bind(addr, "metrics-listen").await?),
+        Some(addr) => Some(bind(addr, "metrics-listen")?),
         None => None,
     };
     if let Some(ecds) = ecds {
